@@ -20,8 +20,10 @@ class Family:
 
     name:             registry key, e.g. "dcgan".
     dataset_kind:     the data contract it trains on ("images", "paired", ...; DESIGN.md section 3).
-    config:           the frozen dataclass holding every architecture choice and every λ with its paper default.
-    build:            config -> named networks, e.g. {"G": ..., "D": ...}, weights initialised as the paper says.
+    config:           the frozen dataclass holding every architecture choice and every λ with its paper
+                      default.
+    build:            config -> named networks, e.g. {"G": ..., "D": ...}, weights initialised as the paper
+                      says.
     build_optimizers: (config, nets) -> named optimizers.
     train_step:       (nets, opts, batch, config) -> detached scalar tensors ("loss/D", "loss/G", ...);
                       exactly one paper-faithful update of every network, in the paper's order.

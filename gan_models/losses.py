@@ -1,0 +1,160 @@
+"""GAN objectives as pure functions of discriminator logits (means over the batch); none calls backward.
+
+Every loss works on raw logits through softplus or squares, never sigmoid followed by BCE, so it is safe under
+autocast; half-precision logits are promoted to float32 before reducing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LogitLoss = Callable[[Tensor], Tensor]
+
+
+def _f32(x: Tensor) -> Tensor:
+    # bf16/fp16 means over a large batch lose digits; float32/float64 inputs are left as they are.
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+# --- the D loss of each name, split into its real and fake halves -------------------------------------
+# Families that run D(real) and D(fake) as two forward+backward passes (official DCGAN, and DDP-friendly)
+# backpropagate the halves separately; d_loss_* below is always real half + fake half.
+
+
+def _bce_real(r: Tensor) -> Tensor:  # -log D(x)
+    return F.softplus(-_f32(r)).mean()
+
+
+def _bce_fake(f: Tensor) -> Tensor:  # -log(1 - D(G(z)))
+    return F.softplus(_f32(f)).mean()
+
+
+def _lsgan_real(r: Tensor) -> Tensor:  # 1/2 E[(D(x) - b)^2], b = 1
+    return 0.5 * (_f32(r) - 1.0).square().mean()
+
+
+def _lsgan_fake(f: Tensor) -> Tensor:  # 1/2 E[(D(G(z)) - a)^2], a = 0
+    return 0.5 * _f32(f).square().mean()
+
+
+def _hinge_real(r: Tensor) -> Tensor:
+    return F.relu(1.0 - _f32(r)).mean()
+
+
+def _hinge_fake(f: Tensor) -> Tensor:
+    return F.relu(1.0 + _f32(f)).mean()
+
+
+def _wgan_real(r: Tensor) -> Tensor:
+    return -_f32(r).mean()
+
+
+def _wgan_fake(f: Tensor) -> Tensor:
+    return _f32(f).mean()
+
+
+D_LOSS_TERMS: dict[str, tuple[LogitLoss, LogitLoss]] = {
+    "bce": (_bce_real, _bce_fake),
+    "lsgan": (_lsgan_real, _lsgan_fake),
+    "hinge": (_hinge_real, _hinge_fake),
+    "wgan": (_wgan_real, _wgan_fake),
+}
+
+
+# --- discriminator losses ------------------------------------------------------------------------------
+
+
+def d_loss_bce(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """-log D(x) - log(1 - D(G(z))), Goodfellow et al. 2014 eq. 1 negated (D maximises V)."""
+    return _bce_real(real_logits) + _bce_fake(fake_logits)
+
+
+def d_loss_lsgan(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Mao et al. 2017 eq. 2 with a=0, b=1 and its 1/2 factors: 1/2 E[(D(x)-1)^2] + 1/2 E[D(G(z))^2].
+
+    CycleGAN's code computes the same D loss ((mse_real + mse_fake) * 0.5); its G loss is 2x g_loss_lsgan.
+    """
+    return _lsgan_real(real_logits) + _lsgan_fake(fake_logits)
+
+
+def d_loss_hinge(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """E[relu(1 - D(x))] + E[relu(1 + D(G(z)))] (Lim & Ye 2017; SNGAN, SAGAN)."""
+    return _hinge_real(real_logits) + _hinge_fake(fake_logits)
+
+
+def d_loss_wgan(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Critic loss E[D(G(z))] - E[D(x)] (Arjovsky et al. 2017); pair it with gradient_penalty or clipping."""
+    return _wgan_real(real_logits) + _wgan_fake(fake_logits)
+
+
+# --- generator losses ----------------------------------------------------------------------------------
+
+
+def g_loss_minimax(fake_logits: Tensor) -> Tensor:
+    """log(1 - D(G(z))), the G term of eq. 1 as written; its gradient vanishes when D rejects fakes."""
+    return -F.softplus(_f32(fake_logits)).mean()
+
+
+def g_loss_nonsaturating(fake_logits: Tensor) -> Tensor:
+    """-log D(G(z)), the paper's practical alternative (sec. 3) and what every official code trains."""
+    return F.softplus(-_f32(fake_logits)).mean()
+
+
+def g_loss_lsgan(fake_logits: Tensor) -> Tensor:
+    """1/2 E[(D(G(z)) - c)^2] with c = 1 (Mao et al. eq. 2)."""
+    return 0.5 * (_f32(fake_logits) - 1.0).square().mean()
+
+
+def g_loss_hinge(fake_logits: Tensor) -> Tensor:
+    """-E[D(G(z))], the G side of the hinge loss."""
+    return -_f32(fake_logits).mean()
+
+
+def g_loss_wgan(fake_logits: Tensor) -> Tensor:
+    """-E[D(G(z))], the G side of WGAN / WGAN-GP."""
+    return -_f32(fake_logits).mean()
+
+
+D_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "bce": d_loss_bce,
+    "lsgan": d_loss_lsgan,
+    "hinge": d_loss_hinge,
+    "wgan": d_loss_wgan,
+}
+G_LOSSES: dict[str, LogitLoss] = {
+    "nonsaturating": g_loss_nonsaturating,
+    "minimax": g_loss_minimax,
+    "lsgan": g_loss_lsgan,
+    "hinge": g_loss_hinge,
+    "wgan": g_loss_wgan,
+}
+
+
+def gradient_penalty(
+    critic: Callable[[Tensor], Tensor],
+    real: Tensor,
+    fake: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """E[(||∇_x̂ D(x̂)||_2 - 1)^2] at x̂ = ε x + (1 - ε) x̃, ε ~ U[0, 1] per sample (Gulrajani et al. 2017).
+
+    The norm is per sample over all non-batch dims; a critic with several outputs per sample (a PatchGAN)
+    is differentiated through their sum, as StarGAN's code does. `real` and `fake` are detached here: the
+    penalty trains D only. The graph is kept (create_graph=True) so the caller can backpropagate it;
+    λ_gp is the caller's. `generator` draws ε (on its own device, then moved).
+    """
+    if real.shape != fake.shape:
+        raise ValueError(f"real and fake shapes differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
+    eps_shape = (real.shape[0],) + (1,) * (real.dim() - 1)
+    eps_device = generator.device if generator is not None else real.device
+    eps = torch.rand(eps_shape, generator=generator, device=eps_device).to(real.device, real.dtype)
+    x_hat = (eps * real.detach() + (1.0 - eps) * fake.detach()).requires_grad_(True)
+    out = critic(x_hat)
+    (grad,) = torch.autograd.grad(outputs=out.sum(), inputs=x_hat, create_graph=True)
+    norm = _f32(grad).flatten(1).norm(2, dim=1)
+    return (norm - 1.0).square().mean()

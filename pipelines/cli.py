@@ -1,0 +1,176 @@
+"""The `ganpipe` command: prep, train, sample, eval helpers, the MLflow UI, the demo and the benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+EPILOG = """\
+typical session:
+  ganpipe prep mnist5k                        # built-in MNIST subset -> .ganpipe/store/datasets/mnist5k
+  ganpipe train --recipe dcgan loop.steps=2000  # Ray Train, 2 CPU workers, tracked in MLflow
+  ganpipe sample --model models:/dcgan-mnist5k@candidate --out samples.png
+  ganpipe ui                                  # browse runs and models at http://127.0.0.1:5000
+
+where things live (defaults): datasets and checkpoints in .ganpipe/store (or s3://bucket/prefix with
+--store), MLflow runs and registry in .ganpipe/mlflow.db (or $MLFLOW_TRACKING_URI / --tracking-uri).
+"""
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=None,
+                   help="object store URL: a folder or s3://bucket/prefix (default: .ganpipe/store)")
+    p.add_argument("--s3-endpoint", default=None,
+                   help="S3 API endpoint, e.g. http://127.0.0.1:8333 (default: $GANPIPE_S3_ENDPOINT, then AWS)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ganpipe", description="Image datasets to trained, tracked, registered GAN generators.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("prep", help="validate a dataset and write WebDataset shards + manifest to the store",
+                       description="Read a source, quarantine bad files, write shards, index and manifest. "
+                                   "Re-running with the same source and options changes nothing.")
+    p.add_argument("source", help="a built-in set (mnist5k, digits) or a folder of images "
+                                  "(class sub-folders become labels)")
+    p.add_argument("--name", help="dataset name (default: derived from the source)")
+    p.add_argument("--image-size", type=int, default=32, help="square output size in pixels (default 32)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3 (RGB); default by source")
+    p.add_argument("--holdout", type=float, default=0.2,
+                   help="held-out test split: a fraction (<1) or a number of samples (default 0.2)")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard (default 1000)")
+    p.add_argument("--format", dest="image_format", choices=("png", "jpeg"), default="png",
+                   help="image payload encoding (default png, lossless)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the hold-out split")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_store_args(p)
+
+    p = sub.add_parser(
+        "train", help="train a family on a prepared dataset through Ray Train, tracked in MLflow",
+        description="Train, checkpoint to the store, log to MLflow and register the generator. "
+                    "Configuration = a recipe, then flags, then key=value overrides (section.key=value; "
+                    "`ganpipe config` lists every key). A rerun with the same --run-name resumes.",
+        epilog="examples:\n  ganpipe train --recipe dcgan --dataset mnist5k --workers 2 loop.steps=3000\n"
+               "  ganpipe train --family vanilla --dataset digits model.g_loss=minimax\n"
+               "  ganpipe train --recipe dcgan --run-name exp1   # run again to resume exp1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_train_args(p)
+
+    p = sub.add_parser("config", help="print the resolved configuration of a recipe with overrides",
+                       description="Shows every key you can override and its value after overrides.")
+    _add_train_args(p, for_config=True)
+
+    p = sub.add_parser("sample", help="write an image grid from a registered model or a run",
+                       description="Load a generator from the MLflow registry (models:/NAME@ALIAS or "
+                                   "models:/NAME/VERSION) or a run id, and write PNG grids.")
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a run id")
+    p.add_argument("--n", type=int, default=64, help="number of samples in the grid (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=".ganpipe/samples.png", help="output PNG (default .ganpipe/samples.png)")
+    p.add_argument("--interpolate", type=int, default=0, metavar="ROWS",
+                   help="also write ROWS latent interpolation strips next to --out")
+    p.add_argument("--scale", type=int, default=2, help="pixel enlargement of the PNG (default 2)")
+    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default .ganpipe/mlflow.db)")
+
+    p = sub.add_parser("ui", help="start the MLflow UI on the configured tracking store (127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--tracking-uri", default="")
+
+    p = sub.add_parser("demo", help="the main job: prep mnist5k, train DCGAN on 2 Ray workers, register, "
+                                    "draw pictures, check the digits are recognisable")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
+    p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default 2)")
+    p.add_argument("--out", default=".ganpipe/demo", help="folder for the pictures")
+
+    p = sub.add_parser("bench", help="training-step throughput on synthetic data (img/s); writes JSON",
+                       description="Median images/s of train_step over repeats after warm-up, on synthetic "
+                                   "in-memory data. Needs only torch (no Ray, no MLflow).")
+    p.add_argument("--family", default="dcgan")
+    p.add_argument("--image-size", type=int, nargs="+", default=[64])
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--batch", type=int, nargs="+", default=[64])
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", default=".ganpipe/bench.json")
+    p.add_argument("overrides", nargs="*", help="model config key=value (e.g. ngf=32)")
+    return parser
+
+
+def _add_train_args(p: argparse.ArgumentParser, *, for_config: bool = False) -> None:
+    p.add_argument("--recipe", help="named recipe (dcgan, vanilla, dcgan-mnist5k-demo); default: --family's")
+    p.add_argument("--family", help="GAN family (vanilla, dcgan)")
+    p.add_argument("--dataset", help="dataset name in the store, or a dataset URL")
+    p.add_argument("--workers", type=int, help="Ray Train workers; 0 trains in this process without Ray")
+    p.add_argument("--gpus", action="store_true", help="one GPU per worker (AMP, channels_last, DDP over NCCL)")
+    p.add_argument("--steps", type=int, help="training steps (loop.steps)")
+    p.add_argument("--run-name", help="run name; the same name again resumes from its last checkpoint")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///.ganpipe/mlflow.db)")
+    p.add_argument("--register-as", help="registered model name (default FAMILY-DATASET)")
+    p.add_argument("--alias", help="alias for the new model version (default candidate)")
+    _add_store_args(p)
+    if not for_config:
+        p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. loop.steps=500 model.ngf=32 (see `ganpipe config`)")
+
+
+def spec_from_args(args: argparse.Namespace):
+    import dataclasses
+
+    from gan_models import get_family
+    from pipelines.config import apply_overrides
+    from pipelines.recipes import get_recipe
+
+    if args.recipe is None and args.family is None:
+        raise CliError("give --recipe or --family (recipes: dcgan, vanilla, dcgan-mnist5k-demo)")
+    recipe = args.recipe or args.family
+    if args.family:
+        get_family(args.family)
+    spec = get_recipe(recipe)(**({"dataset": args.dataset} if args.dataset else {}))
+    if args.family and args.family != spec.family:
+        raise CliError(f"recipe {recipe!r} trains {spec.family}, not {args.family}")
+    flags = {
+        "scale.workers": args.workers, "loop.steps": args.steps, "scale.use_gpu": True if args.gpus else None,
+        "track.tracking_uri": args.tracking_uri, "track.register_as": args.register_as,
+        "track.alias": args.alias, "store": args.store,
+    }
+    spec = apply_overrides(spec, [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides))
+    if args.run_name:
+        spec = dataclasses.replace(spec, run_name=args.run_name)
+    return spec
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "s3_endpoint", None):
+        os.environ["GANPIPE_S3_ENDPOINT"] = args.s3_endpoint
+    from pipelines import commands
+
+    try:
+        return getattr(commands, f"cmd_{args.command}")(args)
+    except KeyboardInterrupt:
+        print("ganpipe: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user errors become one line; anything else keeps its traceback
+        if commands.is_user_error(exc):
+            print(f"ganpipe {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The `ganpipe` subcommands; each takes the parsed arguments and returns an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pipelines.cli import CliError, spec_from_args
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors caused by input the user can fix: shown as one line instead of a traceback."""
+    from data_prep.reader import DatasetNotFound
+    from data_prep.sources import SourceError
+    from data_prep.storage import StoreError
+
+    return isinstance(exc, (CliError, StoreError, SourceError, DatasetNotFound, ValueError, FileNotFoundError))
+
+
+def cmd_prep(args: argparse.Namespace) -> int:
+    from data_prep.prep import PrepConfig, format_summary, prep_images
+
+    holdout = int(args.holdout) if args.holdout >= 1 else args.holdout
+    cfg = PrepConfig(
+        source=args.source, name=args.name, store=args.store or ".ganpipe/store", image_size=args.image_size,
+        channels=args.channels, holdout=holdout, shard_size=args.shard_size, image_format=args.image_format,
+        seed=args.seed, s3_endpoint=args.s3_endpoint,
+    )
+    result = prep_images(cfg, progress=not args.no_progress)
+    print(format_summary(result))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    width = max(len(k) for k in spec.flat())
+    for key, value in spec.flat().items():
+        print(f"{key:<{width}}  {value!r}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.train import train
+
+    outcome = train(spec_from_args(args), progress=not args.no_progress)
+    print(f"\nrun {outcome.run_name}: {outcome.steps} steps, MLflow run {outcome.run_id}")
+    for key, value in sorted(outcome.metrics.items()):
+        print(f"  {key:<22} {value:.4f}")
+    print(f"registered {outcome.model_uri} (alias {outcome.spec.track.alias})")
+    print(f"sample:    ganpipe sample --model models:/{outcome.model_name}@{outcome.spec.track.alias}")
+    return 0
+
+
+def load_generator(model: str, tracking_uri: str = ""):
+    """A generator from the registry (models:/...), a runs:/ URI or a bare run id, with its latent shape."""
+    import mlflow
+
+    from pipelines.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if "://" not in model and ":/" not in model:
+        model = f"runs:/{model}/generator"
+    info = mlflow.models.get_model_info(model)
+    latent_shape = tuple(info.signature.inputs.inputs[0].shape[1:])
+    return mlflow.pytorch.load_model(model, map_location="cpu"), latent_shape
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipelines.figures import interpolation_figure, sample_figure, save_png, upscale
+
+    generator, latent_shape = load_generator(args.model, args.tracking_uri)
+    g = torch.Generator().manual_seed(args.seed)
+    z = torch.randn((args.n, *latent_shape), generator=g)
+    out = save_png(upscale(sample_figure(generator, z), args.scale), args.out)
+    print(f"wrote {out} ({args.n} samples from {args.model})")
+    if args.interpolate:
+        ends = torch.randn((args.interpolate + 1, *latent_shape), generator=g)
+        strip = Path(args.out).with_name(Path(args.out).stem + "-interpolation.png")
+        save_png(upscale(interpolation_figure(generator, ends), args.scale), strip)
+        print(f"wrote {strip}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from pipelines.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    return subprocess.call(cmd)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    return run_demo(steps=args.steps, workers=args.workers, out=Path(args.out))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipelines.bench import bench, format_table, write_json
+
+    overrides = dict(item.split("=", 1) for item in args.overrides)
+    results = [
+        bench(family=args.family, image_size=size, channels=args.channels, batch=batch, device=args.device,
+              steps=args.steps, warmup=args.warmup, repeats=args.repeats, amp=args.amp, overrides=overrides)
+        for size in args.image_size for batch in args.batch
+    ]
+    print(format_table(results))
+    print(f"wrote {write_json(results, args.out)}")
+    print(json.dumps({"summary": [round(r["img_per_s_median"], 1) for r in results]}))
+    return 0

@@ -1,0 +1,157 @@
+"""The plain training loop: drives any family from an iterator of batches, with no Ray and no MLflow.
+
+The Ray Train worker (`ray_train.py`) and the single-process runner both call `fit`; a unit test calls it with
+`report=list.append`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gan_models import Family, make_grid
+from gan_models.family import Nets, Optimizers
+from pipelines.config import LoopConfig
+
+
+@dataclass
+class Report:
+    """What the loop hands to its caller every `log_every` steps (and at the end)."""
+
+    step: int
+    metrics: dict[str, float]
+    checkpoint: dict[str, Any] | None = None  # full training state, when a checkpoint is due
+    samples: torch.Tensor | None = None  # image grid (C, H, W) in [-1, 1], when due
+    final: bool = False
+
+
+@dataclass
+class GeneratorEMA:
+    """Exponential moving average of the generator's weights (and a copy of its BN buffers)."""
+
+    module: nn.Module
+    decay: float
+    start: int = 0
+
+    @classmethod
+    def of(cls, generator: nn.Module, *, decay: float, start: int = 0) -> GeneratorEMA:
+        ema = copy.deepcopy(unwrap(generator)).eval()
+        ema.requires_grad_(False)
+        return cls(module=ema, decay=decay, start=start)
+
+    @torch.no_grad()
+    def update(self, generator: nn.Module, step: int) -> None:
+        decay = self.decay if step >= self.start else 0.0
+        src = unwrap(generator)
+        for p_ema, p in zip(self.module.parameters(), src.parameters(), strict=True):
+            p_ema.lerp_(p.detach(), 1.0 - decay)
+        for b_ema, b in zip(self.module.buffers(), src.buffers(), strict=True):
+            b_ema.copy_(b)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DDP (or torch.compile) wrapper, so state dicts have stable keys."""
+    return getattr(module, "module", getattr(module, "_orig_mod", module))
+
+
+@dataclass
+class _Window:
+    """Metric sums over one reporting window; tensors are summed on-device and read once per window."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    steps: int = 0
+    images: int = 0
+    wait_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, losses: dict[str, torch.Tensor], batch_size: int, wait_s: float) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.detach().float()
+        self.steps += 1
+        self.images += batch_size
+        self.wait_s += wait_s
+
+    def summary(self, world_size: int) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        metrics = {k: (v / self.steps).item() for k, v in self.sums.items()}
+        metrics["perf/img_per_s"] = self.images * world_size / elapsed
+        metrics["perf/data_wait_frac"] = self.wait_s / elapsed
+        return metrics
+
+
+def fit(
+    *,
+    family: Family,
+    model_cfg: Any,
+    nets: Nets,
+    opts: Optimizers,
+    batches: Iterator[dict[str, torch.Tensor]],
+    loop: LoopConfig,
+    report: Callable[[Report], Any],
+    make_checkpoint: Callable[[int], dict[str, Any]] | None = None,
+    ema: GeneratorEMA | None = None,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    sample_z: torch.Tensor | None = None,
+    start_step: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> int:
+    """Train from `start_step` to `loop.steps`; returns the last step.
+
+    Every rank calls `report` equally often (Ray Train's report is a barrier). Only the caller decides what
+    rank 0 does differently: it passes `evaluate` and `sample_z`, the others pass None.
+    make_checkpoint: step -> full training state (called every `checkpoint_every` steps and at the end).
+    ema:             averaged generator, updated after every step; it is what samples and evaluation use.
+    amp_dtype:       autocast dtype on GPU (bf16 where supported); None trains in float32.
+    """
+    device = torch.device(device)
+    generator = ema.module if ema is not None else nets[family.generator]
+    window = _Window()
+    step = start_step
+    while step < loop.steps:
+        t0 = time.perf_counter()
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+        wait_s = time.perf_counter() - t0
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            losses = family.train_step(nets, opts, batch, model_cfg)
+        step += 1
+        if ema is not None:
+            ema.update(nets[family.generator], step)
+        window.add(losses, batch["image"].shape[0], wait_s)
+        if on_step is not None:
+            on_step(step)
+
+        final = step == loop.steps
+        if step % loop.log_every and not final:
+            continue
+        metrics = window.summary(world_size)
+        window = _Window()
+        if evaluate is not None and (final or (loop.eval_every and step % loop.eval_every == 0)):
+            metrics.update(evaluate(unwrap(generator)))
+        samples = None
+        if sample_z is not None and (final or (loop.sample_every and step % loop.sample_every == 0)):
+            samples = sample_grid(unwrap(generator), sample_z)
+        checkpoint = None
+        if make_checkpoint is not None and (final or step % loop.checkpoint_every == 0):
+            checkpoint = make_checkpoint(step)
+        report(Report(step=step, metrics=metrics, checkpoint=checkpoint, samples=samples, final=final))
+    return step
+
+
+@torch.no_grad()
+def sample_grid(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """A square-ish grid of G(z) in [-1, 1], computed in eval mode (BN running statistics)."""
+    was_training = generator.training
+    generator.eval()
+    images = generator(z.to(next(generator.parameters()).device)).float().cpu()
+    generator.train(was_training)
+    nrow = max(1, int(round(images.shape[0] ** 0.5)))
+    return make_grid(images, nrow=nrow)

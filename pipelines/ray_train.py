@@ -1,0 +1,112 @@
+"""Ray Train V2 adapter: a `TorchTrainer` whose workers each run `worker.run_rank` on their split of shards.
+
+The only Ray-specific parts are here: the worker's rank/device, DDP wrapping (`prepare_model`), checkpoint
+upload through `ray.train.report`, and resume through `ray.train.get_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from pipelines.checkpoint import save_rng, save_state
+from pipelines.loop import Report
+from pipelines.worker import Job, run_rank
+
+# Environment a worker needs to reach the store and the tracking server. Credentials travel the way the
+# cluster provides them (instance roles, AWS_* on the nodes), never inside the job's config.
+FORWARDED_ENV = ("GANPIPE_S3_ENDPOINT", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL")
+
+
+def _has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """The function every Ray Train worker runs."""
+    import ray.train
+    import ray.train.torch
+
+    job = Job.from_dict(config["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    logger = None
+    if rank == 0 and job.run_id:
+        from pipelines.tracking import RunLogger
+
+        logger = RunLogger(job.tracking_uri, job.run_id)
+
+    def prepare(model: nn.Module) -> nn.Module:
+        # SyncBatchNorm has only GPU kernels; on CPU each rank keeps its own batch statistics.
+        if world > 1 and job.spec.scale.use_gpu and _has_batch_norm(model):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return ray.train.torch.prepare_model(model)
+
+    def report(r: Report) -> None:
+        if logger is not None:
+            logger.log_report(r)
+        metrics = {**r.metrics, "step": r.step}
+        if r.checkpoint is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            if r.checkpoint:
+                save_state(Path(tmp), r.checkpoint)
+            save_rng(Path(tmp), rank)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"step_{r.step:08d}",
+            )
+
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
+        run_rank(
+            job, rank=rank, world_size=world, device=device, prepare_model=prepare,
+            resume_dir=Path(resume_dir) if resume_dir else None, report=report,
+        )
+
+
+def launch(job: Job, *, storage_fs: Any, storage_path: str, max_failures: int = 2):
+    """Run the job on the current Ray cluster; returns Ray Train's Result (its checkpoint is the latest)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    scale = job.spec.scale
+    resources = {"CPU": scale.cpus_per_worker, **({"GPU": 1} if scale.use_gpu else {})}
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"job": job.to_dict()},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scale.workers, use_gpu=scale.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=job.spec.run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+    )
+    return trainer.fit()
+
+
+def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Connect to $RAY_ADDRESS / `address` when given, else start a local runtime sized to this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)

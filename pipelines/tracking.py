@@ -1,0 +1,193 @@
+"""MLflow tracking and registry: runs with params/tags/dataset lineage, step metrics, sample grids, models.
+
+Rank 0 of a training run logs metrics and images through `RunLogger`; the driver creates the run and
+registers the generator. Nothing here logs a secret: params come from the config, never from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipelines.config import DEFAULT_HOME, TrainSpec
+from pipelines.loop import Report
+
+RUN_NAME_TAG = "ganpipe.run_name"
+
+
+def resolve_tracking_uri(uri: str = "", *, home: str = DEFAULT_HOME) -> str:
+    """The explicit URI, else $MLFLOW_TRACKING_URI, else a sqlite file under the ganpipe home folder."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri:
+        return uri
+    path = Path(home).resolve() / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def default_artifact_location(store_url: str, experiment: str, *, home: str = DEFAULT_HOME) -> str:
+    # Artifacts go to the object store when it is S3, so a cluster's workers and the UI see the same files.
+    if store_url.startswith("s3://"):
+        return f"{store_url.rstrip('/')}/mlartifacts/{experiment}"
+    return (Path(home).resolve() / "mlartifacts" / experiment).as_uri()
+
+
+def client(tracking_uri: str):
+    import mlflow
+
+    # The sqlite store creates its tables on first use; quiet its alembic logs on the console.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def start_run(
+    spec: TrainSpec,
+    *,
+    tracking_uri: str,
+    dataset_name: str,
+    dataset_url: str,
+    manifest_digest: str,
+    resume: bool = True,
+) -> tuple[str, bool]:
+    """Create the run (or find the unfinished one with the same run name); returns (run_id, resumed)."""
+    from mlflow.entities import Param
+
+    mlf = client(tracking_uri)
+    experiment = spec.track.experiment or f"{spec.family}-{dataset_name}"
+    exp = mlf.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else mlf.create_experiment(
+        experiment, artifact_location=default_artifact_location(spec.store, experiment)
+    )
+    if resume:
+        found = mlf.search_runs(
+            [exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{spec.run_name}'", max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+        if found:
+            return found[0].info.run_id, True
+    tags = {
+        RUN_NAME_TAG: spec.run_name,
+        "ganpipe.family": spec.family,
+        "ganpipe.dataset": dataset_name,
+        "ganpipe.manifest_sha256": manifest_digest,
+        "ganpipe.git_commit": git_commit(),
+        "ganpipe.ray_job_id": os.environ.get("RAY_JOB_ID", ""),
+    }
+    run = mlf.create_run(exp_id, run_name=spec.run_name, tags=tags)
+    run_id = run.info.run_id
+    params = [Param(k, str(v)[:6000]) for k, v in spec.flat().items()]
+    for i in range(0, len(params), 100):
+        mlf.log_batch(run_id, params=params[i : i + 100])
+    mlf.log_dict(run_id, spec.to_dict(), "config.json")
+    _log_dataset(mlf, run_id, name=dataset_name, url=dataset_url, digest=manifest_digest)
+    mlf.set_tag(run_id, "mlflow.note.content", f"{spec.family} on {dataset_name} ({dataset_url})")
+    return run_id, False
+
+
+def _log_dataset(mlf, run_id: str, *, name: str, url: str, digest: str) -> None:
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(url)
+    dataset = MetaDataset(source=source, name=name, digest=digest[:36])
+    tag = InputTag(key="mlflow.data.context", value="training")
+    mlf.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[tag])])
+
+
+def to_uint8_hwc(grid: torch.Tensor) -> np.ndarray:
+    """A (C, H, W) image in [-1, 1] as an (H, W, C) uint8 array; single-channel becomes (H, W)."""
+    img = ((grid.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    arr = img.permute(1, 2, 0).numpy()
+    return arr[..., 0] if arr.shape[2] == 1 else arr
+
+
+class RunLogger:
+    """Logs one rank's reports into an existing run (used by rank 0 only)."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.mlf = client(tracking_uri)
+        self.run_id = run_id
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if np.isfinite(v)]
+        self.mlf.log_batch(self.run_id, metrics=batch)
+
+    def log_report(self, report: Report) -> None:
+        self.log_metrics(report.step, report.metrics)
+        if report.samples is not None:
+            self.mlf.log_image(self.run_id, to_uint8_hwc(report.samples), key="samples", step=report.step)
+
+
+def log_generator(
+    *,
+    tracking_uri: str,
+    run_id: str,
+    generator: nn.Module,
+    example_input: torch.Tensor,
+    registered_name: str,
+    alias: str,
+    tags: dict[str, str],
+) -> Any:
+    """Log the generator (torch.export pt2, batch dimension dynamic) and register a version with `alias`."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    generator = generator.eval().cpu()
+    with torch.no_grad():
+        out = generator(example_input)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *example_input.shape[1:]))]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]))]),
+    )
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                generator,
+                name="generator",
+                input_example=example_input.numpy(),
+                signature=signature,
+                registered_model_name=registered_name,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+    mlf = client(tracking_uri)
+    version = info.registered_model_version
+    for key, value in tags.items():
+        mlf.set_model_version_tag(registered_name, version, key, value)
+    mlf.set_registered_model_alias(registered_name, alias, version)
+    return mlf.get_model_version(registered_name, version)
+
+
+def finish_run(tracking_uri: str, run_id: str, *, summary: dict[str, Any], status: str = "FINISHED") -> None:
+    mlf = client(tracking_uri)
+    mlf.log_text(run_id, json.dumps(summary, indent=2, sort_keys=True), "summary.json")
+    mlf.set_terminated(run_id, status=status)

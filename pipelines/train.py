@@ -1,0 +1,158 @@
+"""The driver of a training run: resolve the dataset, open the MLflow run, train (Ray or in-process),
+evaluate the final generator, and register it."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from data_prep.reader import read_manifest
+from data_prep.storage import open_store
+from gan_models import get_family
+from pipelines import tracking
+from pipelines.checkpoint import STATE_FILE, load_state, rng_file, save_rng, save_state
+from pipelines.config import TrainSpec
+from pipelines.evaluator import Evaluator, ensure_evaluator
+from pipelines.loop import Report
+from pipelines.worker import Job, run_rank
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    run_name: str
+    resumed: bool
+    steps: int
+    metrics: dict[str, float]  # final eval/* of the exported generator
+    model_name: str
+    model_version: str
+    model_uri: str  # models:/NAME/VERSION
+    generator: nn.Module
+    evaluator: Evaluator | None
+    spec: TrainSpec
+
+
+def dataset_url_for(spec: TrainSpec) -> str:
+    """A dataset is named (datasets/NAME in the run's store) or given by its full URL."""
+    ds = spec.data.dataset
+    if "://" in ds or ds.startswith(("/", ".")):
+        return ds.rstrip("/")
+    return f"{open_store(spec.store).url.rstrip('/')}/datasets/{ds}"
+
+
+def resolve(spec: TrainSpec) -> tuple[TrainSpec, Any, str]:
+    """Check the model config against the dataset's manifest and fill the names a run needs."""
+    url = dataset_url_for(spec)
+    manifest = read_manifest(url)
+    family = get_family(spec.family)
+    if family.dataset_kind != manifest.kind:
+        raise ValueError(f"{spec.family} trains on {family.dataset_kind!r} datasets; {url} is {manifest.kind!r}")
+    model = spec.model
+    for name in ("image_size", "channels"):
+        have, want = getattr(model, name), getattr(manifest, name)
+        if have != want:
+            model = dataclasses.replace(model, **{name: want})
+    run_name = spec.run_name or f"{spec.family}-{manifest.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return dataclasses.replace(spec, model=model, run_name=run_name), manifest, url
+
+
+def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] = print) -> TrainOutcome:
+    spec, manifest, dataset_url = resolve(spec)
+    family = get_family(spec.family)
+    tracking_uri = tracking.resolve_tracking_uri(spec.track.tracking_uri)
+    log(f"dataset   {dataset_url} ({manifest.counts.get('train', 0)} train images, manifest {manifest.digest[:12]})")
+    evaluator_url = ensure_evaluator(
+        store_url=spec.store, dataset_url=dataset_url, manifest=manifest, progress=progress
+    )
+    run_id, resumed = tracking.start_run(
+        spec, tracking_uri=tracking_uri, dataset_name=manifest.name, dataset_url=dataset_url,
+        manifest_digest=manifest.digest,
+    )
+    log(f"run       {spec.run_name} (MLflow run {run_id}{', resuming' if resumed else ''})")
+    job = Job(spec=spec, dataset_url=dataset_url, run_id=run_id, tracking_uri=tracking_uri,
+              evaluator_url=evaluator_url or "")
+    with tempfile.TemporaryDirectory() as tmp:
+        if spec.scale.workers == 0:
+            state = _train_in_process(job, Path(tmp), progress=progress)
+        else:
+            state = _train_on_ray(job, Path(tmp))
+    generator = family.build(spec.model)[family.generator]
+    generator.load_state_dict(state["ema"] if state.get("ema") is not None else state["nets"][family.generator])
+    generator.eval()
+
+    metrics: dict[str, float] = {}
+    evaluator = Evaluator.load(evaluator_url) if evaluator_url else None
+    if evaluator is not None:
+        metrics = evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)(generator)
+        tracking.RunLogger(tracking_uri, run_id).log_metrics(int(state["step"]), metrics)
+    name = spec.track.register_as or f"{spec.family}-{manifest.name}"
+    example = family.sample_latent(spec.model, 2, generator=torch.Generator().manual_seed(0))
+    version = tracking.log_generator(
+        tracking_uri=tracking_uri, run_id=run_id, generator=generator, example_input=example,
+        registered_name=name, alias=spec.track.alias,
+        tags={"ganpipe.run_name": spec.run_name, "ganpipe.manifest_sha256": manifest.digest,
+              "ganpipe.git_commit": tracking.git_commit()},
+    )
+    tracking.finish_run(tracking_uri, run_id, summary={"steps": int(state["step"]), **metrics,
+                                                         "model": f"models:/{name}/{version.version}"})
+    return TrainOutcome(
+        run_id=run_id, run_name=spec.run_name, resumed=resumed, steps=int(state["step"]), metrics=metrics,
+        model_name=name, model_version=str(version.version), model_uri=f"models:/{name}/{version.version}",
+        generator=generator, evaluator=evaluator, spec=spec,
+    )
+
+
+def _train_on_ray(job: Job, tmp: Path) -> dict[str, Any]:
+    from pipelines.ray_train import ensure_ray, launch
+
+    ensure_ray()
+    fs, root = open_store(job.spec.store).child("ray").pyarrow_fs()
+    result = launch(job, storage_fs=fs, storage_path=root)
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {job.spec.run_name} ended without a checkpoint (see the Ray logs above)")
+    with result.checkpoint.as_directory() as directory:
+        return load_state(Path(directory))
+
+
+def _train_in_process(job: Job, tmp: Path, *, progress: bool) -> dict[str, Any]:
+    """workers=0: the same rank function in this process, checkpoints under runs/NAME/ in the store."""
+    store = open_store(job.spec.store).child(f"runs/{job.spec.run_name}/checkpoints")
+    resume_dir = None
+    if store.exists("latest"):
+        step_dir = store.get_bytes("latest").decode().strip()
+        resume_dir = tmp / "resume"
+        resume_dir.mkdir()
+        for name in (STATE_FILE, rng_file(0)):
+            (resume_dir / name).write_bytes(store.get_bytes(f"{step_dir}/{name}"))
+    logger = tracking.RunLogger(job.tracking_uri, job.run_id) if job.run_id else None
+
+    def report(r: Report) -> None:
+        if logger is not None:
+            logger.log_report(r)
+        if r.checkpoint:
+            out = tmp / "out"
+            out.mkdir(exist_ok=True)
+            save_state(out, r.checkpoint)
+            save_rng(out, 0)
+            step_dir = f"step_{r.step:08d}"
+            for name in (STATE_FILE, rng_file(0)):
+                store.put_file(f"{step_dir}/{name}", out / name)
+            store.put_bytes("latest", step_dir.encode())  # published last: a reader never sees half a checkpoint
+
+    run_rank(job, rank=0, world_size=1, device=torch.device("cpu"), resume_dir=resume_dir, report=report)
+    step_dir = store.get_bytes("latest").decode().strip()
+    return torch.load(_fetch(store, f"{step_dir}/{STATE_FILE}", tmp), map_location="cpu", weights_only=True)
+
+
+def _fetch(store: Any, key: str, tmp: Path) -> Path:
+    path = tmp / Path(key).name
+    path.write_bytes(store.get_bytes(key))
+    return path

@@ -1,0 +1,125 @@
+"""What every training rank runs, with or without Ray: build, restore, stream its shards, `fit`, report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from data_prep.reader import image_batches
+from gan_models import get_family
+from pipelines.checkpoint import load_state, restore, restore_rng, training_state
+from pipelines.config import TrainSpec
+from pipelines.loop import GeneratorEMA, Report, fit
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """The resolved inputs of one training run; crosses the process boundary as a plain dict."""
+
+    spec: TrainSpec
+    dataset_url: str
+    run_id: str = ""  # MLflow run that rank 0 logs into ("" disables tracking)
+    tracking_uri: str = ""
+    evaluator_url: str = ""  # store URL of the offline evaluator's weights ("" disables eval/*)
+    s3_endpoint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "spec": self.spec.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        return cls(**{**d, "spec": TrainSpec.from_dict(d["spec"])})
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    # Different ranks must draw different latents, or data parallelism just repeats one sample.
+    torch.manual_seed(seed * 1_000_003 + rank)
+
+
+def run_rank(
+    job: Job,
+    *,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m,
+    resume_dir: Path | None = None,
+    report: Callable[[Report], Any],
+) -> int:
+    """Train this rank to the end; returns the last step. `resume_dir` holds the checkpoint to continue from."""
+    spec = job.spec
+    family = get_family(spec.family)
+    if spec.loop.threads:
+        torch.set_num_threads(spec.loop.threads)
+    seed_everything(spec.loop.seed, 0)  # identical initial weights on every rank
+    nets = family.build(spec.model)
+    for net in nets.values():
+        net.to(device)
+        if device.type == "cuda":
+            net.to(memory_format=torch.channels_last)
+    ema = None
+    if spec.loop.ema_decay > 0:
+        ema = GeneratorEMA.of(nets[family.generator], decay=spec.loop.ema_decay, start=spec.loop.ema_start)
+    opts = family.build_optimizers(spec.model, nets)
+    start_step = 0
+    if resume_dir is not None:
+        start_step = restore(load_state(resume_dir), nets=nets, opts=opts, ema=ema)
+    # Optimizer state was created on the parameters before wrapping; DDP keeps the same parameter objects.
+    nets = {name: prepare_model(net) for name, net in nets.items()}
+    if not (resume_dir is not None and restore_rng(resume_dir, rank)):
+        seed_everything(spec.loop.seed + start_step, rank)
+
+    batches = image_batches(
+        job.dataset_url,
+        split="train",
+        batch_size=spec.data.batch_size,
+        rank=rank,
+        world_size=world_size,
+        seed=spec.loop.seed + start_step,
+        shuffle_buffer=spec.data.shuffle_buffer,
+        s3_endpoint=job.s3_endpoint,
+    )
+    is_rank0 = rank == 0
+    evaluate = None
+    if is_rank0 and job.evaluator_url:
+        from pipelines.evaluator import Evaluator
+
+        evaluator = Evaluator.load(job.evaluator_url, s3_endpoint=job.s3_endpoint, device=device)
+        evaluate = evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)
+    sample_z = None
+    if is_rank0:
+        g = torch.Generator().manual_seed(spec.loop.seed)
+        sample_z = family.sample_latent(spec.model, 64, generator=g).to(device)
+
+    def make_checkpoint(step: int) -> dict[str, Any]:
+        # Only rank 0 holds the state (all ranks' weights are equal under DDP); the others' empty dict
+        # still marks the step, so each saves its own RNG beside it.
+        if not is_rank0:
+            return {}
+        return training_state(spec=spec.to_dict(), step=step, nets=nets, opts=opts, ema=ema)
+
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return fit(
+        family=family,
+        model_cfg=spec.model,
+        nets=nets,
+        opts=opts,
+        batches=batches,
+        loop=spec.loop,
+        report=report,
+        make_checkpoint=make_checkpoint,
+        ema=ema,
+        evaluate=evaluate,
+        sample_z=sample_z,
+        start_step=start_step,
+        world_size=world_size,
+        device=device,
+        amp_dtype=torch.bfloat16 if use_bf16 else None,
+    )

@@ -1,0 +1,207 @@
+"""Conformance of every registered GAN family on tiny seeded configs, paper parameter counts, latent tools."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+
+import pytest
+import torch
+
+import gan_models
+from gan_models import FAMILIES, dcgan, get_family, interpolate, lerp, make_grid, slerp, vanilla
+from gan_models.layers import Maxout, count_parameters, init_normal_
+
+# Every registered family needs a tiny config here (a new family fails test_every_family_has_a_tiny_config).
+TINY = {
+    "vanilla": dict(image_size=8, channels=1, nz=8, g_hidden=(16, 16), d_units=8, d_pieces=3),
+    "dcgan": dict(image_size=32, channels=1, nz=16, ngf=8, ndf=8),
+}
+BAD = {
+    "vanilla": dict(g_loss="wasserstein"),
+    "dcgan": dict(image_size=48),
+}
+
+
+def tiny_batch(cfg, n: int = 4) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(123)
+    image = torch.rand(n, cfg.channels, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
+    return {"image": image, "label": torch.zeros(n, dtype=torch.long)}
+
+
+def one_step(name: str, seed: int = 0):
+    family = get_family(name)
+    cfg = family.config(**TINY[name])
+    torch.manual_seed(seed)
+    nets = family.build(cfg)
+    opts = family.build_optimizers(cfg, nets)
+    before = {k: {n: p.detach().clone() for n, p in net.named_parameters()} for k, net in nets.items()}
+    out = family.train_step(nets, opts, tiny_batch(cfg), cfg)
+    return family, cfg, nets, opts, before, out
+
+
+def test_every_family_has_a_tiny_config():
+    assert set(FAMILIES) == set(TINY) == set(BAD)
+    assert all(name == fam.name for name, fam in FAMILIES.items())
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_train_step_moves_every_network_and_reports_finite_scalars(name: str):
+    family, cfg, nets, _, before, out = one_step(name)
+    assert {"loss/D", "loss/G", "d/real_score", "d/fake_score"} <= set(out)
+    for key, value in out.items():
+        assert value.dim() == 0 and not value.requires_grad, key
+        assert torch.isfinite(value), key
+    assert 0 < out["d/real_score"] < 1 and 0 < out["d/fake_score"] < 1
+    for net_name, net in nets.items():
+        for p_name, p in net.named_parameters():
+            assert not torch.equal(before[net_name][p_name], p.detach()), f"{net_name}.{p_name} did not move"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_generator_maps_latents_to_images_in_range(name: str):
+    family = get_family(name)
+    cfg = family.config(**TINY[name])
+    nets = family.build(cfg)
+    z = family.sample_latent(cfg, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(z, family.sample_latent(cfg, 3, generator=torch.Generator().manual_seed(0)))
+    images = nets[family.generator](z)
+    assert images.shape == (3, cfg.channels, cfg.image_size, cfg.image_size)
+    assert images.abs().max() <= 1
+    assert nets["D"](images).shape == (3,)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_train_step_is_deterministic_under_a_seed(name: str):
+    first, second = one_step(name, seed=7)[-1], one_step(name, seed=7)[-1]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_bad_config_value_is_a_value_error(name: str):
+    family = get_family(name)
+    with pytest.raises(ValueError, match="valid"):
+        family.build(family.config(**{**TINY[name], **BAD[name]}))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_checkpoint_round_trips_with_weights_only(name: str):
+    family, cfg, nets, opts, _, _ = one_step(name)
+    buf = io.BytesIO()
+    state = {"config": dataclasses.asdict(cfg), "nets": {k: n.state_dict() for k, n in nets.items()},
+             "opts": {k: o.state_dict() for k, o in opts.items()}}
+    torch.save(state, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    cfg2 = family.config(**loaded["config"])
+    nets2 = family.build(cfg2)
+    for k, net in nets2.items():
+        net.load_state_dict(loaded["nets"][k])
+    opts2 = family.build_optimizers(cfg2, nets2)
+    for k, opt in opts2.items():
+        opt.load_state_dict(loaded["opts"][k])
+    z = family.sample_latent(cfg, 2)
+    g1, g2 = nets[family.generator].eval(), nets2[family.generator].eval()
+    assert torch.equal(g1(z), g2(z))
+
+
+def test_get_family_lists_valid_names():
+    assert get_family("dcgan") is dcgan.FAMILY
+    with pytest.raises(ValueError, match="vanilla"):
+        get_family("stylegan")
+
+
+# --- paper parameter counts --------------------------------------------------------------------------
+
+
+def test_dcgan_64x64x3_parameter_counts_match_the_official_example():
+    nets = dcgan.build(dcgan.Config())
+    assert count_parameters(nets["G"]) == 3_576_704
+    assert count_parameters(nets["D"]) == 2_765_568
+    assert nets["D"](nets["G"](dcgan.sample_latent(dcgan.Config(), 2))).shape == (2,)
+
+
+def test_dcgan_init_is_normal_0_02():
+    g = dcgan.build(dcgan.Config(image_size=32, channels=1))["G"]
+    w = g.main[3].weight  # a hidden ConvTranspose2d
+    assert abs(w.mean().item()) < 2e-3 and abs(w.std().item() - 0.02) < 2e-3
+    assert abs(g.main[1].weight.mean().item() - 1) < 0.01  # BatchNorm scale ~ N(1, 0.02)
+
+
+def test_vanilla_mnist_parameter_counts():
+    # G: 100*1200+1200 = 121,200; 1200*1200+1200 = 1,441,200; 1200*784+784 = 941,584  -> 2,503,984.
+    # D: maxout 784 -> 240x5: 784*1200+1200 = 942,000; maxout 240 -> 240x5: 240*1200+1200 = 289,200;
+    #    output 240 -> 1: 241                                                          -> 1,231,441.
+    nets = vanilla.build(vanilla.Config())
+    assert count_parameters(nets["G"]) == 2_503_984
+    assert count_parameters(nets["D"]) == 1_231_441
+
+
+def test_vanilla_k_discriminator_steps_split_the_batch():
+    cfg = vanilla.Config(**{**TINY["vanilla"], "k": 2})
+    nets = vanilla.build(cfg)
+    out = vanilla.train_step(nets, vanilla.build_optimizers(cfg, nets), tiny_batch(cfg), cfg)
+    assert torch.isfinite(out["loss/D"])
+    with pytest.raises(ValueError, match="k=5"):
+        cfg5 = dataclasses.replace(cfg, k=5)
+        vanilla.train_step(nets, vanilla.build_optimizers(cfg5, nets), tiny_batch(cfg5), cfg5)
+
+
+def test_vanilla_uniform_latents_have_unit_variance():
+    z = vanilla.sample_latent(vanilla.Config(), 4000, generator=torch.Generator().manual_seed(0))
+    assert z.abs().max() <= math.sqrt(3) and abs(z.var().item() - 1) < 0.02
+
+
+def test_maxout_and_init_helpers():
+    m = Maxout(3, units=2, pieces=4)
+    with torch.no_grad():
+        m.linear.weight.zero_()
+        m.linear.bias.copy_(torch.arange(8.0))
+    assert torch.equal(m(torch.randn(5, 3)), torch.tensor([3.0, 7.0]).expand(5, 2))
+    bn = init_normal_(torch.nn.BatchNorm2d(4))
+    assert torch.equal(bn.bias, torch.zeros(4))
+
+
+# --- latent tools ----------------------------------------------------------------------------------
+
+
+def test_slerp_endpoints_norm_and_parallel_fallback():
+    g = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(3, 4, 2, generator=g), torch.randn(3, 4, 2, generator=g)
+    torch.testing.assert_close(slerp(z0, z1, 0.0), z0)
+    torch.testing.assert_close(slerp(z0, z1, 1.0), z1)
+    # Equal norms stay on the sphere; the straight line cuts inside it.
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    torch.testing.assert_close(slerp(a, b, 0.5).norm(), torch.tensor(1.0))
+    torch.testing.assert_close(lerp(a, b, 0.5).norm(), torch.tensor(math.sqrt(0.5)))
+    # (Anti)parallel rows fall back to lerp instead of dividing by sin(0).
+    for c in (2 * a, -a):
+        torch.testing.assert_close(slerp(a, c, 0.25), lerp(a, c, 0.25))
+    torch.testing.assert_close(slerp(a[0], b[0], 0.5), slerp(a, b, 0.5)[0])  # a 1-D input is one vector
+
+
+def test_interpolate_shapes_and_endpoints():
+    z0, z1 = torch.randn(16, 1, 1), torch.randn(16, 1, 1)
+    for mode in ("slerp", "linear"):
+        path = interpolate(z0, z1, steps=5, mode=mode)
+        assert path.shape == (5, 16, 1, 1)
+        torch.testing.assert_close(path[0], z0)
+        torch.testing.assert_close(path[-1], z1)
+    with pytest.raises(ValueError, match="valid"):
+        interpolate(z0, z1, steps=5, mode="cubic")
+
+
+def test_vector_arithmetic_of_constant_groups_is_a_minus_b_plus_c():
+    shape = (3, 8, 1, 1)  # three exemplars per concept, as in Radford et al. sec. 6.3
+    out = gan_models.vector_arithmetic(torch.full(shape, 5.0), torch.full(shape, 2.0), torch.full(shape, 0.5))
+    assert torch.equal(out, torch.full((8, 1, 1), 3.5))
+
+
+def test_make_grid_layout():
+    images = torch.ones(5, 3, 4, 6)
+    grid = make_grid(images, nrow=2, padding=1)
+    assert grid.shape == (3, 3 * (4 + 1) + 1, 2 * (6 + 1) + 1)
+    assert grid[:, 0].eq(-1).all() and grid[:, 1:5, 1:7].eq(1).all()
+    assert grid[:, 11:15, 8:14].eq(-1).all()  # the sixth cell is empty
+    assert make_grid(images, nrow=8).shape == (3, 4 + 4, 5 * 8 + 2)
