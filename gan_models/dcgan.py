@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from . import losses
 from ._checks import in_unit_interval, one_of, positive
+from .augment import check_policy, diff_augment
 from .family import Batch, Family, Nets, Optimizers
 from .layers import init_normal_
 
@@ -35,11 +36,13 @@ class Config:
     beta1: float = 0.5  # Adam β1 (paper: 0.5 instead of 0.9, "helped stabilize training")
     beta2: float = 0.999  # Adam β2 (PyTorch default, as in the official example)
     loss: str = "bce"  # "bce" (paper; G non-saturating), "lsgan" (Mao et al.), "hinge"
+    augment: str = ""  # DiffAugment policy for D's inputs, e.g. "translation,cutout" (not in the paper: "")
 
     def __post_init__(self) -> None:
         one_of("image_size", self.image_size, IMAGE_SIZES)
         one_of("channels", self.channels, (1, 3))
         one_of("loss", self.loss, LOSSES)
+        check_policy(self.augment)
         positive(nz=self.nz, ngf=self.ngf, ndf=self.ndf, lr_g=self.lr_g, lr_d=self.lr_d)
         in_unit_interval(beta1=self.beta1, beta2=self.beta2)
 
@@ -143,20 +146,20 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     # (1) Update D: maximise log D(x) + log(1 - D(G(z))).
     opt_d.zero_grad(set_to_none=True)
     # (1a) ... on a real batch.
-    real_logits = d_net(real)
+    real_logits = d_net(diff_augment(real, cfg.augment))
     err_d_real = d_real_loss(real_logits)
     err_d_real.backward()
     # (1b) ... on a fake batch; G(z) is detached so this backward stops at D.
     z = torch.randn(real.shape[0], cfg.nz, 1, 1, device=real.device)
     fake = g_net(z)
-    fake_logits = d_net(fake.detach())
+    fake_logits = d_net(diff_augment(fake.detach(), cfg.augment))
     err_d_fake = d_fake_loss(fake_logits)
     err_d_fake.backward()
     opt_d.step()
 
     # (2) Update G: maximise log D(G(z)) (non-saturating), through the just-updated D.
     opt_g.zero_grad(set_to_none=True)
-    err_g = g_loss_fn(d_net(fake))
+    err_g = g_loss_fn(d_net(diff_augment(fake, cfg.augment)))
     err_g.backward()
     opt_g.step()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,7 @@ def load_generator(model: str, tracking_uri: str = ""):
 
     from pipelines.tracking import resolve_tracking_uri
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -73,12 +75,13 @@ def load_generator(model: str, tracking_uri: str = ""):
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from pipelines.figures import interpolation_figure, sample_figure, save_png, upscale
+    from pipelines.figures import interpolation_figure, save_png, upscale
+    from pipelines.loop import sample_grid
 
     generator, latent_shape = load_generator(args.model, args.tracking_uri)
     g = torch.Generator().manual_seed(args.seed)
     z = torch.randn((args.n, *latent_shape), generator=g)
-    out = save_png(upscale(sample_figure(generator, z), args.scale), args.out)
+    out = save_png(upscale(sample_grid(generator, z), args.scale), args.out)
     print(f"wrote {out} ({args.n} samples from {args.model})")
     if args.interpolate:
         ends = torch.randn((args.interpolate + 1, *latent_shape), generator=g)

@@ -16,10 +16,10 @@ from pipelines.figures import (
     arithmetic_figure,
     interpolation_figure,
     pick_by_class,
-    sample_figure,
     save_png,
     upscale,
 )
+from pipelines.loop import sample_grid
 from pipelines.recipes import dcgan_mnist5k_demo
 from pipelines.tracking import client
 from pipelines.train import train
@@ -69,7 +69,7 @@ def run_demo(*, steps: int | None = None, workers: int | None = None, out: Path 
     generator, latent_shape = load_generator(model_uri)
     g = torch.Generator().manual_seed(0)
     paths = {
-        "samples": save_png(upscale(sample_figure(generator, torch.randn((64, *latent_shape), generator=g)), 3),
+        "samples": save_png(upscale(sample_grid(generator, torch.randn((64, *latent_shape), generator=g)), 3),
                             out / "samples.png"),
         "interpolation": save_png(
             upscale(interpolation_figure(generator, torch.randn((7, *latent_shape), generator=g)), 3),

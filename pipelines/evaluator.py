@@ -8,6 +8,7 @@ of samples it classifies with probability >= 0.9 — the "recognisable" check of
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +19,8 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
 
-from data_prep.reader import load_split
 from data_prep.storage import open_store
+from pipelines.loop import generate
 
 CONFIDENT = 0.9
 FEATURES = 128
@@ -47,11 +48,15 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2), in float64 as in the reference FID code."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)  # handled below
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         # Near-singular product: regularise both covariances slightly, as the reference implementation does.
         offset = np.eye(sigma1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", linalg.LinAlgWarning)
+            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     covmean = covmean.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
@@ -143,17 +148,6 @@ class Evaluator:
         return cls.from_bytes(open_store(parent, s3_endpoint=s3_endpoint).get_bytes(key), device=device)
 
 
-@torch.no_grad()
-def generate(generator: nn.Module, z: torch.Tensor, *, batch: int = 250) -> torch.Tensor:
-    """G(z) in eval mode, in batches, on G's device; returns CPU floats in [-1, 1]."""
-    was_training = generator.training
-    generator.eval()
-    device = next(generator.parameters()).device
-    out = torch.cat([generator(z[i : i + batch].to(device)).float().cpu() for i in range(0, len(z), batch)])
-    generator.train(was_training)
-    return out.clamp(-1, 1)
-
-
 def train_evaluator(
     train_images: np.ndarray, train_labels: np.ndarray, *, class_names: list[str], epochs: int = 6,
     batch_size: int = 128, seed: int = 0, progress: bool = False,
@@ -164,9 +158,9 @@ def train_evaluator(
     x = to_unit_range(train_images)
     y = torch.from_numpy(np.asarray(train_labels, np.int64))
     net = EvalNet(channels=x.shape[1], n_classes=len(class_names))
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
     steps = epochs * (len(x) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=max(steps, 1))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=max(steps, 1))
     net.train()
     from tqdm import tqdm
 
@@ -210,6 +204,8 @@ def ensure_evaluator(
     url = f"{store.url.rstrip('/')}/{key}"
     if store.exists(key):
         return url
+    from data_prep.reader import load_split
+
     train_x, train_y = load_split(dataset_url, split="train", s3_endpoint=s3_endpoint)
     test_x, test_y = load_split(dataset_url, split="test", s3_endpoint=s3_endpoint)
     net = train_evaluator(train_x, train_y, class_names=list(manifest.class_names), progress=progress)

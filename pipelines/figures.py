@@ -10,7 +10,8 @@ from PIL import Image
 from torch import nn
 
 from gan_models import interpolate, make_grid, vector_arithmetic
-from pipelines.evaluator import CONFIDENT, Evaluator, generate
+from pipelines.evaluator import CONFIDENT, Evaluator
+from pipelines.loop import generate
 from pipelines.tracking import to_uint8_hwc
 
 
@@ -24,11 +25,6 @@ def save_png(grid: torch.Tensor, path: str | Path) -> Path:
 def upscale(grid: torch.Tensor, factor: int) -> torch.Tensor:
     """Nearest-neighbour enlargement, so 32-pixel digits are visible in a viewer."""
     return grid.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2) if factor > 1 else grid
-
-
-def sample_figure(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    images = generate(generator, z)
-    return make_grid(images, nrow=max(1, int(round(len(images) ** 0.5))))
 
 
 def interpolation_figure(

@@ -54,6 +54,26 @@ class GeneratorEMA:
         for b_ema, b in zip(self.module.buffers(), src.buffers(), strict=True):
             b_ema.copy_(b)
 
+    @torch.no_grad()
+    def recalibrate(self, latents: torch.Tensor, *, batch_size: int = 64) -> None:
+        """Re-estimate BN running statistics for the averaged weights (G's own statistics belong to G's
+        weights, and eval-mode samples with them come out washed-out): a cumulative average of batch
+        statistics over `latents`, in train mode."""
+        norms = [m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        saved = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the calibration batches
+        self.module.train()
+        device = next(self.module.parameters()).device
+        for i in range(0, len(latents), batch_size):
+            self.module(latents[i : i + batch_size].to(device))
+        self.module.eval()
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
+
 
 def unwrap(module: nn.Module) -> nn.Module:
     """The module inside a DDP (or torch.compile) wrapper, so state dicts have stable keys."""
@@ -96,7 +116,7 @@ def fit(
     report: Callable[[Report], Any],
     make_checkpoint: Callable[[int], dict[str, Any]] | None = None,
     ema: GeneratorEMA | None = None,
-    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,  # rank 0: G -> eval/* every eval_every
     sample_z: torch.Tensor | None = None,
     start_step: int = 0,
     world_size: int = 1,
@@ -114,6 +134,8 @@ def fit(
     """
     device = torch.device(device)
     generator = ema.module if ema is not None else nets[family.generator]
+    # Fixed latents for the EMA's BN statistics, so every rank computes the same ones.
+    calibration_z = family.sample_latent(model_cfg, 512, generator=torch.Generator().manual_seed(loop.seed))
     window = _Window()
     step = start_step
     while step < loop.steps:
@@ -134,24 +156,38 @@ def fit(
             continue
         metrics = window.summary(world_size)
         window = _Window()
-        if evaluate is not None and (final or (loop.eval_every and step % loop.eval_every == 0)):
+        do_eval = evaluate is not None and bool(loop.eval_every) and step % loop.eval_every == 0
+        do_samples = sample_z is not None and (final or (loop.sample_every and step % loop.sample_every == 0))
+        do_checkpoint = make_checkpoint is not None and (final or step % loop.checkpoint_every == 0)
+        if ema is not None and (do_eval or do_samples or do_checkpoint):
+            ema.recalibrate(calibration_z)
+        if do_eval:
             metrics.update(evaluate(unwrap(generator)))
-        samples = None
-        if sample_z is not None and (final or (loop.sample_every and step % loop.sample_every == 0)):
-            samples = sample_grid(unwrap(generator), sample_z)
-        checkpoint = None
-        if make_checkpoint is not None and (final or step % loop.checkpoint_every == 0):
-            checkpoint = make_checkpoint(step)
+        samples = sample_grid(unwrap(generator), sample_z) if do_samples else None
+        checkpoint = make_checkpoint(step) if do_checkpoint else None
         report(Report(step=step, metrics=metrics, checkpoint=checkpoint, samples=samples, final=final))
     return step
 
 
-@torch.no_grad()
 def sample_grid(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """A square-ish grid of G(z) in [-1, 1], computed in eval mode (BN running statistics)."""
+    images = generate(generator, z)
+    return make_grid(images, nrow=max(1, int(round(images.shape[0] ** 0.5))))
+
+
+@torch.no_grad()
+def generate(generator: nn.Module, z: torch.Tensor, *, batch: int = 250) -> torch.Tensor:
+    """G(z) in eval mode, in batches, on G's device; returns CPU floats in [-1, 1]."""
     was_training = generator.training
-    generator.eval()
-    images = generator(z.to(next(generator.parameters()).device)).float().cpu()
-    generator.train(was_training)
-    nrow = max(1, int(round(images.shape[0] ** 0.5)))
-    return make_grid(images, nrow=nrow)
+    _set_mode(generator, training=False)
+    device = next(iter(generator.parameters()), torch.empty(0)).device
+    out = torch.cat([generator(z[i : i + batch].to(device)).float().cpu() for i in range(0, len(z), batch)])
+    _set_mode(generator, training=was_training)
+    return out.clamp(-1, 1)
+
+
+def _set_mode(module: nn.Module, *, training: bool) -> None:
+    try:
+        module.train(training)
+    except NotImplementedError:
+        pass  # a torch.export'ed module (what the registry returns) is fixed in the mode it was exported in

@@ -1,0 +1,141 @@
+"""The dataset contract: `manifest.json` (written last), `index.parquet` and `quarantine.json`.
+
+Layout under a store: datasets/{name}/ holding manifest.json, index.parquet, quarantine.json and
+shards/{split}-{i:06d}.tar.
+`Manifest.digest` is the sha256 of the canonical JSON, the dataset's identity for lineage and caching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_prep.storage import Store
+from data_prep.validate import QuarantineEntry
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX = "index.parquet"
+QUARANTINE = "quarantine.json"
+SHARDS = "shards"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardInfo:
+    """One WebDataset tar: path relative to the dataset root, split, size, sample count, sha256."""
+
+    path: str
+    split: str
+    bytes: int
+    samples: int
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """What a dataset is (DESIGN.md section 3). `extra` holds kind-specific metadata (attribute names,
+    text-encoder name and dimension) for the kinds that need it."""
+
+    name: str
+    kind: str
+    version: int
+    image_size: int
+    channels: int
+    counts: dict[str, int]
+    shards: list[ShardInfo]
+    class_names: list[str] | None
+    prep: dict[str, Any]
+    source_fingerprint: str
+    quarantine: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("manifest JSON must be an object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown manifest fields {unknown}; known: {sorted(names)}")
+        data["shards"] = [ShardInfo(**s) for s in data.get("shards", [])]
+        return cls(**data)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical JSON bytes (sorted keys, no whitespace)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+    def split_shards(self, split: str) -> list[ShardInfo]:
+        """The shards of one split, in manifest order."""
+        return [s for s in self.shards if s.split == split]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexRow:
+    """One row of index.parquet; `extra` carries kind-specific columns (attrs, caption, ...)."""
+
+    key: str
+    shard: str
+    split: str
+    label: int | None
+    sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("split", pa.string()),
+        ("label", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
+
+
+def index_bytes(rows: Sequence[IndexRow]) -> bytes:
+    """index.parquet contents: one row per sample."""
+    records = [
+        {"key": r.key, "shard": r.shard, "split": r.split, "label": r.label, "sha256": r.sha256, **r.extra}
+        for r in rows
+    ]
+    extra_names = sorted({name for r in rows for name in r.extra})
+    schema = _INDEX_SCHEMA
+    if extra_names:  # kind-specific columns: let pyarrow infer their types
+        inferred = pa.Table.from_pylist(records).schema
+        schema = pa.schema([*_INDEX_SCHEMA, *(inferred.field(n) for n in extra_names)])
+    table = pa.Table.from_pylist(records, schema=schema)
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
+
+
+def quarantine_bytes(entries: Sequence[QuarantineEntry]) -> bytes:
+    """quarantine.json contents: every left-out sample with its reason."""
+    listing = [dataclasses.asdict(e) for e in sorted(entries, key=lambda e: (e.origin, e.key))]
+    return (json.dumps(listing, indent=2) + "\n").encode()
+
+
+def read_quarantine(store: Store) -> list[QuarantineEntry]:
+    """The quarantine list of the dataset rooted at `store` (empty when the file is missing)."""
+    if not store.exists(QUARANTINE):
+        return []
+    return [QuarantineEntry(**e) for e in json.loads(store.get_bytes(QUARANTINE))]
