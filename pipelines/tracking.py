@@ -27,6 +27,9 @@ RUN_NAME_TAG = "ganpipe.run_name"
 
 def resolve_tracking_uri(uri: str = "", *, home: str = DEFAULT_HOME) -> str:
     """The explicit URI, else $MLFLOW_TRACKING_URI, else a sqlite file under the ganpipe home folder."""
+    # One endpoint setting serves both the store and MLflow's S3 artifact client.
+    if os.environ.get("GANPIPE_S3_ENDPOINT") and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
+        os.environ["MLFLOW_S3_ENDPOINT_URL"] = os.environ["GANPIPE_S3_ENDPOINT"]
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if uri:
         return uri

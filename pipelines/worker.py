@@ -69,6 +69,8 @@ def run_rank(
     start_step = 0
     if resume_dir is not None:
         start_step = restore(load_state(resume_dir), nets=nets, opts=opts, ema=ema)
+        if rank == 0:
+            print(f"[ganpipe] resuming {spec.run_name} from step {start_step}", flush=True)
     # Optimizer state was created on the parameters before wrapping; DDP keeps the same parameter objects.
     nets = {name: prepare_model(net) for name, net in nets.items()}
     if not (resume_dir is not None and restore_rng(resume_dir, rank)):

@@ -1,0 +1,64 @@
+"""The `ganpipe` command as a user meets it: help, config listing, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.cli import main
+
+
+def _ganpipe(*args: str, cwd) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("prep", "train", "sample", "ui", "demo", "bench", "config"):
+        assert command in out
+
+
+def test_config_prints_resolved_keys(capsys):
+    assert main(["config", "--recipe", "dcgan", "loop.steps=123", "model.ngf=16"]) == 0
+    out = capsys.readouterr().out
+    assert "loop.steps" in out and "123" in out and "model.ngf" in out
+
+
+def test_unknown_override_is_one_line_naming_valid_keys(tmp_path):
+    proc = _ganpipe("config", "--recipe", "dcgan", "loop.stepz=5", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "loop.stepz" in lines[0] and "steps" in lines[0]
+
+
+def test_missing_source_folder_is_one_clear_line(tmp_path):
+    proc = _ganpipe("prep", str(tmp_path / "nope"), "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope" in lines[0], proc.stderr
+
+
+def test_unreachable_s3_endpoint_is_one_clear_line(tmp_path):
+    env_args = ("--store", "s3://some-bucket/x", "--s3-endpoint", "http://127.0.0.1:9")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "prep", "digits", "--no-progress", *env_args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "AKTEST", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
+             "AWS_DEFAULT_REGION": "us-east-1", "HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "127.0.0.1:9" in lines[0], proc.stderr
+    assert "s3cr3t-value" not in proc.stderr
+
+
+def test_training_on_a_missing_dataset_says_to_prep(tmp_path):
+    proc = _ganpipe("train", "--recipe", "dcgan", "--dataset", "never-prepared", "--workers", "0", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "ganpipe prep" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

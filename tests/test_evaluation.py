@@ -1,0 +1,51 @@
+"""Evaluator formulas against closed forms, and the benchmark's output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import linalg
+
+from pipelines.bench import bench, format_table, write_json
+from pipelines.evaluator import classifier_score, feature_stats, frechet_distance
+
+
+def test_frechet_distance_matches_float64_reference():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 6))
+    b = rng.normal(loc=0.5, scale=1.5, size=(300, 6)) @ rng.normal(size=(6, 6))
+    mu1, s1 = feature_stats(a)
+    mu2, s2 = feature_stats(b)
+    ref = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-6)
+
+
+def test_frechet_distance_closed_form_for_diagonal_gaussians():
+    # Diagonal covariances commute: FD = |mu1 - mu2|^2 + sum (sqrt(v1) - sqrt(v2))^2.
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    v1, v2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 4.0, 1.0])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
+    assert frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(mu1, np.diag(v1), mu1, np.diag(v1)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_classifier_score_closed_forms():
+    # Confident and evenly spread over k classes: exp(log k) = k. One class only: 1.
+    k = 7
+    assert classifier_score(np.eye(k)[np.arange(70) % k]) == pytest.approx(k, rel=1e-6)
+    assert classifier_score(np.tile(np.eye(k)[2], (50, 1))) == pytest.approx(1.0, rel=1e-6)
+    assert classifier_score(np.full((30, k), 1.0 / k)) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_bench_reports_throughput_and_writes_json(tmp_path):
+    result = bench(family="dcgan", image_size=32, channels=1, batch=4, steps=2, warmup=1, repeats=2,
+                   overrides={"ngf": "4", "ndf": "4", "nz": "8"})
+    assert result["img_per_s_median"] > 0 and len(result["img_per_s_all"]) == 2
+    assert result["config"]["ngf"] == 4 and result["params"]["G"] > 0
+    assert "dcgan" in format_table([result])
+    path = write_json([result], tmp_path / "b.json")
+    assert json.loads(path.read_text())[0]["batch"] == 4
+    with pytest.raises(ValueError, match="unknown dcgan config key 'ngg'"):
+        bench(family="dcgan", image_size=32, channels=1, batch=4, overrides={"ngg": "4"})
