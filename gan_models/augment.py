@@ -42,12 +42,11 @@ def _translation(x: Tensor, ratio: float = 0.125) -> Tensor:
 
 
 def _cutout(x: Tensor, ratio: float = 0.5) -> Tensor:
-    # Zero out (set to mid-grey 0) one square of ratio * size per image at a random place.
+    # Zero (mid-grey) one square of side ratio * size per image, centred anywhere, clipped at the border.
     n, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    cy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), device=x.device)
-    cx = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), device=x.device)
+    y0 = torch.randint(0, h + 1, (n, 1, 1), device=x.device) - ch // 2
+    x0 = torch.randint(0, w + 1, (n, 1, 1), device=x.device) - cw // 2
     gy, gx = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
-    inside = ((gy.unsqueeze(0) - cy + ch // 2).abs() < ch // 2 + 0) & ((gx.unsqueeze(0) - cx + cw // 2).abs() < cw // 2)
-    mask = (~inside).to(x.dtype).unsqueeze(1)
-    return x * mask
+    inside = (gy >= y0) & (gy < y0 + ch) & (gx >= x0) & (gx < x0 + cw)
+    return x * (~inside).to(x.dtype).unsqueeze(1)

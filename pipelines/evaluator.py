@@ -149,7 +149,7 @@ class Evaluator:
 
 
 def train_evaluator(
-    train_images: np.ndarray, train_labels: np.ndarray, *, class_names: list[str], epochs: int = 6,
+    train_images: np.ndarray, train_labels: np.ndarray, *, class_names: list[str], epochs: int = 20,
     batch_size: int = 128, seed: int = 0, progress: bool = False,
 ) -> EvalNet:
     """Fit the classifier on real labelled images with light shift augmentation (seeded, CPU-sized)."""
@@ -164,7 +164,7 @@ def train_evaluator(
     net.train()
     from tqdm import tqdm
 
-    bar = tqdm(total=steps, desc="evaluator", disable=not progress, leave=False)
+    bar = tqdm(total=steps, desc="training the evaluator", disable=None if progress else True, leave=False)
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=g)
         for i in range(0, len(x) - batch_size + 1, batch_size):

@@ -6,6 +6,7 @@ upload through `ray.train.report`, and resume through `ray.train.get_checkpoint`
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from contextlib import nullcontext
@@ -32,6 +33,8 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    # Ray Train logs every report at INFO; our metrics already go to MLflow and the driver's summary.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     job = Job.from_dict(config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -205,3 +205,21 @@ def test_make_grid_layout():
     assert grid[:, 0].eq(-1).all() and grid[:, 1:5, 1:7].eq(1).all()
     assert grid[:, 11:15, 8:14].eq(-1).all()  # the sixth cell is empty
     assert make_grid(images, nrow=8).shape == (3, 4 + 4, 5 * 8 + 2)
+
+
+def test_diff_augment_translation_keeps_content_and_cutout_masks_a_square():
+    from gan_models.augment import diff_augment
+
+    torch.manual_seed(0)
+    x = -torch.ones(8, 1, 16, 16)
+    x[:, :, 6:10, 6:10] = 1.0
+    shifted = diff_augment(x, "translation")
+    assert shifted.shape == x.shape
+    # A 4x4 square shifted by at most 2 px stays whole inside a 16x16 frame.
+    assert torch.equal((shifted == 1).flatten(1).sum(1), torch.full((8,), 16))
+    cut = diff_augment(torch.ones(8, 1, 16, 16), "cutout")
+    zeros = (cut == 0).flatten(1).sum(1)
+    assert (zeros > 0).all() and (zeros <= 64).all()  # one square of side 8, clipped at the border
+    assert torch.equal(diff_augment(x, ""), x)
+    with pytest.raises(ValueError, match="augment policy"):
+        dcgan.Config(augment="rotate")
