@@ -30,7 +30,7 @@ class LoopConfig:
     eval_every: int = 0  # offline evaluator metrics eval/* every this many steps (0: only at the end)
     ema_decay: float = 0.0  # exponential moving average of G's weights (0 disables); the EMA is exported
     ema_start: int = 0  # step after which the EMA starts tracking (before it, it copies G)
-    threads: int = 0  # torch intra-op threads per worker (0: leave torch's default)
+    threads: int = 0  # torch intra-op threads per process (0: Ray workers use cpus_per_worker, else torch's default)
 
 
 @dataclass(frozen=True, kw_only=True)

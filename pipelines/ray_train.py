@@ -13,6 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from pipelines.checkpoint import save_rng, save_state
@@ -39,6 +40,8 @@ def train_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    # Torch would start one thread per core in every worker; on a shared node that oversubscribes the CPUs.
+    torch.set_num_threads(job.spec.loop.threads or max(1, int(job.spec.scale.cpus_per_worker)))
     logger = None
     if rank == 0 and job.run_id:
         from pipelines.tracking import RunLogger

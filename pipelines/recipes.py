@@ -39,9 +39,9 @@ def dcgan_mnist5k_demo(dataset: str = "mnist5k") -> TrainSpec:
     """
     return TrainSpec(
         family="dcgan",
-        model=dcgan.Config(image_size=32, channels=1, ngf=32, ndf=32, lr_g=4e-4, lr_d=4e-4, augment="translation"),
+        model=dcgan.Config(image_size=32, channels=1, ngf=32, ndf=16, lr_g=8e-4, lr_d=8e-4, augment="translation"),
         data=DataConfig(dataset=dataset, batch_size=64),
-        loop=LoopConfig(steps=4000, log_every=100, checkpoint_every=1000, sample_every=500, eval_every=1000,
+        loop=LoopConfig(steps=6000, log_every=100, checkpoint_every=1000, sample_every=500, eval_every=1000,
                         ema_decay=0.999, ema_start=500),
         scale=ScaleConfig(workers=2),
         track=TrackConfig(alias="candidate"),
