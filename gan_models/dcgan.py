@@ -15,7 +15,7 @@ from . import losses
 from ._checks import in_unit_interval, one_of, positive
 from .augment import check_policy, diff_augment
 from .family import Batch, Family, Nets, Optimizers
-from .layers import init_normal_
+from .layers import frozen, init_normal_
 
 IMAGE_SIZES = (32, 64)
 LOSSES = ("bce", "lsgan", "hinge")
@@ -133,8 +133,9 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     and G maximises log D(G(z)); "lsgan"/"hinge" swap both halves.
 
     D(real) and D(fake) run as two forward+backward passes, as in the official code: each forward is followed
-    by its own backward, which DDP requires, and BatchNorm sees all-real and all-fake batches. D's
-    requires_grad is never toggled (the G step's stray D gradients are zeroed at the next D step).
+    by its own backward, which DDP requires, and BatchNorm sees all-real and all-fake batches. In the G step
+    D runs `frozen`: outside its DDP wrapper, without weight gradients (the official code computes and
+    discards them).
     Returns detached scalars; no .item() here (a GPU sync point), the loop converts when it reports.
     """
     g_net, d_net = nets["G"], nets["D"]
@@ -159,7 +160,8 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
 
     # (2) Update G: maximise log D(G(z)) (non-saturating), through the just-updated D.
     opt_g.zero_grad(set_to_none=True)
-    err_g = g_loss_fn(d_net(diff_augment(fake, cfg.augment)))
+    with frozen(d_net) as d_fixed:
+        err_g = g_loss_fn(d_fixed(diff_augment(fake, cfg.augment)))
     err_g.backward()
     opt_g.step()
 

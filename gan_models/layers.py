@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from torch import Tensor, nn
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -52,3 +55,21 @@ class Maxout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"units={self.units}, pieces={self.pieces}"
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """The network without its DDP wrapper and with requires_grad off, for a pass that trains someone else.
+
+    In a G step, G's gradient must flow through D's activations, but D's own weight gradients are wasted
+    work, and under DDP they would also be all-reduced. Calling the inner module keeps DDP out of this pass
+    entirely (no reducer is armed, so toggling requires_grad is safe); the flags are restored on exit.
+    """
+    inner = getattr(module, "module", module)
+    flags = [p.requires_grad for p in inner.parameters()]
+    inner.requires_grad_(False)
+    try:
+        yield inner
+    finally:
+        for p, flag in zip(inner.parameters(), flags, strict=True):
+            p.requires_grad_(flag)

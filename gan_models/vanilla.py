@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from . import losses
 from ._checks import in_unit_interval, one_of, positive
 from .family import Batch, Family, Nets, Optimizers
-from .layers import Maxout
+from .layers import Maxout, frozen
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,7 +192,8 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     # (2) a fresh minibatch of m noise samples; descend ∇_θg 1/m Σ log(1 - D(G(z^(i)))) ("minimax"), or
     #     ascend log D(G(z^(i))) instead ("nonsaturating", the paper's sec. 3 advice and the repo's choice).
     opt_g.zero_grad(set_to_none=True)
-    err_g = losses.G_LOSSES[cfg.g_loss](d_net(g_net(sample_latent(cfg, m, device=real_all.device))))
+    with frozen(d_net) as d_fixed:  # D's weights get no gradient here (and no DDP sync)
+        err_g = losses.G_LOSSES[cfg.g_loss](d_fixed(g_net(sample_latent(cfg, m, device=real_all.device))))
     err_g.backward()
     opt_g.step()
 

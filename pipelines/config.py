@@ -28,6 +28,7 @@ class LoopConfig:
     checkpoint_every: int = 500  # a killed worker loses at most this many steps
     sample_every: int = 500  # sample grid logged as an MLflow image every this many steps (0: only at the end)
     eval_every: int = 0  # offline evaluator metrics eval/* every this many steps (0: only at the end)
+    lr_decay_from: float = 1.0  # fraction of `steps` after which every learning rate decays linearly to 0 (1: never)
     ema_decay: float = 0.0  # exponential moving average of G's weights (0 disables); the EMA is exported
     ema_start: int = 0  # step after which the EMA starts tracking (before it, it copies G)
     threads: int = 0  # torch intra-op threads per process (0: Ray workers use cpus_per_worker, else torch's default)

@@ -145,6 +145,8 @@ def fit(
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             losses = family.train_step(nets, opts, batch, model_cfg)
         step += 1
+        if loop.lr_decay_from < 1.0:
+            _decay_learning_rates(opts, step=step, total=loop.steps, start=loop.lr_decay_from)
         if ema is not None:
             ema.update(nets[family.generator], step)
         window.add(losses, batch["image"].shape[0], wait_s)
@@ -167,6 +169,18 @@ def fit(
         checkpoint = make_checkpoint(step) if do_checkpoint else None
         report(Report(step=step, metrics=metrics, checkpoint=checkpoint, samples=samples, final=final))
     return step
+
+
+def _decay_learning_rates(opts: Optimizers, *, step: int, total: int, start: float) -> None:
+    """Constant, then linear to 0 over the last (1 - start) of training (pix2pix/CycleGAN's "linear" policy).
+
+    Computed from the step and each group's `initial_lr`, so a resumed run continues the same schedule.
+    """
+    factor = min(1.0, (total - step) / max(1.0, total * (1.0 - start)))
+    for opt in opts.values():
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * max(0.0, factor)
 
 
 def sample_grid(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:

@@ -223,3 +223,17 @@ def test_diff_augment_translation_keeps_content_and_cutout_masks_a_square():
     assert torch.equal(diff_augment(x, ""), x)
     with pytest.raises(ValueError, match="augment policy"):
         dcgan.Config(augment="rotate")
+
+
+def test_frozen_passes_gradient_to_inputs_only_and_restores_flags():
+    from gan_models.layers import frozen
+
+    d = torch.nn.Linear(3, 1)
+    wrapped = torch.nn.Module()
+    wrapped.module = d  # stands in for a DDP wrapper: `frozen` must use the inner network
+    x = torch.randn(2, 3, requires_grad=True)
+    with frozen(wrapped) as inner:
+        assert inner is d
+        inner(x).sum().backward()
+    assert d.weight.grad is None and d.bias.grad is None
+    assert x.grad is not None and d.weight.requires_grad and d.bias.requires_grad

@@ -108,3 +108,15 @@ def test_spec_round_trips_through_a_dict():
     again = TrainSpec.from_dict(spec.to_dict())
     assert again == spec
     assert again.flat()["model.ngf"] == 16
+
+
+def test_linear_lr_decay_reaches_zero_and_survives_a_restore():
+    fam, nets, opts = _build()
+    loop = LoopConfig(steps=10, log_every=5, lr_decay_from=0.6, sample_every=0)
+    lrs = []
+    fit(family=fam, model_cfg=TINY, nets=nets, opts=opts, batches=_batches(), loop=loop,
+        report=lambda r: lrs.append(opts["G"].param_groups[0]["lr"]))
+    base = TINY.lr_g
+    assert lrs == [pytest.approx(base), pytest.approx(0.0)]  # constant through step 6, then down to 0
+    state = opts["G"].state_dict()
+    assert state["param_groups"][0]["initial_lr"] == base
