@@ -36,6 +36,7 @@ class Config:
     beta1: float = 0.5  # Adam β1 (paper: 0.5 instead of 0.9, "helped stabilize training")
     beta2: float = 0.999  # Adam β2 (PyTorch default, as in the official example)
     loss: str = "bce"  # "bce" (paper; G non-saturating), "lsgan" (Mao et al.), "hinge"
+    d_norm: str = "batch"  # "batch" (paper) or "spectral" (Miyato et al. 2018: SN on every D conv, no BN)
     augment: str = ""  # DiffAugment policy for D's inputs, e.g. "translation,cutout" (not in the paper: "")
 
     def __post_init__(self) -> None:
@@ -43,6 +44,7 @@ class Config:
         one_of("channels", self.channels, (1, 3))
         one_of("loss", self.loss, LOSSES)
         check_policy(self.augment)
+        one_of("d_norm", self.d_norm, ("batch", "spectral"))
         positive(nz=self.nz, ngf=self.ngf, ndf=self.ndf, lr_g=self.lr_g, lr_d=self.lr_d)
         in_unit_interval(beta1=self.beta1, beta2=self.beta2)
 
@@ -80,14 +82,15 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """image (n, nc, size, size) -> logits (n,); the official D minus its final Sigmoid."""
 
-    def __init__(self, *, ndf: int, nc: int, image_size: int) -> None:
+    def __init__(self, *, ndf: int, nc: int, image_size: int, norm: str = "batch") -> None:
         super().__init__()
+        spectral = norm == "spectral"  # spectral norm itself is added after init, see `build`
         layers: list[nn.Module] = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         mult = 1
         for _ in range(_n_blocks(image_size)):
             layers += [
                 nn.Conv2d(ndf * mult, ndf * mult * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ndf * mult * 2),
+                nn.Identity() if spectral else nn.BatchNorm2d(ndf * mult * 2),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
             mult *= 2
@@ -103,8 +106,11 @@ def build(cfg: Config) -> Nets:
     if not isinstance(cfg, Config):  # field values were already checked by Config.__post_init__
         raise TypeError(f"dcgan.build needs a dcgan.Config, got {type(cfg).__name__}")
     g = Generator(nz=cfg.nz, ngf=cfg.ngf, nc=cfg.channels, image_size=cfg.image_size)
-    d = Discriminator(ndf=cfg.ndf, nc=cfg.channels, image_size=cfg.image_size)
-    return {"G": init_normal_(g, 0.02), "D": init_normal_(d, 0.02)}
+    d = init_normal_(Discriminator(ndf=cfg.ndf, nc=cfg.channels, image_size=cfg.image_size, norm=cfg.d_norm), 0.02)
+    if cfg.d_norm == "spectral":
+        for conv in [m for m in d.modules() if isinstance(m, nn.Conv2d)]:
+            nn.utils.parametrizations.spectral_norm(conv)
+    return {"G": init_normal_(g, 0.02), "D": d}
 
 
 def build_optimizers(cfg: Config, nets: Nets) -> Optimizers:

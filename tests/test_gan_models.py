@@ -237,3 +237,14 @@ def test_frozen_passes_gradient_to_inputs_only_and_restores_flags():
         inner(x).sum().backward()
     assert d.weight.grad is None and d.bias.grad is None
     assert x.grad is not None and d.weight.requires_grad and d.bias.requires_grad
+
+
+def test_dcgan_spectral_norm_discriminator_trains_and_has_no_batch_norm():
+    torch.manual_seed(0)
+    cfg = dcgan.Config(image_size=32, channels=1, nz=8, ngf=4, ndf=4, d_norm="spectral", loss="hinge")
+    nets = dcgan.build(cfg)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in nets["D"].modules())
+    convs = [m for m in nets["D"].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(torch.nn.utils.parametrize.is_parametrized(m, "weight") for m in convs)
+    losses = dcgan.train_step(nets, dcgan.build_optimizers(cfg, nets), {"image": torch.rand(4, 1, 32, 32) * 2 - 1}, cfg)
+    assert all(torch.isfinite(v) for v in losses.values())
