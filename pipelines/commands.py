@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -118,5 +117,4 @@ def cmd_bench(args: argparse.Namespace) -> int:
     ]
     print(format_table(results))
     print(f"wrote {write_json(results, args.out)}")
-    print(json.dumps({"summary": [round(r["img_per_s_median"], 1) for r in results]}))
     return 0

@@ -21,7 +21,7 @@ from pipelines.figures import (
 )
 from pipelines.loop import sample_grid
 from pipelines.recipes import dcgan_mnist5k_demo
-from pipelines.tracking import client
+from pipelines.tracking import client, resolve_tracking_uri
 from pipelines.train import train
 
 # The demo passes when generated digits reach this fraction of the real digits' confident share and score.
@@ -57,7 +57,7 @@ def run_demo(*, steps: int | None = None, workers: int | None = None, out: Path 
     print(f"{'Fréchet distance to held-out':<34}{'0':>16}{outcome.metrics['eval/fd']:>12.3f}")
     print(f"samples: 1000 each; evaluator test accuracy {ev.meta['test_accuracy']:.3f}; "
           f"bar: generated >= {RELATIVE_BAR} x real on both -> {'PASS' if passed else 'FAIL'}")
-    mlf = client(outcome.spec.track.tracking_uri or _tracking_uri())
+    mlf = client(resolve_tracking_uri(outcome.spec.track.tracking_uri))
     if passed:
         mlf.set_registered_model_alias(outcome.model_name, "champion", outcome.model_version)
         alias = "champion"
@@ -91,8 +91,3 @@ def run_demo(*, steps: int | None = None, workers: int | None = None, out: Path 
     print("browse runs, metrics and sample grids:  .venv/bin/ganpipe ui   (then open http://127.0.0.1:5000)")
     return 0 if passed else 1
 
-
-def _tracking_uri() -> str:
-    from pipelines.tracking import resolve_tracking_uri
-
-    return resolve_tracking_uri()

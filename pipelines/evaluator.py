@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
+from tqdm import tqdm
 
+from data_prep.reader import load_split
 from data_prep.storage import open_store
 from pipelines.loop import generate
 
@@ -162,8 +164,6 @@ def train_evaluator(
     steps = epochs * (len(x) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=max(steps, 1))
     net.train()
-    from tqdm import tqdm
-
     bar = tqdm(total=steps, desc="training the evaluator", disable=None if progress else True, leave=False)
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=g)
@@ -204,8 +204,6 @@ def ensure_evaluator(
     url = f"{store.url.rstrip('/')}/{key}"
     if store.exists(key):
         return url
-    from data_prep.reader import load_split
-
     train_x, train_y = load_split(dataset_url, split="train", s3_endpoint=s3_endpoint)
     test_x, test_y = load_split(dataset_url, split="test", s3_endpoint=s3_endpoint)
     net = train_evaluator(train_x, train_y, class_names=list(manifest.class_names), progress=progress)

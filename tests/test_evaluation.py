@@ -49,3 +49,21 @@ def test_bench_reports_throughput_and_writes_json(tmp_path):
     assert json.loads(path.read_text())[0]["batch"] == 4
     with pytest.raises(ValueError, match="unknown dcgan config key 'ngg'"):
         bench(family="dcgan", image_size=32, channels=1, batch=4, overrides={"ngg": "4"})
+
+
+def test_bench_and_the_plain_loop_run_without_ray_mlflow_or_webdataset(tmp_path):
+    # A bare GPU box has torch only: `ganpipe bench`, gan_models and the loop must not need the rest.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for m in ('ray', 'mlflow', 'webdataset', 'boto3', 'pyarrow'): sys.modules[m] = None\n"
+        "import gan_models, pipelines.loop, pipelines.checkpoint\n"
+        "from pipelines.cli import main\n"
+        "sys.exit(main(['bench', '--family', 'dcgan', '--image-size', '32', '--channels', '1', '--batch', '4',\n"
+        "               '--steps', '1', '--repeats', '1', '--warmup', '1', '--out', 'b.json', 'ngf=4', 'ndf=4']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "b.json").read_text())[0]["img_per_s_median"] > 0
