@@ -213,7 +213,8 @@ def _read_previous(dataset: Store) -> Manifest | None:
 
 
 def format_summary(result: PrepResult) -> str:
-    """A small text table: samples, shards and bytes per split; quarantine and notes; URL and digest."""
+    """A small text table: samples, shards and bytes per split; each quarantined file (first 20) and why;
+    notes; URL and digest."""
     m = result.manifest
     status = "unchanged" if result.reused else "written"
     lines = [
@@ -225,6 +226,11 @@ def format_summary(result: PrepResult) -> str:
         lines.append(f"{split:<8}{count:>10,}{len(shards):>8}{sum(s.bytes for s in shards):>14,}")
     quarantined = ", ".join(f"{reason} {n}" for reason, n in m.quarantine.items()) or "none"
     lines.append(f"quarantined: {quarantined}")
+    shown = 20
+    for entry in result.quarantined[:shown]:
+        lines.append(f"  {entry.origin}: {entry.reason} ({entry.detail})")
+    if len(result.quarantined) > shown:
+        lines.append(f"  ... {len(result.quarantined) - shown} more in quarantine.json")
     if m.notes:
         lines.append("notes: " + ", ".join(f"{note} {n}" for note, n in m.notes.items()))
     lines += [f"url:    {result.dataset_url}", f"digest: sha256:{m.digest}"]
