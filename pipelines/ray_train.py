@@ -29,13 +29,22 @@ def _has_batch_norm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
+def _quiet_report_logs() -> None:
+    # Ray Train V2 logs every report at INFO (from a logger named after its source file); our metrics already
+    # go to MLflow and the driver's summary.
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: its logs stay as they are
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """The function every Ray Train worker runs."""
     import ray.train
     import ray.train.torch
 
-    # Ray Train logs every report at INFO; our metrics already go to MLflow and the driver's summary.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    _quiet_report_logs()
     job = Job.from_dict(config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -115,4 +124,6 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls (without it,
+        # that poll logs a warning every few seconds); it listens on 127.0.0.1 only.
+        ray.init(num_cpus=num_cpus or os.cpu_count(), dashboard_host="127.0.0.1", log_to_driver=True)
