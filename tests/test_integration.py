@@ -7,6 +7,7 @@ prep -> s3:// shards -> 2 Ray Train workers -> checkpoints on S3 -> kill -> resu
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,18 +35,22 @@ def _train_cmd(store: str, tracking_uri: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _wait_for_checkpoint(store_url: str, proc: subprocess.Popen, timeout: float = 300) -> str:
+def _wait_for_registered_checkpoint(store_url: str, proc: subprocess.Popen, timeout: float = 300) -> int:
+    """The step of the first checkpoint Ray Train has registered (listed in its run snapshot), not merely
+    uploaded: only a registered checkpoint is what `get_checkpoint` resumes from."""
     store = open_store(store_url)
+    snapshot = "ray/resume-me/checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [k for k in store.list("ray/resume-me/") if k.endswith("/state.pt")]
-        if found:
-            return sorted(found)[0]
+        if store.exists(snapshot):
+            steps = [int(s) for s in re.findall(r"step_(\d{8})", store.get_bytes(snapshot).decode())]
+            if steps:
+                return max(steps)
         if proc.poll() is not None:
             out = proc.stdout.read() if proc.stdout else ""
             pytest.fail(f"training exited with {proc.returncode} before its first checkpoint:\n{out[-4000:]}")
-        time.sleep(1)
-    pytest.fail("no checkpoint appeared in the store in time")
+        time.sleep(0.5)
+    pytest.fail("no checkpoint was registered in time")
 
 
 def test_prep_train_kill_resume_register_sample_on_s3(s3_server, bucket_url, tmp_path, monkeypatch):
@@ -64,11 +69,10 @@ def test_prep_train_kill_resume_register_sample_on_s3(s3_server, bucket_url, tmp
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True)
     try:
-        checkpoint_key = _wait_for_checkpoint(bucket_url, first)
+        saved_step = _wait_for_registered_checkpoint(bucket_url, first)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
-    saved_step = int(checkpoint_key.split("/step_")[1].split("/")[0])
     assert saved_step % CHECKPOINT_EVERY == 0 and saved_step < STEPS
 
     # 3. The same command again resumes from the latest checkpoint on S3 and finishes.
