@@ -87,6 +87,7 @@ def start_run(
             order_by=["attributes.start_time DESC"],
         )
         if found:
+            mlf.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id, True
     tags = {
         RUN_NAME_TAG: spec.run_name,

@@ -56,10 +56,8 @@ def resolve(spec: TrainSpec) -> tuple[TrainSpec, Any, str]:
     if family.dataset_kind != manifest.kind:
         raise ValueError(f"{spec.family} trains on {family.dataset_kind!r} datasets; {url} is {manifest.kind!r}")
     model = spec.model
-    for name in ("image_size", "channels"):
-        have, want = getattr(model, name), getattr(manifest, name)
-        if have != want:
-            model = dataclasses.replace(model, **{name: want})
+    # Image geometry is fixed at prep time: the model takes it from the manifest, whatever the recipe said.
+    model = dataclasses.replace(model, image_size=manifest.image_size, channels=manifest.channels)
     run_name = spec.run_name or f"{spec.family}-{manifest.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return dataclasses.replace(spec, model=model, run_name=run_name), manifest, url
 
@@ -79,11 +77,13 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     log(f"run       {spec.run_name} (MLflow run {run_id}{', resuming' if resumed else ''})")
     job = Job(spec=spec, dataset_url=dataset_url, run_id=run_id, tracking_uri=tracking_uri,
               evaluator_url=evaluator_url or "")
-    with tempfile.TemporaryDirectory() as tmp:
-        if spec.scale.workers == 0:
-            state = _train_in_process(job, Path(tmp), progress=progress)
-        else:
-            state = _train_on_ray(job, Path(tmp))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            state = _train_in_process(job, Path(tmp)) if spec.scale.workers == 0 else _train_on_ray(job)
+    except BaseException:
+        # Leave the run visibly failed (not "running" forever); the same --run-name resumes it.
+        tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
+        raise
     generator = family.build(spec.model)[family.generator]
     generator.load_state_dict(state["ema"] if state.get("ema") is not None else state["nets"][family.generator])
     generator.eval()
@@ -110,7 +110,7 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     )
 
 
-def _train_on_ray(job: Job, tmp: Path) -> dict[str, Any]:
+def _train_on_ray(job: Job) -> dict[str, Any]:
     from pipelines.ray_train import ensure_ray, launch
 
     ensure_ray()
@@ -122,7 +122,7 @@ def _train_on_ray(job: Job, tmp: Path) -> dict[str, Any]:
         return load_state(Path(directory))
 
 
-def _train_in_process(job: Job, tmp: Path, *, progress: bool) -> dict[str, Any]:
+def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
     """workers=0: the same rank function in this process, checkpoints under runs/NAME/ in the store."""
     store = open_store(job.spec.store).child(f"runs/{job.spec.run_name}/checkpoints")
     resume_dir = None
