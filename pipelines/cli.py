@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -129,8 +130,6 @@ def _add_train_args(p: argparse.ArgumentParser, *, for_config: bool = False) -> 
 
 
 def spec_from_args(args: argparse.Namespace):
-    import dataclasses
-
     from gan_models import get_family
     from pipelines.config import apply_overrides
     from pipelines.recipes import get_recipe

@@ -72,7 +72,8 @@ class TrainSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainSpec:
         family = get_family(d["family"])
-        sections = {f.name: f for f in dataclasses.fields(cls)}
+        # Section types come from this class's own annotations, so a new section needs no registration.
+        sections = typing.get_type_hints(cls)
         kwargs: dict[str, Any] = {}
         for name, value in d.items():
             if name not in sections:
@@ -80,17 +81,10 @@ class TrainSpec:
             if name == "model":
                 kwargs[name] = _build(family.config, value)
             elif isinstance(value, dict):
-                kwargs[name] = _build(_section_type(name), value)
+                kwargs[name] = _build(sections[name], value)
             else:
                 kwargs[name] = value
         return cls(**kwargs)
-
-
-_SECTION_TYPES = {"data": DataConfig, "loop": LoopConfig, "scale": ScaleConfig, "track": TrackConfig}
-
-
-def _section_type(name: str) -> type:
-    return _SECTION_TYPES[name]
 
 
 def _build(cls: type, values: dict[str, Any]) -> Any:

@@ -6,6 +6,7 @@ registers the generator. Nothing here logs a secret: params come from the config
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -53,7 +54,9 @@ def client(tracking_uri: str):
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
+    """The source tree's commit, once per process ("" outside a git checkout)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
