@@ -149,7 +149,7 @@ def fit(
             _decay_learning_rates(opts, step=step, total=loop.steps, start=loop.lr_decay_from)
         if ema is not None:
             ema.update(nets[family.generator], step)
-        window.add(losses, batch["image"].shape[0], wait_s)
+        window.add(losses, _batch_size(batch), wait_s)
         if on_step is not None:
             on_step(step)
 
@@ -169,6 +169,11 @@ def fit(
         checkpoint = make_checkpoint(step) if do_checkpoint else None
         report(Report(step=step, metrics=metrics, checkpoint=checkpoint, samples=samples, final=final))
     return step
+
+
+def _batch_size(batch: dict[str, torch.Tensor]) -> int:
+    # Every kind's batch is a dict of tensors sharing dim 0 ("image", or "a"/"b" for the image-to-image kinds).
+    return next(iter(batch.values())).shape[0]
 
 
 def _decay_learning_rates(opts: Optimizers, *, step: int, total: int, start: float) -> None:
