@@ -27,7 +27,15 @@ class Family:
     build_optimizers: (config, nets) -> named optimizers.
     train_step:       (nets, opts, batch, config) -> detached scalar tensors ("loss/D", "loss/G", ...);
                       exactly one paper-faithful update of every network, in the paper's order.
-    sample_latent:    (config, n, generator, device) -> a batch of generator inputs.
+    sample_latent:    (config, n, generator, device) -> latents z, for families whose G draws one (None for
+                      the image-to-image families, whose G takes an image).
+    example_batch:    (config, n, generator, device) -> a synthetic training batch in the family's dataset kind
+                      (bench, tests, export examples); keys as the reader yields them.
+    generator_inputs: (config, batch, n, generator, device) -> the positional inputs of the exported generator
+                      for n samples: (z,) for DCGAN, (a,) for Pix2Pix, (x, c) for StarGAN, (z, emb) for
+                      GAN-CLS. `batch` supplies the conditioning; unconditional families ignore it.
+    sample_grid:      (generator module, batch, config, generator RNG) -> one image grid (C, H, W) in [-1, 1],
+                      the family's usual figure (pix2pix: input | output | target rows).
     generator:        key of the network that is exported and registered.
     """
 
@@ -37,5 +45,8 @@ class Family:
     build: Callable[[Any], Nets]
     build_optimizers: Callable[[Any, Nets], Optimizers]
     train_step: Callable[[Nets, Optimizers, Batch, Any], dict[str, torch.Tensor]]
-    sample_latent: Callable[..., torch.Tensor]
+    sample_latent: Callable[..., torch.Tensor] | None
+    example_batch: Callable[..., dict[str, torch.Tensor]]
+    generator_inputs: Callable[..., tuple[torch.Tensor, ...]]
+    sample_grid: Callable[..., torch.Tensor] | None = None  # None: a square grid of G(generator_inputs)
     generator: str = "G"

@@ -45,8 +45,7 @@ def bench(
         for net in nets.values():
             net.to(memory_format=torch.channels_last)
     opts = fam.build_optimizers(cfg, nets)
-    images = torch.rand(batch, channels, image_size, image_size, device=dev) * 2 - 1
-    batch_data = {"image": images, "label": torch.zeros(batch, dtype=torch.long, device=dev)}
+    batch_data = fam.example_batch(cfg, batch, generator=torch.Generator(dev).manual_seed(seed), device=dev)
     amp_dtype = torch.bfloat16 if amp else None
 
     def run(n: int) -> None:
