@@ -38,6 +38,7 @@ class Config:
     loss: str = "bce"  # "bce" (paper; G non-saturating), "lsgan" (Mao et al.), "hinge"
     d_norm: str = "batch"  # "batch" (paper) or "spectral" (Miyato et al. 2018: SN on every D conv, no BN)
     augment: str = ""  # DiffAugment policy for D's inputs, e.g. "translation,cutout" (not in the paper: "")
+    g_topk: float = 1.0  # share of fakes, those D scores highest, that G's loss uses (Sinha et al. 2020; paper: 1)
 
     def __post_init__(self) -> None:
         one_of("image_size", self.image_size, IMAGE_SIZES)
@@ -47,6 +48,8 @@ class Config:
         one_of("d_norm", self.d_norm, ("batch", "spectral"))
         positive(nz=self.nz, ngf=self.ngf, ndf=self.ndf, lr_g=self.lr_g, lr_d=self.lr_d)
         in_unit_interval(beta1=self.beta1, beta2=self.beta2)
+        if not 0.0 < self.g_topk <= 1.0:
+            raise ValueError(f"g_topk must be in (0, 1], got {self.g_topk}")
 
 
 def _n_blocks(image_size: int) -> int:
@@ -187,7 +190,10 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     # (2) Update G: maximise log D(G(z)) (non-saturating), through the just-updated D.
     opt_g.zero_grad(set_to_none=True)
     with frozen(d_net) as d_fixed:
-        err_g = g_loss_fn(d_fixed(diff_augment(fake, cfg.augment)))
+        g_logits = d_fixed(diff_augment(fake, cfg.augment))
+    if cfg.g_topk < 1.0:  # top-k: the fakes D finds least realistic give G's worst gradients, so drop them
+        g_logits = g_logits.topk(max(1, round(cfg.g_topk * g_logits.numel()))).values
+    err_g = g_loss_fn(g_logits)
     err_g.backward()
     opt_g.step()
 

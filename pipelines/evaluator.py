@@ -118,10 +118,10 @@ class Evaluator:
         self, *, family: Any, model_cfg: Any, seed: int, n: int = 1000
     ) -> Callable[[nn.Module], dict[str, float]]:
         """A callable G -> eval/* on `n` samples from a fixed seed (the same latents at every evaluation)."""
-        z = family.sample_latent(model_cfg, n, generator=torch.Generator().manual_seed(seed + 12345))
+        inputs = family.generator_inputs(model_cfg, None, n, generator=torch.Generator().manual_seed(seed + 12345))
 
         def evaluate(generator: nn.Module) -> dict[str, float]:
-            return self.image_metrics(generate(generator, z))
+            return self.image_metrics(generate(generator, inputs))
 
         return evaluate
 

@@ -55,10 +55,10 @@ class GeneratorEMA:
             b_ema.copy_(b)
 
     @torch.no_grad()
-    def recalibrate(self, latents: torch.Tensor, *, batch_size: int = 64) -> None:
+    def recalibrate(self, inputs: tuple[torch.Tensor, ...], *, batch_size: int = 64) -> None:
         """Re-estimate BN running statistics for the averaged weights (G's own statistics belong to G's
         weights, and eval-mode samples with them come out washed-out): a cumulative average of batch
-        statistics over `latents`, in train mode."""
+        statistics over G's `inputs` (a tuple, as `Family.generator_inputs` returns), in train mode."""
         norms = [m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not norms:
             return
@@ -68,8 +68,8 @@ class GeneratorEMA:
             m.momentum = None  # cumulative moving average over the calibration batches
         self.module.train()
         device = next(self.module.parameters()).device
-        for i in range(0, len(latents), batch_size):
-            self.module(latents[i : i + batch_size].to(device))
+        for i in range(0, len(inputs[0]), batch_size):
+            self.module(*(x[i : i + batch_size].to(device) for x in inputs))
         self.module.eval()
         for m, momentum in zip(norms, saved, strict=True):
             m.momentum = momentum
@@ -117,7 +117,8 @@ def fit(
     make_checkpoint: Callable[[int], dict[str, Any]] | None = None,
     ema: GeneratorEMA | None = None,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,  # rank 0: G -> eval/* every eval_every
-    sample_z: torch.Tensor | None = None,
+    figure: Callable[[nn.Module], torch.Tensor] | None = None,  # rank 0: G -> sample grid every sample_every
+    calibration_inputs: tuple[torch.Tensor, ...] | None = None,
     start_step: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
@@ -127,15 +128,19 @@ def fit(
     """Train from `start_step` to `loop.steps`; returns the last step.
 
     Every rank calls `report` equally often (Ray Train's report is a barrier). Only the caller decides what
-    rank 0 does differently: it passes `evaluate` and `sample_z`, the others pass None.
+    rank 0 does differently: it passes `evaluate` and `figure`, the others pass None.
     make_checkpoint: step -> full training state (called every `checkpoint_every` steps and at the end).
     ema:             averaged generator, updated after every step; it is what samples and evaluation use.
+    calibration_inputs: G's inputs for re-estimating the EMA's BN statistics; default: the family's
+                     unconditional inputs from a fixed seed (a conditional family must pass them).
     amp_dtype:       autocast dtype on GPU (bf16 where supported); None trains in float32.
     """
     device = torch.device(device)
     generator = ema.module if ema is not None else nets[family.generator]
-    # Fixed latents for the EMA's BN statistics, so every rank computes the same ones.
-    calibration_z = family.sample_latent(model_cfg, 512, generator=torch.Generator().manual_seed(loop.seed))
+    if ema is not None and calibration_inputs is None:
+        # Fixed latents for the EMA's BN statistics, so every rank computes the same ones.
+        seeded = torch.Generator().manual_seed(loop.seed)
+        calibration_inputs = family.generator_inputs(model_cfg, None, 512, generator=seeded)
     window = _Window()
     step = start_step
     while step < loop.steps:
@@ -159,13 +164,13 @@ def fit(
         metrics = window.summary(world_size)
         window = _Window()
         do_eval = evaluate is not None and bool(loop.eval_every) and step % loop.eval_every == 0
-        do_samples = sample_z is not None and (final or (loop.sample_every and step % loop.sample_every == 0))
+        do_samples = figure is not None and (final or (loop.sample_every and step % loop.sample_every == 0))
         do_checkpoint = make_checkpoint is not None and (final or step % loop.checkpoint_every == 0)
         if ema is not None and (do_eval or do_samples or do_checkpoint):
-            ema.recalibrate(calibration_z)
+            ema.recalibrate(calibration_inputs)
         if do_eval:
             metrics.update(evaluate(unwrap(generator)))
-        samples = sample_grid(unwrap(generator), sample_z) if do_samples else None
+        samples = figure(unwrap(generator)) if do_samples else None
         checkpoint = make_checkpoint(step) if do_checkpoint else None
         report(Report(step=step, metrics=metrics, checkpoint=checkpoint, samples=samples, final=final))
     return step
@@ -188,19 +193,27 @@ def _decay_learning_rates(opts: Optimizers, *, step: int, total: int, start: flo
             group["lr"] = group["initial_lr"] * max(0.0, factor)
 
 
-def sample_grid(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """A square-ish grid of G(z) in [-1, 1], computed in eval mode (BN running statistics)."""
-    images = generate(generator, z)
+def sample_grid(generator: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """A square-ish grid of G(*inputs) in [-1, 1], computed in eval mode (BN running statistics)."""
+    images = generate(generator, inputs)
     return make_grid(images, nrow=max(1, int(round(images.shape[0] ** 0.5))))
 
 
 @torch.no_grad()
-def generate(generator: nn.Module, z: torch.Tensor, *, batch: int = 250) -> torch.Tensor:
-    """G(z) in eval mode, in batches, on G's device; returns CPU floats in [-1, 1]."""
+def generate(
+    generator: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...], *, batch: int = 250
+) -> torch.Tensor:
+    """G(*inputs) in eval mode, in batches, on G's device; returns CPU floats in [-1, 1].
+
+    `inputs` is z alone or the tuple `Family.generator_inputs` returns, e.g. (image, target labels)."""
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     was_training = generator.training
     _set_mode(generator, training=False)
     device = next(iter(generator.parameters()), torch.empty(0)).device
-    out = torch.cat([generator(z[i : i + batch].to(device)).float().cpu() for i in range(0, len(z), batch)])
+    n = len(inputs[0])
+    out = torch.cat([
+        generator(*(x[i : i + batch].to(device) for x in inputs)).float().cpu() for i in range(0, n, batch)
+    ])
     _set_mode(generator, training=was_training)
     return out.clamp(-1, 1)
 

@@ -156,7 +156,7 @@ def log_generator(
     tracking_uri: str,
     run_id: str,
     generator: nn.Module,
-    example_input: torch.Tensor,
+    example_inputs: tuple[torch.Tensor, ...],
     registered_name: str,
     alias: str,
     tags: dict[str, str],
@@ -166,6 +166,9 @@ def log_generator(
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    if len(example_inputs) != 1:
+        raise NotImplementedError("registering a generator with several inputs is not supported yet")
+    (example_input,) = example_inputs
     generator = generator.eval().cpu()
     with torch.no_grad():
         out = generator(example_input)

@@ -94,9 +94,9 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
         metrics = evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)(generator)
         tracking.RunLogger(tracking_uri, run_id).log_metrics(int(state["step"]), metrics)
     name = spec.track.register_as or f"{spec.family}-{manifest.name}"
-    example = family.sample_latent(spec.model, 2, generator=torch.Generator().manual_seed(0))
+    example = family.generator_inputs(spec.model, None, 2, generator=torch.Generator().manual_seed(0))
     version = tracking.log_generator(
-        tracking_uri=tracking_uri, run_id=run_id, generator=generator, example_input=example,
+        tracking_uri=tracking_uri, run_id=run_id, generator=generator, example_inputs=example,
         registered_name=name, alias=spec.track.alias,
         tags={"ganpipe.run_name": spec.run_name, "ganpipe.manifest_sha256": manifest.digest,
               "ganpipe.git_commit": tracking.git_commit()},

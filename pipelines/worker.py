@@ -14,7 +14,7 @@ from data_prep.reader import image_batches
 from gan_models import get_family
 from pipelines.checkpoint import load_state, restore, restore_rng, training_state
 from pipelines.config import TrainSpec
-from pipelines.loop import GeneratorEMA, Report, fit
+from pipelines.loop import GeneratorEMA, Report, fit, sample_grid
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +39,21 @@ class Job:
 def seed_everything(seed: int, rank: int) -> None:
     # Different ranks must draw different latents, or data parallelism just repeats one sample.
     torch.manual_seed(seed * 1_000_003 + rank)
+
+
+def _figure_fn(
+    family: Any, model_cfg: Any, sample_batch: dict[str, torch.Tensor] | None, *, seed: int, device: torch.device
+) -> Callable[[nn.Module], torch.Tensor]:
+    """G -> the sample grid rank 0 logs, always from the same inputs so grids compare across steps.
+
+    `sample_batch` is the conditioning (None for unconditional families)."""
+    if family.sample_grid is not None:
+        return lambda generator: family.sample_grid(
+            generator, sample_batch, model_cfg, generator=torch.Generator(device).manual_seed(seed)
+        )
+    g = torch.Generator().manual_seed(seed)
+    inputs = tuple(x.to(device) for x in family.generator_inputs(model_cfg, sample_batch, 64, generator=g))
+    return lambda generator: sample_grid(generator, inputs)
 
 
 def run_rank(
@@ -93,10 +108,9 @@ def run_rank(
 
         evaluator = Evaluator.load(job.evaluator_url, s3_endpoint=job.s3_endpoint, device=device)
         evaluate = evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)
-    sample_z = None
+    figure = None
     if is_rank0:
-        g = torch.Generator().manual_seed(spec.loop.seed)
-        sample_z = family.sample_latent(spec.model, 64, generator=g).to(device)
+        figure = _figure_fn(family, spec.model, None, seed=spec.loop.seed, device=device)
 
     def make_checkpoint(step: int) -> dict[str, Any]:
         # Only rank 0 holds the state (all ranks' weights are equal under DDP); the others' empty dict
@@ -119,7 +133,7 @@ def run_rank(
         make_checkpoint=make_checkpoint,
         ema=ema,
         evaluate=evaluate,
-        sample_z=sample_z,
+        figure=figure,
         start_step=start_step,
         world_size=world_size,
         device=device,

@@ -80,7 +80,7 @@ def test_ema_recalibration_matches_batch_statistics():
     fam, nets, _ = _build()
     ema = GeneratorEMA.of(nets["G"], decay=0.5)
     z = fam.sample_latent(TINY, 64, generator=torch.Generator().manual_seed(0))
-    ema.recalibrate(z, batch_size=64)
+    ema.recalibrate((z,), batch_size=64)
     bn = next(m for m in ema.module.modules() if isinstance(m, torch.nn.BatchNorm2d))
     first_conv = ema.module.main[0]
     with torch.no_grad():
