@@ -100,7 +100,7 @@ class PrepResult:
 
 def prep_images(cfg: PrepConfig, *, progress: bool = True) -> PrepResult:
     """Prepare an `images` dataset (DESIGN.md section 3) from `cfg.source` into `cfg.store`."""
-    source = get_source(cfg.source)
+    source = get_source(cfg.source, crops=cfg.inputs.crops, seed=cfg.seed)
     channels = cfg.channels or source.default_channels
     transform = TransformConfig(
         image_size=cfg.image_size, channels=channels, image_format=cfg.image_format, margin=source.margin
@@ -182,6 +182,10 @@ def write_dataset(
             digest.update(f"{domain}\t{src.fingerprint()}\n".encode())
         fingerprint = digest.hexdigest()
     previous = _read_previous(dataset)
+    if previous and previous.kind != kind:
+        raise ValueError(
+            f"{dataset.url} already holds a {previous.kind!r} dataset: give another --name for this {kind!r} one"
+        )
     if previous and (previous.kind, previous.prep, previous.source_fingerprint) == (kind, prep, fingerprint):
         return PrepResult(
             manifest=previous,

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -100,6 +101,46 @@ def sanitise(part: str) -> str:
     return cleaned or "x"
 
 
+def list_images(root: Path, *, required: bool = True) -> list[Path]:
+    """Image files under `root` (recursive, hidden names skipped) as sorted relative paths; none is a
+    SourceError when `required`."""
+    found = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if any(p.startswith(".") for p in rel.parts):  # .DS_Store, .ipynb_checkpoints, ...
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            found.append(rel)
+    if not found and required:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise SourceError(f"no image files ({exts}) found under {root}")
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def unique_keys(rels: list[Path]) -> list[str]:
+    """Shard keys for relative paths: sanitised parts joined by '/', made unique with -2, -3, ..."""
+    seen: set[str] = set()
+    out = []
+    for rel in rels:
+        base = "/".join(sanitise(p) for p in (*rel.parts[:-1], rel.name))
+        key, n = base, 1
+        while key in seen:
+            n += 1
+            key = f"{base}-{n}"
+        seen.add(key)
+        out.append(key)
+    return out
+
+
+def stat_fingerprint(root: Path, rels: list[Path], *, digest: Any = None) -> str:
+    """sha256 over (relative path, size, mtime) of each file."""
+    digest = digest or hashlib.sha256()
+    for rel in rels:
+        st = (root / rel).stat()
+        digest.update(f"{rel.as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 class FolderSource(Source):
     """Image files under `root`, found recursively; top-level sub-folders, when present, are classes."""
 
@@ -114,17 +155,7 @@ class FolderSource(Source):
 
     @cached_property
     def _files(self) -> list[Path]:
-        found = []
-        for path in self.root.rglob("*"):
-            rel = path.relative_to(self.root)
-            if any(p.startswith(".") for p in rel.parts):  # .DS_Store, .ipynb_checkpoints, ...
-                continue
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-                found.append(rel)
-        if not found:
-            exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-            raise SourceError(f"no image files ({exts}) found under {self.root}")
-        return sorted(found, key=lambda p: p.as_posix())
+        return list_images(self.root)
 
     @cached_property
     def class_names(self) -> list[str] | None:  # type: ignore[override]
@@ -141,29 +172,17 @@ class FolderSource(Source):
 
     def entries(self) -> list[SourceEntry]:
         classes = {name: i for i, name in enumerate(self.class_names or [])}
-        seen: set[str] = set()
-        out = []
-        for rel in self._files:
-            base = "/".join(sanitise(p) for p in (*rel.parts[:-1], rel.name))
-            key, n = base, 1
-            while key in seen:
-                n += 1
-                key = f"{base}-{n}"
-            seen.add(key)
-            label = classes[rel.parts[0]] if classes else None
-            out.append(SourceEntry(key=key, label=label, origin=rel.as_posix()))
-        return out
+        return [
+            SourceEntry(key=key, label=classes[rel.parts[0]] if classes else None, origin=rel.as_posix())
+            for key, rel in zip(unique_keys(self._files), self._files, strict=True)
+        ]
 
     def read(self, entry: SourceEntry) -> RawSample:
         data = (self.root / entry.origin).read_bytes()
         return RawSample(key=entry.key, data=data, label=entry.label, origin=entry.origin)
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for rel in self._files:
-            st = (self.root / rel).stat()
-            digest.update(f"{rel.as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
+        return stat_fingerprint(self.root, self._files)
 
 
 class ArraySource(Source):
