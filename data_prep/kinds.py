@@ -19,7 +19,7 @@ from typing import Any
 
 from data_prep.encoders import CaptionedEncoder, Encoder, attributes_encoder, images_encoder, paired_encoder
 from data_prep.prep import PREP_FORMAT, PrepConfig, PrepResult, prep_images, write_dataset
-from data_prep.sources import BUILTINS, Source, SourceError, get_source
+from data_prep.sources import BUILTINS, Source, SourceError, get_source, limited
 from data_prep.sources_attrs import (
     CELEBA_ATTRS,
     CELEBA_CROP,
@@ -92,16 +92,16 @@ def _write(cfg: PrepConfig, *, progress: bool, name: str, channels: int, prep: d
 def _paired(cfg: PrepConfig, *, progress: bool) -> PrepResult:
     opts = cfg.paired
     if opts.derive:
-        source: Source = get_source(cfg.source, crops=cfg.inputs.crops, seed=cfg.seed)
+        source: Source = limited(get_source(cfg.source, crops=cfg.inputs.crops, seed=cfg.seed), cfg.inputs.limit)
         mode, name = opts.derive, f"{source.name}-{opts.derive}"
     elif cfg.source in BUILTINS:
         raise SourceError(f"built-in {cfg.source} has no pairs: {DERIVE_HINT}")
     else:
         root = _path(cfg.source)
         if is_ab_layout(root):
-            source, mode = ABFolderSource(str(root)), "ab"
+            source, mode = limited(ABFolderSource(str(root)), cfg.inputs.limit), "ab"
         elif is_aligned_layout(root):
-            source, mode = aligned_source(str(root)), "aligned"
+            source, mode = limited(aligned_source(str(root)), cfg.inputs.limit), "aligned"
         else:
             layouts = "train/ val/ test/ (aligned A|B) nor A/ and B/ folders"
             raise SourceError(f"{root} has neither {layouts}: {DERIVE_HINT}")
@@ -125,7 +125,8 @@ def _paired(cfg: PrepConfig, *, progress: bool) -> PrepResult:
 
 
 def _unpaired(cfg: PrepConfig, *, progress: bool) -> PrepResult:
-    sources = domain_sources(cfg.source, cfg.inputs.source_b, crops=cfg.inputs.crops, seed=cfg.seed)
+    found = domain_sources(cfg.source, cfg.inputs.source_b, crops=cfg.inputs.crops, seed=cfg.seed)
+    sources = {domain: limited(src, cfg.inputs.limit) for domain, src in found.items()}
     channels = cfg.channels or (1 if all(s.default_channels == 1 for s in sources.values()) else 3)
     domains: dict[str, tuple[Source, Encoder]] = {
         domain: (src, images_encoder(_transform(cfg, src, channels), min_size=cfg.min_size))
@@ -139,7 +140,11 @@ def _unpaired(cfg: PrepConfig, *, progress: bool) -> PrepResult:
 
 
 def attribute_source(cfg: PrepConfig) -> Source:
-    """The attributes source a spec names (see the module docstring)."""
+    """The attributes source a spec names (see the module docstring), limited to cfg.inputs.limit inputs."""
+    return limited(_attribute_source(cfg), cfg.inputs.limit)
+
+
+def _attribute_source(cfg: PrepConfig) -> Source:
     attrs = cfg.attributes.attrs
     if cfg.source == "mnist5k":
         source: Source = Mnist5kAttrsSource(seed=cfg.seed)
@@ -164,7 +169,8 @@ def _attributes(cfg: PrepConfig, *, progress: bool) -> PrepResult:
     source = attribute_source(cfg)
     names: list[str] = source.attribute_names  # type: ignore[attr-defined]
     crop = cfg.attributes.center_crop
-    crop = (CELEBA_CROP if isinstance(source, CelebASource) else 0) if crop is None else crop
+    is_celeba = isinstance(getattr(source, "source", source), CelebASource)
+    crop = (CELEBA_CROP if is_celeba else 0) if crop is None else crop
     channels = cfg.channels or source.default_channels
     encoder = attributes_encoder(_transform(cfg, source, channels), n_attrs=len(names), crop=crop or None,
                                  min_size=cfg.min_size)  # fmt: skip
@@ -181,7 +187,11 @@ def _attributes(cfg: PrepConfig, *, progress: bool) -> PrepResult:
 
 
 def caption_source(cfg: PrepConfig) -> Source:
-    """The captioned source a spec names (see the module docstring)."""
+    """The captioned source a spec names (see the module docstring), limited to cfg.inputs.limit inputs."""
+    return limited(_caption_source(cfg), cfg.inputs.limit)
+
+
+def _caption_source(cfg: PrepConfig) -> Source:
     if cfg.source == "mnist5k":
         return Mnist5kCaptionsSource(seed=cfg.seed, count=cfg.captioned.captions_per_image)
     if cfg.source in BUILTINS:

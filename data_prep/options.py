@@ -17,7 +17,8 @@ class SourceOptions:
     """source_b: the B domain of an `unpaired` dataset given as two sources; images: the folder that an
     attribute table's, COCO JSON's or Parquet's file names are relative to (default: that file's folder, or
     img_align_celeba/ beside CelebA's list_attr_celeba.txt); file_column / image_column / caption_column:
-    table columns (default: guessed from common names); crops: how many crops `skimage-photos` makes."""
+    table columns (default: guessed from common names); crops: how many crops `skimage-photos` makes;
+    limit: use at most this many inputs (per domain), evenly spaced through the source, for quick trials."""
 
     source_b: str | None = None
     images: str | None = None
@@ -25,10 +26,13 @@ class SourceOptions:
     image_column: str | None = None
     caption_column: str | None = None
     crops: int = 256
+    limit: int | None = None
 
     def __post_init__(self) -> None:
         if self.crops < 1:
             raise ValueError(f"crops must be >= 1, got {self.crops}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
 
 
 @dataclass(frozen=True, kw_only=True)

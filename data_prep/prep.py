@@ -37,7 +37,7 @@ from data_prep.manifest import (
 )
 from data_prep.options import AttributeOptions, CaptionOptions, PairedOptions, SourceOptions
 from data_prep.shards import LAYOUT_SPLITS, ShardWriter, holdout_count, split_entries
-from data_prep.sources import BadSample, Source, SourceEntry, SourceError, get_source
+from data_prep.sources import BadSample, Source, SourceEntry, SourceError, get_source, limited
 from data_prep.storage import Store, open_store
 from data_prep.transforms import IMAGE_FORMATS, TransformConfig
 from data_prep.validate import QuarantineEntry
@@ -100,7 +100,7 @@ class PrepResult:
 
 def prep_images(cfg: PrepConfig, *, progress: bool = True) -> PrepResult:
     """Prepare an `images` dataset (DESIGN.md section 3) from `cfg.source` into `cfg.store`."""
-    source = get_source(cfg.source, crops=cfg.inputs.crops, seed=cfg.seed)
+    source = limited(get_source(cfg.source, crops=cfg.inputs.crops, seed=cfg.seed), cfg.inputs.limit)
     channels = cfg.channels or source.default_channels
     transform = TransformConfig(
         image_size=cfg.image_size, channels=channels, image_format=cfg.image_format, margin=source.margin

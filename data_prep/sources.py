@@ -339,6 +339,43 @@ class ConcatSource(Source):
         return digest.hexdigest()
 
 
+class SubsetSource(Source):
+    """At most `limit` entries of `source`, evenly spaced through its order (so a sorted-by-class built-in
+    keeps every class): for quick trials and small tests."""
+
+    def __init__(self, source: Source, *, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.source, self.limit = source, limit
+        self.name, self.spec = source.name, f"{source.spec}[:{limit}]"
+        self.default_channels, self.margin = source.default_channels, source.margin
+
+    def __getattr__(self, name: str) -> Any:  # kind-specific metadata (attribute_names, groups, ...)
+        return getattr(self.__dict__["source"], name)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.source.class_names
+
+    def entries(self) -> list[SourceEntry]:
+        entries = self.source.entries()
+        if len(entries) <= self.limit:
+            return entries
+        picks = sorted(set(np.linspace(0, len(entries) - 1, self.limit).round().astype(int).tolist()))
+        return [entries[i] for i in picks]
+
+    def read(self, entry: SourceEntry) -> RawSample:
+        return self.source.read(entry)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.source.fingerprint()}:limit={self.limit}".encode()).hexdigest()
+
+
+def limited(source: Source, limit: int | None) -> Source:
+    """`source`, or its evenly spaced subset of `limit` entries."""
+    return source if limit is None else SubsetSource(source, limit=limit)
+
+
 def get_source(spec: str, *, crops: int = 256, seed: int = 0) -> Source:
     """Resolve "mnist5k" | "digits" | "skimage-photos" | a folder path into a Source (`crops` and `seed`
     only shape skimage-photos)."""
