@@ -83,7 +83,9 @@ def load_text_encoder(spec: str = MINILM, *, device: str | None = None) -> TextE
         model = SentenceTransformer(str(folder), device=device or "cpu", local_files_only=True)
     except Exception as exn:
         raise SourceError(f"cannot load text encoder from {folder}: {type(exn).__name__}: {exn}") from exn
-    dim = model.get_sentence_embedding_dimension()
+    # get_embedding_dimension is the newer name (sentence-transformers >= 5); the older one still works there
+    get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dim = get_dim()
     if not dim:
         dim = int(model.encode(["probe"], convert_to_numpy=True).shape[-1])
     return TextEncoder(name=name, dim=int(dim), fingerprint=_fingerprint(folder), model=model)
