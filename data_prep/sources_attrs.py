@@ -281,9 +281,13 @@ class ExclusiveFolderSource(FolderSource):
 
 
 class Mnist5kAttrsSource(Mnist5kSource):
-    """mnist5k drawn in seeded colours and stroke widths (render.py): RGB, attributes, digit label."""
+    """mnist5k drawn in seeded colours and stroke widths (render.py): RGB, attributes, digit label.
+
+    The 28 px digit is framed to 32 px (2 px each side, as the images kind does) before drawing, so an
+    inverted sample's white background fills the whole frame."""
 
     default_channels = 3
+    margin = 0.0
     groups = render.GROUPS
     exclusive = False
 
@@ -297,5 +301,5 @@ class Mnist5kAttrsSource(Mnist5kSource):
     def read(self, entry: SourceEntry) -> RawSample:
         raw = super().read(entry)
         style = render.style_of(raw.key, seed=self.seed)
-        pixels = render.render(np.asarray(raw.data), style)
+        pixels = render.render(np.pad(np.asarray(raw.data), 2), style)
         return RawSample(key=raw.key, data=pixels, label=raw.label, origin=raw.origin, attrs=style.attrs())
