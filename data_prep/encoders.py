@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from data_prep import derive
+from data_prep.options import DERIVATIONS
 from data_prep.sources import RawSample
 from data_prep.transforms import TransformConfig, encode_image, fit_image, transform
 from data_prep.validate import QuarantineEntry, ValidImage, validate
@@ -123,6 +124,9 @@ def paired_encoder(
     in raw.data (which becomes B). direction "BtoA" swaps a and b.
     """
 
+    if mode not in ("aligned", "ab", *DERIVATIONS):
+        raise ValueError(f"mode must be aligned, ab or one of {DERIVATIONS}, got {mode!r}")
+
     def encode(raw: RawSample) -> EncodedSample | QuarantineEntry:
         valid = validate(raw, channels=cfg.channels, min_size=min_size)
         if isinstance(valid, QuarantineEntry):
@@ -156,13 +160,9 @@ def paired_encoder(
                     a = derive.colorize(b)
                 elif mode == "superres":
                     a = derive.superres(b, factor=superres_factor)
-                elif mode == "inpaint":
+                else:  # "inpaint"
                     a, mask = derive.inpaint(b, rng=derive.sample_rng(seed=seed, key=raw.key))
-                else:
-                    raise ValueError(f"unknown paired mode {mode!r}")
-            except ValueError:  # a configuration error (colorize on grey), not a bad sample
-                raise
-            except Exception as exn:  # one odd image must not stop the run
+            except Exception as exn:  # one odd image must not stop the run (kinds.py checks the options first)
                 return _quarantine(raw, "unreadable", f"{mode} failed: {type(exn).__name__}: {exn}")
         if direction == "BtoA":
             a, b = b, a

@@ -351,6 +351,8 @@ class SubsetSource(Source):
         self.default_channels, self.margin = source.default_channels, source.margin
 
     def __getattr__(self, name: str) -> Any:  # kind-specific metadata (attribute_names, groups, ...)
+        if "source" not in self.__dict__:
+            raise AttributeError(name)
         return getattr(self.__dict__["source"], name)
 
     @property

@@ -31,6 +31,11 @@ def _dir(spec: str) -> Path:
     return path
 
 
+def _has_images(folder: Path) -> bool:
+    """An existing folder with at least one image (an empty val/ is skipped rather than an error)."""
+    return folder.is_dir() and bool(list_images(folder, required=False))
+
+
 def is_aligned_layout(root: Path) -> bool:
     """pix2pix's aligned layout: train/ (and/or val/, test/) holding A|B images side by side."""
     return any((root / split).is_dir() for split in LAYOUT_SPLITS) and not (root / "A").is_dir()
@@ -44,7 +49,7 @@ def is_ab_layout(root: Path) -> bool:
 def aligned_source(spec: str) -> Source:
     """The aligned layout as one source: each split folder's images, in that split, keyed `{split}/...`."""
     root = _dir(spec)
-    parts = [(split, split, FolderSource(root / split)) for split in LAYOUT_SPLITS if (root / split).is_dir()]
+    parts = [(split, split, FolderSource(root / split)) for split in LAYOUT_SPLITS if _has_images(root / split)]
     if not parts:
         raise SourceError(f"{root} has none of the folders {', '.join(LAYOUT_SPLITS)} of the aligned layout")
     return ConcatSource(parts, name=sanitise(root.name).lower() or "paired", spec=str(root))
@@ -130,7 +135,9 @@ def domain_sources(spec: str, spec_b: str | None, *, crops: int = 256, seed: int
         parts = [
             (split, split, FolderSource(root / f"{split}{side}"))
             for split in LAYOUT_SPLITS
-            if (root / f"{split}{side}").is_dir()
+            if _has_images(root / f"{split}{side}")
         ]
+        if not parts:
+            raise SourceError(f"{root / f'train{side}'} holds no images")
         out[domain] = ConcatSource(parts, name=f"{root.name}{side}", spec=str(root / f"*{side}"))
     return out

@@ -159,6 +159,8 @@ def test_edges_from_mnist5k_and_builtin_without_derive_is_refused(tmp_path: Path
     assert arrays["a"].shape == (2, 1, 32, 32) and np.array_equal(arrays["a"][0, 0], derive.edges(arrays["b"][0, 0]))
     with pytest.raises(SourceError, match="--derive"):
         _prep(tmp_path, "mnist5k", "paired")
+    with pytest.raises(ValueError, match="--channels 3"):
+        _prep(tmp_path, "mnist5k", "paired", paired=PairedOptions(derive="colorize"), inputs=SourceOptions(limit=4))
 
 
 # ---------------------------------------------------------------- unpaired
@@ -188,6 +190,14 @@ def test_cyclegan_layout_two_domains_under_one_manifest(tmp_path: Path) -> None:
     assert [len(b["a"]) for b in batches] == [2, 2, 1] and set(batches[0]) == {"a", "b", "label_a", "label_b"}
     assert prep_dataset(PrepConfig(source=str(root), kind="unpaired", store=str(tmp_path / "store"), image_size=8),
                         progress=False).reused  # fmt: skip
+    smaller = prep_dataset(PrepConfig(source=str(root), kind="unpaired", store=str(tmp_path / "store"), image_size=8,
+                                      shard_size=2), progress=False)  # fmt: skip
+    assert smaller.manifest.version == 2 and len(smaller.manifest.split_shards("train", domain="domain_b")) == 3
+    again = prep_dataset(PrepConfig(source=str(root), kind="unpaired", store=str(tmp_path / "store"), image_size=8),
+                         progress=False)  # fmt: skip
+    shard_keys = [k for k in open_store(again.dataset_url).list() if k.endswith(".tar")]
+    # v2 wrote train-000001/2 per domain; v3 (one shard per split) must have removed them
+    assert len(shard_keys) == 4 and sorted(shard_keys) == sorted(s.path for s in again.manifest.shards)
 
 
 def test_digits_to_mnist5k_keeps_labels(tmp_path: Path) -> None:
