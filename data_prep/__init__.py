@@ -7,19 +7,40 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from data_prep.manifest import IndexRow, Manifest, ShardInfo
+from data_prep.manifest import KINDS, IndexRow, Manifest, ShardInfo
+from data_prep.options import AttributeOptions, CaptionOptions, PairedOptions, SourceOptions
 from data_prep.prep import PrepConfig, PrepResult, format_summary, prep_images, write_dataset
 from data_prep.sources import RawSample, Source, SourceError, get_source
 from data_prep.storage import KeyNotFound, LocalStore, Store, StoreError, open_store
 from data_prep.validate import QuarantineEntry, validate
 
 if TYPE_CHECKING:
+    from data_prep.batches import dataset_batches, load_split_arrays
+    from data_prep.kinds import prep_dataset
     from data_prep.reader import DatasetNotFound, image_batches, iter_samples, load_split, read_manifest
 
-_READER = ("DatasetNotFound", "image_batches", "iter_samples", "load_split", "read_manifest")
+# Loaded on first use: the reader needs torch and webdataset, prep_dataset the kinds' sources.
+_LAZY = {
+    "DatasetNotFound": "reader",
+    "image_batches": "reader",
+    "iter_samples": "reader",
+    "load_split": "reader",
+    "read_manifest": "reader",
+    "dataset_batches": "batches",
+    "load_split_arrays": "batches",
+    "prep_dataset": "kinds",
+}
 
 __all__ = [
+    "KINDS",
+    "AttributeOptions",
+    "CaptionOptions",
     "DatasetNotFound",
+    "PairedOptions",
+    "SourceOptions",
+    "dataset_batches",
+    "load_split_arrays",
+    "prep_dataset",
     "IndexRow",
     "KeyNotFound",
     "LocalStore",
@@ -47,8 +68,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _READER:
-        from data_prep import reader
+    if name in _LAZY:
+        import importlib
 
-        return getattr(reader, name)
+        return getattr(importlib.import_module(f"data_prep.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'data_prep' has no attribute {name!r}")

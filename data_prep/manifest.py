@@ -1,7 +1,8 @@
 """The dataset contract: `manifest.json` (written last), `index.parquet` and `quarantine.json`.
 
 Layout under a store: datasets/{name}/ holding manifest.json, index.parquet, quarantine.json and
-shards/{split}-{i:06d}.tar.
+shards/{split}-{i:06d}.tar; an `unpaired` dataset has one shard set per domain instead:
+domain_a/shards/{split}-{i:06d}.tar and domain_b/shards/... (DESIGN.md section 3).
 `Manifest.digest` is the sha256 of the canonical JSON, the dataset's identity for lineage and caching.
 """
 
@@ -28,15 +29,21 @@ QUARANTINE = "quarantine.json"
 SHARDS = "shards"
 
 
+KINDS = ("images", "paired", "unpaired", "attributes", "captioned")
+DOMAINS = ("domain_a", "domain_b")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ShardInfo:
-    """One WebDataset tar: path relative to the dataset root, split, size, sample count, sha256."""
+    """One WebDataset tar: path relative to the dataset root, split, size, sample count, sha256, and the
+    domain ("domain_a" | "domain_b") for `unpaired` datasets (None otherwise, and then left out of the JSON)."""
 
     path: str
     split: str
     bytes: int
     samples: int
     sha256: str
+    domain: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,7 +67,11 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for shard in data["shards"]:  # single-domain manifests keep the original shard fields (and digests)
+            if shard["domain"] is None:
+                del shard["domain"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -83,9 +94,13 @@ class Manifest:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
-    def split_shards(self, split: str) -> list[ShardInfo]:
-        """The shards of one split, in manifest order."""
-        return [s for s in self.shards if s.split == split]
+    def split_shards(self, split: str, *, domain: str | None = None) -> list[ShardInfo]:
+        """The shards of one split (of one domain, for `unpaired`), in manifest order."""
+        return [s for s in self.shards if s.split == split and s.domain == domain]
+
+    def split_count(self, split: str, *, domain: str | None = None) -> int:
+        """Samples in one split (of one domain): the sum over its shards."""
+        return sum(s.samples for s in self.split_shards(split, domain=domain))
 
 
 @dataclass(frozen=True, kw_only=True)

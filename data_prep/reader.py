@@ -1,5 +1,8 @@
 """Read prepared datasets for training and evaluation, streaming shards through the Store (file or S3).
 
+This module holds the shared core (manifest, secure decoding, rank partition, shuffling) and the `images`
+API; batches.py builds every kind's batches and whole-split arrays on `decoded_epoch`.
+
 Decoding is secure: only png/jpg (PIL), cls (int), json, txt and npy (allow_pickle=False) are decoded;
 any other member is refused, so nothing is ever unpickled. Tar expansion and grouping are webdataset's.
 """
@@ -30,6 +33,11 @@ class DatasetNotFound(Exception):
 def read_manifest(dataset_url: str, *, s3_endpoint: str | None = None) -> Manifest:
     """The manifest of the dataset at `dataset_url` (e.g. .ganpipe/store/datasets/mnist5k)."""
     return _open(dataset_url, s3_endpoint=s3_endpoint)[1]
+
+
+def open_dataset(dataset_url: str, *, s3_endpoint: str | None = None) -> tuple[Store, Manifest]:
+    """The dataset's store and manifest; DatasetNotFound when it was never prepared."""
+    return _open(dataset_url, s3_endpoint=s3_endpoint)
 
 
 def _open(dataset_url: str, *, s3_endpoint: str | None) -> tuple[Store, Manifest]:
@@ -103,6 +111,51 @@ def _shuffled(items: Iterator[dict[str, Any]], size: int, rng: random.Random) ->
     yield from buffer
 
 
+def decoded_epoch(
+    store: Store,
+    manifest: Manifest,
+    *,
+    split: str,
+    rank: int,
+    world_size: int,
+    seed: int,
+    epoch: int,
+    shuffle_buffer: int,
+    shuffle: bool = True,
+    domain: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """One epoch of this rank's decoded samples (member name -> value, plus __key__/__url__) of one split
+    (of one domain, for `unpaired`): the shared core of every kind's reader."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    if split not in manifest.counts:
+        raise ValueError(f"unknown split {split!r} in {store.url}: splits are {sorted(manifest.counts)}")
+    shards = manifest.split_shards(split, domain=domain)
+    if not shards:  # an empty split (e.g. holdout=0)
+        return
+    tag = "" if domain is None else f":{domain}"  # the two domains of `unpaired` shuffle independently
+    if shuffle:  # the same order on every rank, so the rank partition below is a partition
+        shards = list(shards)
+        random.Random(f"shards:{seed}:{epoch}{tag}").shuffle(shards)
+    by_shard = len(shards) >= world_size
+    mine = shards[rank::world_size] if by_shard else shards
+    samples = group_by_keys(tar_file_expander(_shard_streams(store, mine)))
+    if not by_shard and world_size > 1:
+        samples = (s for i, s in enumerate(samples) if i % world_size == rank)
+    if shuffle:
+        samples = _shuffled(samples, shuffle_buffer, random.Random(f"samples:{seed}:{epoch}:{rank}{tag}"))
+    for sample in samples:
+        yield decode_sample(sample)
+
+
+def image_of(decoded: dict[str, Any], channels: int, stem: str = "image") -> np.ndarray:
+    """The `{stem}.png|jpg` member as uint8 (C, H, W); a missing one names the sample and shard."""
+    image = decoded.get(f"{stem}.png", decoded.get(f"{stem}.jpg"))
+    if image is None:
+        raise ValueError(f"sample {decoded['__key__']} in {decoded['__url__']} has no {stem}.png/{stem}.jpg")
+    return _to_chw(image, channels)
+
+
 def _epoch(
     store: Store,
     manifest: Manifest,
@@ -114,34 +167,23 @@ def _epoch(
     epoch: int,
     shuffle_buffer: int,
     shuffle: bool = True,
+    domain: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    if split not in manifest.counts:
-        raise ValueError(f"unknown split {split!r} in {store.url}: splits are {sorted(manifest.counts)}")
-    shards = manifest.split_shards(split)
-    if not shards:  # an empty split (e.g. holdout=0)
-        return
-    if shuffle:  # the same order on every rank, so the rank partition below is a partition
-        shards = list(shards)
-        random.Random(f"shards:{seed}:{epoch}").shuffle(shards)
-    by_shard = len(shards) >= world_size
-    mine = shards[rank::world_size] if by_shard else shards
-    samples = group_by_keys(tar_file_expander(_shard_streams(store, mine)))
-    if not by_shard and world_size > 1:
-        samples = (s for i, s in enumerate(samples) if i % world_size == rank)
-    if shuffle:
-        samples = _shuffled(samples, shuffle_buffer, random.Random(f"samples:{seed}:{epoch}:{rank}"))
-    for sample in samples:
-        decoded = decode_sample(sample)
-        image = decoded.get("image.png", decoded.get("image.jpg"))
-        if image is None:
-            raise ValueError(
-                f"sample {decoded['__key__']} in {decoded['__url__']} has no image.png/image.jpg"
-            )
+    for decoded in decoded_epoch(
+        store,
+        manifest,
+        split=split,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        epoch=epoch,
+        shuffle_buffer=shuffle_buffer,
+        shuffle=shuffle,
+        domain=domain,
+    ):
         yield {
             "key": decoded["__key__"],
-            "image": _to_chw(image, manifest.channels),
+            "image": image_of(decoded, manifest.channels),
             "label": decoded.get("cls", -1),
         }
 

@@ -1,7 +1,8 @@
-"""Split samples into train/test and write them as WebDataset tar shards into a store.
+"""Split samples into train/test (and val, where a source's layout has one) and write them as WebDataset tar
+shards into a store.
 
 A shard is written to a local temp file (deterministic tar headers, so the same samples give the same
-bytes), sha256'd, uploaded as `shards/{split}-{i:06d}.tar`, then recorded as a ShardInfo.
+bytes), sha256'd, uploaded as `[{domain}/]shards/{split}-{i:06d}.tar`, then recorded as a ShardInfo.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from data_prep.sources import SourceEntry
 from data_prep.storage import Store
 
 SPLITS = ("train", "test")
+LAYOUT_SPLITS = ("train", "val", "test")  # splits a source's folder layout may fix
 
 
 def holdout_count(n: int, holdout: float | int) -> int:
@@ -42,10 +44,23 @@ def split_entries(
     """Deterministic seeded hold-out, stratified by label when labels exist.
 
     Each label gets its share of the test count by largest remainder (so the total is exact); inside each
-    split the order is a seeded permutation, so shards mix classes.
+    split the order is a seeded permutation, so shards mix classes. When the source's layout fixes splits
+    (some entry has split "test", e.g. pix2pix's test/ folder) those are kept and `holdout` is not used;
+    "val" entries always stay in "val" (present in the result only when non-empty).
     """
-    n_test = holdout_count(len(entries), holdout)
+    unknown = {e.split for e in entries} - {None, *LAYOUT_SPLITS}
+    if unknown:
+        raise ValueError(f"unknown split(s) {sorted(unknown)}: a source may only fix {LAYOUT_SPLITS}")
+    val = [e for e in entries if e.split == "val"]
     rng = np.random.default_rng(seed)
+    if any(e.split == "test" for e in entries):
+        fixed = {split: [e for e in entries if (e.split or "train") == split] for split in LAYOUT_SPLITS}
+        out = {split: [fixed[split][i] for i in rng.permutation(len(fixed[split]))] for split in LAYOUT_SPLITS}
+        return out if val else {"train": out["train"], "test": out["test"]}
+    if val:
+        out = split_entries([e for e in entries if e.split != "val"], holdout=holdout, seed=seed)
+        return {"train": out["train"], "val": [val[i] for i in rng.permutation(len(val))], "test": out["test"]}
+    n_test = holdout_count(len(entries), holdout)
     groups: dict[int | None, list[int]] = defaultdict(list)
     for i, entry in enumerate(entries):
         groups[entry.label].append(i)
@@ -69,12 +84,15 @@ def split_entries(
 
 
 class ShardWriter:
-    """Writes one split's samples into shards of up to `shard_size` samples under `store`."""
+    """Writes one split's samples into shards of up to `shard_size` samples under `store` (under
+    `{domain}/shards/` for one domain of an `unpaired` dataset)."""
 
-    def __init__(self, store: Store, *, split: str, shard_size: int, tmp_dir: str | Path) -> None:
+    def __init__(
+        self, store: Store, *, split: str, shard_size: int, tmp_dir: str | Path, domain: str | None = None
+    ) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        self.store, self.split, self.shard_size = store, split, shard_size
+        self.store, self.split, self.shard_size, self.domain = store, split, shard_size, domain
         self.tmp_dir = Path(tmp_dir)
         self.shards: list[ShardInfo] = []
         self.rows: list[IndexRow] = []
@@ -83,11 +101,12 @@ class ShardWriter:
 
     @property
     def _path(self) -> str:
-        return f"{SHARDS}/{self.split}-{len(self.shards):06d}.tar"
+        prefix = f"{self.domain}/" if self.domain else ""
+        return f"{prefix}{SHARDS}/{self.split}-{len(self.shards):06d}.tar"
 
     @property
     def _local(self) -> Path:
-        return self.tmp_dir / f"{self.split}-{len(self.shards):06d}.tar"
+        return self.tmp_dir / f"{self.domain or 'all'}-{self.split}-{len(self.shards):06d}.tar"
 
     def add(self, sample: EncodedSample) -> None:
         """Append one sample; a full shard is finished and uploaded."""
@@ -130,6 +149,7 @@ class ShardWriter:
                 bytes=local.stat().st_size,
                 samples=self._count,
                 sha256=digest.hexdigest(),
+                domain=self.domain,
             )
         )
         local.unlink()

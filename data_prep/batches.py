@@ -1,0 +1,277 @@
+"""One reader for every dataset kind: `dataset_batches` (training streams) and `load_split_arrays` (evaluation).
+
+Batches are dicts of tensors; images are float32 (B, C, H, W) in [-1, 1], labels int64 (-1 when unknown):
+  images      {"image", "label"}
+  paired      {"a", "b", "label"} (+ "mask" float32 (B, 1, H, W) in {0, 1} for inpainting sets); with
+              crop_size/flip, a, b (and mask) get the same random crop and the same flip
+  unpaired    {"a", "b", "label_a", "label_b"}: independent shuffled streams of domain_a and domain_b
+  attributes  {"image", "attrs" float32 (B, n_attrs) multi-hot, "label"}
+  captioned   {"image", "emb" float32 (B, D): one random caption's embedding of each sample, "wrong_emb"
+              float32 (B, D): a random caption's embedding of another sample (never the same one), "label"}
+Decoding is reader.py's: no unpickling, npy with allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_prep.manifest import DOMAINS, Manifest
+from data_prep.reader import decoded_epoch, image_of, open_dataset
+from data_prep.storage import Store
+
+Sample = dict[str, Any]
+
+
+def _scaled(images: list[np.ndarray]) -> torch.Tensor:
+    # Scaled in numpy: torch's intra-op threads make this tiny op ~1000x slower on a busy 2-core machine.
+    out = np.stack(images).astype(np.float32)
+    out /= 127.5  # 255 / 127.5 is exactly 2.0 in float32, so the range is exactly [-1, 1]
+    out -= 1.0
+    return torch.from_numpy(out)
+
+
+def _labels(batch: list[Sample], name: str = "label") -> torch.Tensor:
+    return torch.from_numpy(np.asarray([s[name] for s in batch], dtype=np.int64))
+
+
+def to_sample(decoded: dict[str, Any], manifest: Manifest) -> Sample:
+    """A decoded shard sample as uint8 (C, H, W) arrays and plain values, by the manifest's kind."""
+    channels = manifest.channels
+    sample: Sample = {"key": decoded["__key__"], "label": decoded.get("cls", -1)}
+    if manifest.kind == "paired":
+        sample["a"], sample["b"] = image_of(decoded, channels, "a"), image_of(decoded, channels, "b")
+        if "mask.png" in decoded:
+            sample["mask"] = image_of(decoded, 1, "mask")
+        return sample
+    sample["image"] = image_of(decoded, channels)
+    if manifest.kind == "attributes":
+        attrs = np.asarray(decoded["attrs.json"], dtype=np.uint8)
+        if attrs.shape != (len(manifest.extra["attributes"]),):
+            raise ValueError(f"sample {sample['key']} has {attrs.shape} attrs, not {len(manifest.extra['attributes'])}")
+        sample["attrs"] = attrs
+    elif manifest.kind == "captioned":
+        emb = decoded["emb.npy"]
+        captions = decoded["captions.json"]
+        if emb.ndim != 2 or emb.shape[0] != len(captions) or emb.shape[0] == 0:
+            raise ValueError(f"sample {sample['key']}: emb {emb.shape} does not match {len(captions)} captions")
+        sample["emb"], sample["captions"] = emb, captions
+    return sample
+
+
+def _augment(sample: Sample, *, crop_size: int | None, flip: bool, rng: np.random.Generator) -> Sample:
+    """The same random crop and horizontal flip for every image of a paired sample (a, b, mask)."""
+    names = [n for n in ("a", "b", "mask") if n in sample]
+    _, height, width = sample["a"].shape
+    top = left = 0
+    if crop_size is not None:
+        top, left = int(rng.integers(0, height - crop_size + 1)), int(rng.integers(0, width - crop_size + 1))
+    mirrored = flip and bool(rng.random() < 0.5)
+    out = dict(sample)
+    for name in names:
+        image = sample[name]
+        if crop_size is not None:
+            image = image[:, top : top + crop_size, left : left + crop_size]
+        if mirrored:
+            image = image[:, :, ::-1]
+        out[name] = np.ascontiguousarray(image)
+    return out
+
+
+def _collate_paired(batch: list[Sample]) -> dict[str, torch.Tensor]:
+    out = {"a": _scaled([s["a"] for s in batch]), "b": _scaled([s["b"] for s in batch]), "label": _labels(batch)}
+    if "mask" in batch[0]:
+        out["mask"] = torch.from_numpy((np.stack([s["mask"] for s in batch]) > 127).astype(np.float32))
+    return out
+
+
+def _collate_captioned(batch: list[Sample], spare: Sample | None, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Right and wrong embeddings: the wrong one comes from another sample of the batch (from the previous
+    batch's last sample when this batch has only one)."""
+    size = len(batch)
+    right, wrong = [], []
+    for i, sample in enumerate(batch):
+        right.append(sample["emb"][rng.integers(len(sample["emb"]))])
+        if size > 1:
+            other = batch[(i + int(rng.integers(1, size))) % size]  # a shift in [1, size) never lands on i
+        elif spare is not None and spare["key"] != sample["key"]:
+            other = spare
+        else:
+            raise ValueError("a captioned batch needs a second sample for wrong_emb: use batch_size >= 2")
+        wrong.append(other["emb"][rng.integers(len(other["emb"]))])
+    return {
+        "image": _scaled([s["image"] for s in batch]),
+        "emb": torch.from_numpy(np.stack(right).astype(np.float32)),
+        "wrong_emb": torch.from_numpy(np.stack(wrong).astype(np.float32)),
+        "label": _labels(batch),
+    }
+
+
+def _collater(manifest: Manifest, rng: np.random.Generator) -> Callable[[list[Sample]], dict[str, torch.Tensor]]:
+    if manifest.kind == "paired":
+        return _collate_paired
+    if manifest.kind == "attributes":
+        return lambda batch: {
+            "image": _scaled([s["image"] for s in batch]),
+            "attrs": torch.from_numpy(np.stack([s["attrs"] for s in batch]).astype(np.float32)),
+            "label": _labels(batch),
+        }
+    if manifest.kind == "captioned":
+        spare: list[Sample] = []
+
+        def collate(batch: list[Sample]) -> dict[str, torch.Tensor]:
+            out = _collate_captioned(batch, spare[-1] if spare else None, rng)
+            spare[:] = batch[-1:]
+            return out
+
+        return collate
+    return lambda batch: {"image": _scaled([s["image"] for s in batch]), "label": _labels(batch)}
+
+
+def _samples(
+    store: Store, manifest: Manifest, *, epoch: int, domain: str | None = None, **kw: Any
+) -> Iterator[Sample]:
+    for decoded in decoded_epoch(store, manifest, epoch=epoch, domain=domain, **kw):
+        yield to_sample(decoded, manifest)
+
+
+def dataset_batches(
+    dataset_url: str,
+    *,
+    split: str = "train",
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    shuffle_buffer: int = 1000,
+    repeat: bool = True,
+    drop_last: bool = True,
+    crop_size: int | None = None,
+    flip: bool = False,
+    s3_endpoint: str | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of any kind (the module docstring lists each kind's keys), sharded by rank like image_batches.
+
+    Each epoch reshuffles shard order and samples (seeded from seed, epoch, rank); repeat=True cycles
+    epochs forever. For `unpaired`, repeat=False ends once both domains have been read once (the shorter
+    one restarts meanwhile, as CycleGAN's unaligned loader does). crop_size and flip are for `paired` only.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    store, manifest = open_dataset(dataset_url, s3_endpoint=s3_endpoint)
+    if (crop_size is not None or flip) and manifest.kind != "paired":
+        raise ValueError(f"crop_size and flip apply to paired datasets; {manifest.name} is {manifest.kind!r}")
+    if crop_size is not None and not 1 <= crop_size <= manifest.image_size:
+        raise ValueError(f"crop_size must be in [1, {manifest.image_size}], got {crop_size}")
+    rng = np.random.default_rng([seed, rank, 0x6261])  # augmentation and caption choices, per rank
+    kw = dict(split=split, rank=rank, world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer)
+    if manifest.kind == "unpaired":
+        yield from _unpaired_batches(store, manifest, batch_size=batch_size, repeat=repeat, drop_last=drop_last, **kw)
+        return
+    collate = _collater(manifest, rng)
+    epoch = 0
+    while True:
+        batch: list[Sample] = []
+        produced = 0
+        for sample in _samples(store, manifest, epoch=epoch, **kw):
+            if crop_size is not None or flip:
+                sample = _augment(sample, crop_size=crop_size, flip=flip, rng=rng)
+            batch.append(sample)
+            if len(batch) == batch_size:
+                yield collate(batch)
+                produced, batch = produced + 1, []
+        if batch and not drop_last:
+            yield collate(batch)
+            produced += 1
+        if not repeat:
+            return
+        if produced == 0:
+            raise ValueError(f"rank {rank} gets fewer than batch_size={batch_size} samples of {split!r} per epoch")
+        epoch += 1
+
+
+def _unpaired_batches(
+    store: Store, manifest: Manifest, *, batch_size: int, repeat: bool, drop_last: bool, rank: int, **kw: Any
+) -> Iterator[dict[str, torch.Tensor]]:
+    def stream(domain: str) -> Iterator[Sample | None]:
+        """The domain's samples, epoch after epoch, with None marking each epoch's end."""
+        epoch = 0
+        while True:
+            empty = True
+            for sample in _samples(store, manifest, epoch=epoch, domain=domain, rank=rank, **kw):
+                empty = False
+                yield sample
+            if empty:
+                raise ValueError(f"rank {rank} gets no samples of {domain} {kw['split']!r}")
+            yield None
+            epoch += 1
+
+    streams = {domain: stream(domain) for domain in DOMAINS}
+    finished = dict.fromkeys(DOMAINS, False)
+    while True:
+        batch: dict[str, list[Sample]] = {domain: [] for domain in DOMAINS}
+        for domain in DOMAINS:
+            while len(batch[domain]) < batch_size and (repeat or not all(finished.values())):
+                item = next(streams[domain])
+                if item is None:
+                    finished[domain] = True
+                else:
+                    batch[domain].append(item)
+        size = min(len(b) for b in batch.values())
+        if size == batch_size or (size and not drop_last):
+            a, b = batch["domain_a"][:size], batch["domain_b"][:size]
+            yield {"a": _scaled([s["image"] for s in a]), "b": _scaled([s["image"] for s in b]),
+                   "label_a": _labels(a), "label_b": _labels(b)}  # fmt: skip
+        if not repeat and all(finished.values()):
+            return
+
+
+def load_split_arrays(dataset_url: str, *, split: str, s3_endpoint: str | None = None) -> dict[str, Any]:
+    """The whole split in manifest order, as uint8 (N, C, H, W) images and int64 labels (-1 if none):
+      images      {"key", "image", "label"}
+      paired      {"key", "a", "b", "label"} (+ "mask" uint8 (N, 1, H, W), 255 = hole)
+      unpaired    {"key_a", "a", "label_a", "key_b", "b", "label_b"} (the domains' N differ)
+      attributes  {"key", "image", "attrs" uint8 (N, n_attrs), "label"}
+      captioned   {"key", "image", "label", "captions" (list of lists of str), "emb" float16
+                   (N, max captions, D) zero-padded, "n_captions" int64 (N,)}
+    "key" entries are lists of sample keys (index.parquet's `key`)."""
+    store, manifest = open_dataset(dataset_url, s3_endpoint=s3_endpoint)
+    kw = dict(split=split, rank=0, world_size=1, seed=0, shuffle_buffer=0, shuffle=False)
+    size, channels = manifest.image_size, manifest.channels
+
+    def stack(samples: list[Sample], name: str, shape: tuple[int, ...]) -> np.ndarray:
+        return np.stack([s[name] for s in samples]) if samples else np.zeros((0, *shape), np.uint8)
+
+    def labels(samples: list[Sample]) -> np.ndarray:
+        return np.asarray([s["label"] for s in samples], dtype=np.int64)
+
+    if manifest.kind == "unpaired":
+        out: dict[str, Any] = {}
+        for domain, side in zip(DOMAINS, ("a", "b"), strict=True):
+            samples = list(_samples(store, manifest, epoch=0, domain=domain, **kw))
+            out[f"key_{side}"] = [s["key"] for s in samples]
+            out[side] = stack(samples, "image", (channels, size, size))
+            out[f"label_{side}"] = labels(samples)
+        return out
+    samples = list(_samples(store, manifest, epoch=0, **kw))
+    out = {"key": [s["key"] for s in samples], "label": labels(samples)}
+    if manifest.kind == "paired":
+        out["a"], out["b"] = stack(samples, "a", (channels, size, size)), stack(samples, "b", (channels, size, size))
+        if manifest.extra.get("pairs", {}).get("mask"):
+            out["mask"] = stack(samples, "mask", (1, size, size))
+        return out
+    out["image"] = stack(samples, "image", (channels, size, size))
+    if manifest.kind == "attributes":
+        out["attrs"] = stack(samples, "attrs", (len(manifest.extra["attributes"]),))
+    elif manifest.kind == "captioned":
+        dim = int(manifest.extra["text_encoder"]["dim"])
+        counts = [len(s["captions"]) for s in samples]
+        emb = np.zeros((len(samples), max(counts, default=0), dim), np.float16)
+        for i, s in enumerate(samples):
+            emb[i, : counts[i]] = s["emb"]
+        out["captions"] = [list(s["captions"]) for s in samples]
+        out["emb"], out["n_captions"] = emb, np.asarray(counts, dtype=np.int64)
+    return out
