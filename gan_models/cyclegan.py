@@ -41,7 +41,7 @@ from .i2i_nets import (
     check_g_arch,
     define_d,
     define_g,
-    test_mode,
+    inference,
 )
 from .latent import make_grid
 from .layers import frozen
@@ -248,7 +248,7 @@ def sample_grid(g: nn.Module, batch: Batch, cfg: Config, generator: torch.Genera
     real_a, real_b = (t.to(device) for t in _domains(batch, cfg))
     seed = int(torch.randint(2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            test_mode(g, eval_mode=cfg.eval_mode):
+            inference(g, eval_mode=cfg.eval_mode):
         torch.manual_seed(seed)
         fake_b = g(real_a, "AtoB")
         fake_a = g(real_b, "BtoA")

@@ -299,7 +299,7 @@ def build_scheduler(opt: torch.optim.Optimizer, *, policy: str, n_epochs: int, n
 
 
 @contextmanager
-def test_mode(g: nn.Module, *, eval_mode: bool) -> Iterator[nn.Module]:
+def inference(g: nn.Module, *, eval_mode: bool) -> Iterator[nn.Module]:
     """G as the official test.py runs it, restored on exit.
 
     eval_mode=True (`--eval`): eval() — no dropout, BatchNorm running statistics. eval_mode=False (the official

@@ -12,7 +12,7 @@ Inference (`eval_mode`): the official test.py runs G in train mode unless `--eva
 dropout stays on and batch norm uses the test batch's own statistics (with batch 1: instance normalisation).
 `eval_mode=False` (default) reproduces that; True is `--eval` (no dropout, running statistics). The registered
 network nets["G"] is the plain UnetGenerator; put it in its inference mode with
-`i2i_nets.test_mode(g, eval_mode=cfg.eval_mode)` before sampling or exporting (an exported module is fixed in
+`i2i_nets.inference(g, eval_mode=cfg.eval_mode)` before sampling or exporting (an exported module is fixed in
 the mode it was exported in). `sample_grid` does so.
 """
 
@@ -38,7 +38,7 @@ from .i2i_nets import (
     check_g_arch,
     define_d,
     define_g,
-    test_mode,
+    inference,
 )
 from .latent import make_grid
 from .layers import frozen
@@ -139,7 +139,7 @@ def generator_inputs(
 
 @torch.no_grad()
 def sample_grid(g: nn.Module, batch: Batch, cfg: Config, generator: torch.Generator | None = None) -> Tensor:
-    """Rows of input | output | target for every sample of `batch`, on CPU in [-1, 1], G in `test_mode`.
+    """Rows of input | output | target for every sample of `batch`, on CPU in [-1, 1], G in `inference`.
 
     Dropout noise (eval_mode=False) is drawn from a fork of the global RNG seeded from `generator`, so the same
     generator state gives the same grid and the training RNG is not advanced.
@@ -149,7 +149,7 @@ def sample_grid(g: nn.Module, batch: Batch, cfg: Config, generator: torch.Genera
     real_b = batch["b" if cfg.direction == "AtoB" else "a"].to(device)
     seed = int(torch.randint(2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            test_mode(g, eval_mode=cfg.eval_mode):
+            inference(g, eval_mode=cfg.eval_mode):
         torch.manual_seed(seed)
         fake_b = g(real_a)
     rows = torch.stack([real_a, fake_b, real_b], dim=1).flatten(0, 1)
