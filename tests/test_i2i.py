@@ -396,3 +396,17 @@ def test_convert_sync_batchnorm_only_for_batch_norm_nets_on_several_processes():
     assert synced["G"].state_dict().keys() == pix2pix.build(pix2pix.Config(**P2P_TINY))["G"].state_dict().keys()
     cyc = cyclegan.build(cyclegan.Config(**CYC_TINY))
     assert all(convert_sync_batchnorm(cyc, world_size=4)[k] is v for k, v in cyc.items())
+
+
+@pytest.mark.parametrize(
+    ("family", "overrides"),
+    [("pix2pix", {"g_arch": "unet_128", "ngf": "4", "ndf": "4"}),  # unet_256's default needs 256 px
+     ("cyclegan", {"g_arch": "resnet_6blocks", "ngf": "4", "ndf": "4", "pool_size": "1"})],
+)
+def test_bench_runs_the_image_to_image_families(family: str, overrides: dict[str, str]):
+    from pipelines.bench import bench
+
+    size = 128 if family == "pix2pix" else 32
+    result = bench(family=family, image_size=size, channels=1, batch=1, steps=1, warmup=1, repeats=1,
+                   overrides=overrides)
+    assert result["img_per_s_median"] > 0 and result["config"]["g_arch"] == overrides["g_arch"]
