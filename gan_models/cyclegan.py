@@ -316,12 +316,12 @@ def train_step(
         (0.5 * loss_real).backward()
         pred_fake = d_net(fake)
         loss_fake = d_fake_loss(pred_fake)
-        (0.5 * loss_fake).backward()
         loss_d = 0.5 * (loss_real + loss_fake).detach()
-        if cfg.gan_mode == "wgangp":
+        if cfg.gan_mode == "wgangp":  # with the fake half's backward: alone it leaves D's last bias without grad
             penalty = cfg.lambda_gp * losses.gradient_penalty(d_net, real, fake)
-            penalty.backward()
+            loss_fake = loss_fake + 2.0 * penalty
             loss_d = loss_d + penalty.detach()
+        (0.5 * loss_fake).backward()
         d_out[name] = (loss_d, torch.sigmoid(pred_real.detach().float()).mean(),
                        torch.sigmoid(pred_fake.detach().float()).mean())
     opt_d.step()

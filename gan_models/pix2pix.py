@@ -185,20 +185,20 @@ def train_step(
     opt_d.zero_grad(set_to_none=True)
     # (1a) ... on the fake pair.
     fake_ab = torch.cat((real_a, fake_b.detach()), 1)
+    real_ab = torch.cat((real_a, real_b), 1)
     pred_fake = d_net(fake_ab)
     loss_d_fake = d_fake_loss(pred_fake)
-    (0.5 * loss_d_fake).backward()
+    loss_d = 0.5 * loss_d_fake
+    if cfg.gan_mode == "wgangp":
+        # (1c) + λ_gp E[(‖∇D(x̂)‖_2 - 1)^2], backpropagated with the fake half: alone, the penalty gives D's
+        #      last bias no gradient, which DDP (find_unused_parameters=False) refuses.
+        loss_d = loss_d + cfg.lambda_gp * losses.gradient_penalty(d_net, real_ab, fake_ab)
+    loss_d.backward()
     # (1b) ... on the real pair.
-    real_ab = torch.cat((real_a, real_b), 1)
     pred_real = d_net(real_ab)
     loss_d_real = d_real_loss(pred_real)
     (0.5 * loss_d_real).backward()
-    loss_d = 0.5 * (loss_d_fake + loss_d_real).detach()
-    # (1c) wgangp only: + λ_gp E[(‖∇D(x̂)‖_2 - 1)^2], its own forward+backward.
-    if cfg.gan_mode == "wgangp":
-        penalty = cfg.lambda_gp * losses.gradient_penalty(d_net, real_ab, fake_ab)
-        penalty.backward()
-        loss_d = loss_d + penalty.detach()
+    loss_d = (loss_d + 0.5 * loss_d_real).detach()
     opt_d.step()
 
     # (2) Update G: min_G ℓ(D(x, G(x)), 1) + λ_L1 ‖y - G(x)‖_1  (eq. 4), through the just-updated D.

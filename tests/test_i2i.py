@@ -410,3 +410,36 @@ def test_bench_runs_the_image_to_image_families(family: str, overrides: dict[str
     result = bench(family=family, image_size=size, channels=1, batch=1, steps=1, warmup=1, repeats=1,
                    overrides=overrides)
     assert result["img_per_s_median"] > 0 and result["config"]["g_arch"] == overrides["g_arch"]
+
+
+@pytest.mark.parametrize(
+    ("family", "kw"),
+    [("cyclegan", dict(CYC_TINY)), ("pix2pix", dict(CYC_TINY, gan_mode="wgangp", norm="instance"))],
+)
+def test_train_step_under_ddp_equals_the_plain_step(tmp_path, family: str, kw: dict):
+    # One process, gloo: DDP's reducer still checks that every parameter gets a gradient once per backward
+    # (several forwards of one wrapped G per backward; the gradient penalty's backward).
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    fam = get_family(family)
+    cfg = fam.config(**kw)
+    torch.manual_seed(0)
+    plain = fam.build(cfg)
+    ref = copy.deepcopy(plain)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        nets = {k: DDP(v) for k, v in convert_sync_batchnorm(plain, world_size=1).items()}
+        runs = []
+        for group in (nets, ref):
+            opts = fam.build_optimizers(cfg, group)
+            extra = fam.extra_state(cfg, opts)
+            batch = fam.example_batch(cfg, 2, generator=torch.Generator().manual_seed(0))
+            torch.manual_seed(1)  # the same dropout masks and penalty interpolates in both runs
+            runs.append([fam.step(group, opts, batch, cfg, extra) for _ in range(2)])
+    finally:
+        dist.destroy_process_group()
+    for k in ref:
+        for p, q in zip(nets[k].module.parameters(), ref[k].parameters(), strict=True):
+            assert torch.equal(p, q)
+    assert all(torch.equal(runs[0][-1][k], runs[1][-1][k]) for k in runs[1][-1])
