@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import dcgan, vanilla
+from . import cyclegan, dcgan, pix2pix, vanilla
 from .family import Family
 from .latent import interpolate, lerp, make_grid, slerp, vector_arithmetic
 
@@ -10,6 +10,8 @@ from .latent import interpolate, lerp, make_grid, slerp, vector_arithmetic
 FAMILIES: dict[str, Family] = {
     "vanilla": vanilla.FAMILY,
     "dcgan": dcgan.FAMILY,
+    "pix2pix": pix2pix.FAMILY,
+    "cyclegan": cyclegan.FAMILY,
 }
 
 

@@ -37,6 +37,11 @@ class Family:
     sample_grid:      (generator module, batch, config, generator RNG) -> one image grid (C, H, W) in [-1, 1],
                       the family's usual figure (pix2pix: input | output | target rows).
     generator:        key of the network that is exported and registered.
+    extra_state:      (config, opts, *, seed) -> named training state beyond networks and optimizers, each with
+                      state_dict()/load_state_dict() holding tensors and numbers only (image pools, LR
+                      schedulers); None for families without any. The caller builds it once after the
+                      optimizers, saves/restores it with the checkpoint, and hands it to every step: call
+                      `Family.step`, which passes it to train_step as `extra=`.
     """
 
     name: str
@@ -50,3 +55,23 @@ class Family:
     generator_inputs: Callable[..., tuple[torch.Tensor, ...]]
     sample_grid: Callable[..., torch.Tensor] | None = None  # None: a square grid of G(generator_inputs)
     generator: str = "G"
+    extra_state: Callable[..., dict[str, Any]] | None = None
+
+    def step(
+        self, nets: Nets, opts: Optimizers, batch: Batch, cfg: Any, extra: Mapping[str, Any] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """train_step, with `extra` (from `extra_state`) for the families that keep such state."""
+        if self.extra_state is None:
+            return self.train_step(nets, opts, batch, cfg)
+        if extra is None:
+            raise ValueError(f"{self.name} keeps extra training state: pass extra=family.extra_state(cfg, opts)")
+        return self.train_step(nets, opts, batch, cfg, extra=extra)
+
+
+def step_schedulers(extra: Mapping[str, Any]) -> None:
+    """Advance every LR scheduler in `extra` by one epoch: the official `update_learning_rate`, which the
+    pix2pix/CycleGAN train.py calls at the start of every epoch (so epoch e trains at the rate after e steps).
+    The caller decides what an epoch is (the dataset's size in steps, as the official loop)."""
+    for obj in extra.values():
+        if isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
+            obj.step()

@@ -73,3 +73,20 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, flag in zip(inner.parameters(), flags, strict=True):
             p.requires_grad_(flag)
+
+
+def convert_sync_batchnorm(nets: dict[str, nn.Module], *, world_size: int) -> dict[str, nn.Module]:
+    """Every BatchNorm of `nets` as SyncBatchNorm when training on several processes; unchanged otherwise.
+
+    Call it after building and before wrapping in DDP (SyncBatchNorm needs an initialised process group only at
+    its first training forward). Networks without BatchNorm (instance norm, spectral norm) come back as they
+    are; weights, buffers and state-dict keys are kept, so checkpoints load either way. With batch 1 per rank
+    (pix2pix's default) the statistics then cover the global batch, as on one device with batch = world size.
+    """
+    if world_size <= 1:
+        return dict(nets)
+    out = {}
+    for name, net in nets.items():
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        out[name] = nn.SyncBatchNorm.convert_sync_batchnorm(net) if has_bn else net
+    return out

@@ -158,3 +158,27 @@ def gradient_penalty(
     (grad,) = torch.autograd.grad(outputs=out.sum(), inputs=x_hat, create_graph=True)
     norm = _f32(grad).flatten(1).norm(2, dim=1)
     return (norm - 1.0).square().mean()
+
+
+# --- the image-to-image families' criterion: the official junyanz GANLoss(gan_mode)(prediction, is_real) ----
+# Means over every element, so a PatchGAN's (N, 1, h, w) logits average over patches too. Each entry is
+# (D term for real inputs, D term for fake inputs, G term on fakes). Scales are the official ones, which differ
+# from the split above: lsgan is nn.MSELoss against 1/0 without a 1/2 (so the G term is 2x g_loss_lsgan), and
+# the families, not these functions, apply the official x0.5 to the D sum. "hinge" is not in the official
+# GANLoss; it is the SNGAN/SAGAN hinge. "wgangp" is the official critic loss; the penalty is the caller's.
+
+
+def _mse_real(r: Tensor) -> Tensor:  # nn.MSELoss()(pred, 1)
+    return (_f32(r) - 1.0).square().mean()
+
+
+def _mse_fake(f: Tensor) -> Tensor:  # nn.MSELoss()(pred, 0)
+    return _f32(f).square().mean()
+
+
+GAN_CRITERIA: dict[str, tuple[LogitLoss, LogitLoss, LogitLoss]] = {
+    "vanilla": (_bce_real, _bce_fake, _bce_real),  # BCEWithLogits vs 1 / 0; G: vs 1 (non-saturating)
+    "lsgan": (_mse_real, _mse_fake, _mse_real),  # MSE vs 1 / 0; G: MSE vs 1
+    "wgangp": (_wgan_real, _wgan_fake, _wgan_real),  # -E[D(x)] / E[D(x̃)]; G: -E[D(x̃)]
+    "hinge": (_hinge_real, _hinge_fake, g_loss_hinge),  # relu(1 - D(x)) / relu(1 + D(x̃)); G: -E[D(x̃)]
+}

@@ -29,15 +29,20 @@ def bench(
     *, family: str, image_size: int, channels: int, batch: int, device: str = "cpu", steps: int = 10,
     warmup: int = 3, repeats: int = 5, amp: bool = False, overrides: dict[str, str] | None = None, seed: int = 0,
 ) -> dict[str, Any]:
-    """Median images/s over `repeats` timed blocks of `steps` train steps, after `warmup` untimed steps."""
+    """Median images/s over `repeats` timed blocks of `steps` train steps, after `warmup` untimed steps.
+
+    One image = one sample of the batch: for CycleGAN's unpaired kind one (A, B) pair, i.e. one official
+    iteration at batch 1 (the official train.py counts iterations the same way).
+    """
     fam = get_family(family)
     dev = torch.device(device)
-    cfg = fam.config(image_size=image_size, channels=channels)
-    hints = typing.get_type_hints(type(cfg))
+    hints = typing.get_type_hints(fam.config)
+    fields = {"image_size": image_size, "channels": channels}
     for key, raw in (overrides or {}).items():
         if key not in hints:
             raise ValueError(f"unknown {family} config key {key!r}; valid: {', '.join(hints)}")
-        cfg = dataclasses.replace(cfg, **{key: parse_value(hints[key], raw, key)})
+        fields[key] = parse_value(hints[key], raw, key)
+    cfg = fam.config(**fields)  # all at once: e.g. image_size=128 is valid only with g_arch=unet_128
     torch.manual_seed(seed)
     nets = {k: v.to(dev) for k, v in fam.build(cfg).items()}
     if dev.type == "cuda":
@@ -45,13 +50,14 @@ def bench(
         for net in nets.values():
             net.to(memory_format=torch.channels_last)
     opts = fam.build_optimizers(cfg, nets)
+    extra = fam.extra_state(cfg, opts, seed=seed) if fam.extra_state is not None else None
     batch_data = fam.example_batch(cfg, batch, generator=torch.Generator(dev).manual_seed(seed), device=dev)
     amp_dtype = torch.bfloat16 if amp else None
 
     def run(n: int) -> None:
         for _ in range(n):
             with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp):
-                fam.train_step(nets, opts, batch_data, cfg)
+                fam.step(nets, opts, batch_data, cfg, extra)
 
     run(warmup)
     _sync(dev)

@@ -121,3 +121,27 @@ def test_gradient_penalty_draws_eps_from_the_given_generator():
 
     assert torch.equal(gp(1), gp(1))
     assert not torch.equal(gp(1), gp(2))
+
+
+def test_i2i_gan_criteria_are_the_official_ganloss():
+    # junyanz GANLoss: vanilla = BCEWithLogitsLoss vs 1/0, lsgan = MSELoss vs 1/0 (no 1/2), wgangp = ∓mean;
+    # hinge is the SNGAN hinge. The G term scores fakes as real (hinge/wgangp: -mean).
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    mse = torch.nn.functional.mse_loss
+    ones, zeros = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    expected = {
+        "vanilla": (bce(t(R), ones), bce(t(F), zeros), bce(t(F), ones)),
+        "lsgan": (mean((r - 1) ** 2 for r in R), mean(f**2 for f in F), mean((f - 1) ** 2 for f in F)),
+        "wgangp": (-mean(R), mean(F), -mean(F)),
+        "hinge": (mean(max(0.0, 1 - r) for r in R), mean(max(0.0, 1 + f) for f in F), -mean(F)),
+    }
+    assert set(losses.GAN_CRITERIA) == set(expected)
+    for name, (real, fake, gen) in expected.items():
+        d_real, d_fake, g = losses.GAN_CRITERIA[name]
+        assert_close(d_real(t(R)), real, msg=name)
+        assert_close(d_fake(t(F)), fake, msg=name)
+        assert_close(g(t(F)), gen, msg=name)
+    assert_close(losses.GAN_CRITERIA["lsgan"][0](t(R)), mse(t(R), ones))
+    # A PatchGAN's logits (N, 1, h, w) average over every patch.
+    patches = torch.arange(8.0, dtype=torch.float64).reshape(2, 1, 2, 2)
+    assert_close(losses.GAN_CRITERIA["lsgan"][1](patches), patches.square().mean())
