@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,4 +75,7 @@ def step_schedulers(extra: Mapping[str, Any]) -> None:
     The caller decides what an epoch is (the dataset's size in steps, as the official loop)."""
     for obj in extra.values():
         if isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
-            obj.step()
+            with warnings.catch_warnings():
+                # The first call precedes any optimizer.step(), exactly as in the official loop.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                obj.step()

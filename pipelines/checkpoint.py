@@ -21,8 +21,10 @@ def rng_file(rank: int) -> str:
 
 
 def training_state(
-    *, spec: dict[str, Any], step: int, nets: Nets, opts: Optimizers, ema: GeneratorEMA | None
+    *, spec: dict[str, Any], step: int, nets: Nets, opts: Optimizers, ema: GeneratorEMA | None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Everything a resumed run needs; `extra` is the family's extra state (image pools, LR schedulers)."""
     return {
         "format": 1,
         "spec": spec,
@@ -30,6 +32,7 @@ def training_state(
         "nets": {name: unwrap(net).state_dict() for name, net in nets.items()},
         "opts": {name: opt.state_dict() for name, opt in opts.items()},
         "ema": ema.module.state_dict() if ema is not None else None,
+        "extra": {name: obj.state_dict() for name, obj in (extra or {}).items()},
     }
 
 
@@ -52,14 +55,19 @@ def load_state(directory: Path) -> dict[str, Any]:
     return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def restore(state: dict[str, Any], *, nets: Nets, opts: Optimizers, ema: GeneratorEMA | None) -> int:
-    """Load `state` into freshly built networks and optimizers; returns the step to continue from."""
+def restore(
+    state: dict[str, Any], *, nets: Nets, opts: Optimizers, ema: GeneratorEMA | None,
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """Load `state` into freshly built networks, optimizers and extra state; returns the step to continue from."""
     for name, net in nets.items():
         unwrap(net).load_state_dict(state["nets"][name])
     for name, opt in opts.items():
         opt.load_state_dict(state["opts"][name])
     if ema is not None and state.get("ema") is not None:
         ema.module.load_state_dict(state["ema"])
+    for name, obj in (extra or {}).items():
+        obj.load_state_dict(state["extra"][name])
     return int(state["step"])
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from gan_models import Family, make_grid
-from gan_models.family import Nets, Optimizers
+from gan_models.family import Nets, Optimizers, step_schedulers
 from pipelines.config import LoopConfig
 
 
@@ -124,6 +124,8 @@ def fit(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     on_step: Callable[[int], None] | None = None,
+    extra: dict[str, Any] | None = None,
+    steps_per_epoch: int = 0,
 ) -> int:
     """Train from `start_step` to `loop.steps`; returns the last step.
 
@@ -134,6 +136,9 @@ def fit(
     calibration_inputs: G's inputs for re-estimating the EMA's BN statistics; default: the family's
                      unconditional inputs from a fixed seed (a conditional family must pass them).
     amp_dtype:       autocast dtype on GPU (bf16 where supported); None trains in float32.
+    extra:           the family's extra state (image pools, LR schedulers), handed to every step; its LR
+                     schedulers advance once at the start of every epoch of `steps_per_epoch` steps, as the
+                     official pix2pix/CycleGAN loop does.
     """
     device = torch.device(device)
     generator = ema.module if ema is not None else nets[family.generator]
@@ -147,8 +152,10 @@ def fit(
         t0 = time.perf_counter()
         batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
         wait_s = time.perf_counter() - t0
+        if extra and steps_per_epoch and step % steps_per_epoch == 0:
+            step_schedulers(extra)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            losses = family.train_step(nets, opts, batch, model_cfg)
+            losses = family.step(nets, opts, batch, model_cfg, extra)
         step += 1
         if loop.lr_decay_from < 1.0:
             _decay_learning_rates(opts, step=step, total=loop.steps, start=loop.lr_decay_from)

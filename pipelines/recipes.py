@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gan_models import dcgan, vanilla
+from gan_models import cyclegan, dcgan, pix2pix, vanilla
 from pipelines.config import DataConfig, LoopConfig, ScaleConfig, TrackConfig, TrainSpec
 
 
@@ -48,7 +48,33 @@ def dcgan_mnist5k_demo(dataset: str = "mnist5k") -> TrainSpec:
     )
 
 
+def pix2pix_paper(dataset: str = "facades") -> TrainSpec:
+    """Pix2Pix as the official train defaults: unet_256, 70x70 PatchGAN, λ_L1 100, batch 1, 100 + 100 epochs
+    (set loop.steps to 200 x the training-set size for the paper's schedule)."""
+    return TrainSpec(
+        family="pix2pix",
+        model=pix2pix.Config(),
+        data=DataConfig(dataset=dataset, batch_size=1),
+        loop=LoopConfig(steps=80_000, log_every=100, checkpoint_every=2000, sample_every=1000),
+        scale=ScaleConfig(workers=1),
+    )
+
+
+def cyclegan_paper(dataset: str = "horse2zebra") -> TrainSpec:
+    """CycleGAN as the official train defaults: resnet_9blocks, instance norm, lsgan, λ 10 / 10 / 0.5, pool 50,
+    batch 1."""
+    return TrainSpec(
+        family="cyclegan",
+        model=cyclegan.Config(),
+        data=DataConfig(dataset=dataset, batch_size=1),
+        loop=LoopConfig(steps=200_000, log_every=100, checkpoint_every=2000, sample_every=1000),
+        scale=ScaleConfig(workers=1),
+    )
+
+
 RECIPES: dict[str, Callable[..., TrainSpec]] = {
+    "pix2pix": pix2pix_paper,
+    "cyclegan": cyclegan_paper,
     "dcgan": dcgan_paper,
     "vanilla": vanilla_paper,
     "dcgan-mnist5k-demo": dcgan_mnist5k_demo,

@@ -57,7 +57,9 @@ def resolve(spec: TrainSpec) -> tuple[TrainSpec, Any, str]:
         raise ValueError(f"{spec.family} trains on {family.dataset_kind!r} datasets; {url} is {manifest.kind!r}")
     model = spec.model
     # Image geometry is fixed at prep time: the model takes it from the manifest, whatever the recipe said.
-    model = dataclasses.replace(model, image_size=manifest.image_size, channels=manifest.channels)
+    geometry = {"image_size": manifest.image_size, "channels": manifest.channels}
+    fields = {f.name for f in dataclasses.fields(model)}
+    model = dataclasses.replace(model, **{k: v for k, v in geometry.items() if k in fields})
     run_name = spec.run_name or f"{spec.family}-{manifest.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return dataclasses.replace(spec, model=model, run_name=run_name), manifest, url
 
@@ -67,9 +69,11 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     family = get_family(spec.family)
     tracking_uri = tracking.resolve_tracking_uri(spec.track.tracking_uri)
     log(f"dataset   {dataset_url} ({manifest.counts.get('train', 0)} train images, manifest {manifest.digest[:12]})")
-    evaluator_url = ensure_evaluator(
-        store_url=spec.store, dataset_url=dataset_url, manifest=manifest, progress=progress
-    )
+    evaluator_url = None
+    if manifest.kind == "images":  # the other kinds' task metrics are the families' own (pipelines/evaluation)
+        evaluator_url = ensure_evaluator(
+            store_url=spec.store, dataset_url=dataset_url, manifest=manifest, progress=progress
+        )
     run_id, resumed = tracking.start_run(
         spec, tracking_uri=tracking_uri, dataset_name=manifest.name, dataset_url=dataset_url,
         manifest_digest=manifest.digest,
@@ -94,7 +98,9 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
         metrics = evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)(generator)
         tracking.RunLogger(tracking_uri, run_id).log_metrics(int(state["step"]), metrics)
     name = spec.track.register_as or f"{spec.family}-{manifest.name}"
-    example = family.generator_inputs(spec.model, None, 2, generator=torch.Generator().manual_seed(0))
+    seeded = torch.Generator().manual_seed(0)
+    example = family.generator_inputs(spec.model, family.example_batch(spec.model, 2, generator=seeded), 2,
+                                      generator=seeded)
     version = tracking.log_generator(
         tracking_uri=tracking_uri, run_id=run_id, generator=generator, example_inputs=example,
         registered_name=name, alias=spec.track.alias,

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from data_prep.reader import image_batches
+from data_prep.batches import dataset_batches
+from data_prep.reader import read_manifest
 from gan_models import get_family
 from pipelines.checkpoint import load_state, restore, restore_rng, training_state
 from pipelines.config import TrainSpec
@@ -39,6 +40,28 @@ class Job:
 def seed_everything(seed: int, rank: int) -> None:
     # Different ranks must draw different latents, or data parallelism just repeats one sample.
     torch.manual_seed(seed * 1_000_003 + rank)
+
+
+def _fixed_batch(job: Job, manifest: Any, *, n: int) -> dict[str, torch.Tensor]:
+    """The first n held-out samples (train samples when nothing is held out), in manifest order."""
+    split = "test" if _split_count(manifest, "test") > 0 else "train"
+    stream = dataset_batches(job.dataset_url, split=split, batch_size=n, shuffle_buffer=0, repeat=False,
+                             drop_last=False, seed=job.spec.loop.seed, s3_endpoint=job.s3_endpoint)
+    return next(iter(stream))
+
+
+def _split_count(manifest: Any, split: str) -> int:
+    """Samples in `split`; for unpaired data the larger domain's (its manifest counts add both domains)."""
+    domains = manifest.extra.get("domains")
+    if domains:
+        return max(d["counts"].get(split, 0) for d in domains.values())
+    return manifest.counts.get(split, 0)
+
+
+def _steps_per_epoch(manifest: Any, *, batch_size: int, world_size: int) -> int:
+    """Steps in one pass over the training split (the larger domain for unpaired data), as the official
+    pix2pix/CycleGAN loaders count an epoch; at least 1."""
+    return max(1, _split_count(manifest, "train") // (batch_size * world_size))
 
 
 def _figure_fn(
@@ -81,9 +104,11 @@ def run_rank(
     if spec.loop.ema_decay > 0:
         ema = GeneratorEMA.of(nets[family.generator], decay=spec.loop.ema_decay, start=spec.loop.ema_start)
     opts = family.build_optimizers(spec.model, nets)
+    # Image pools and LR schedulers; each rank's pool draws from its own seed, as each GPU's would.
+    extra = family.extra_state(spec.model, opts, seed=spec.loop.seed + rank) if family.extra_state else None
     start_step = 0
     if resume_dir is not None:
-        start_step = restore(load_state(resume_dir), nets=nets, opts=opts, ema=ema)
+        start_step = restore(load_state(resume_dir), nets=nets, opts=opts, ema=ema, extra=extra)
         if rank == 0:
             print(f"[ganpipe] resuming {spec.run_name} from step {start_step}", flush=True)
     # Optimizer state was created on the parameters before wrapping; DDP keeps the same parameter objects.
@@ -91,7 +116,8 @@ def run_rank(
     if not (resume_dir is not None and restore_rng(resume_dir, rank)):
         seed_everything(spec.loop.seed + start_step, rank)
 
-    batches = image_batches(
+    manifest = read_manifest(job.dataset_url, s3_endpoint=job.s3_endpoint)
+    batches = dataset_batches(
         job.dataset_url,
         split="train",
         batch_size=spec.data.batch_size,
@@ -100,6 +126,10 @@ def run_rank(
         seed=spec.loop.seed + start_step,
         shuffle_buffer=spec.data.shuffle_buffer,
         s3_endpoint=job.s3_endpoint,
+    )
+    # What conditions G in figures and the EMA's BN calibration: fixed, so grids compare across steps and runs.
+    sample_batch = None if family.sample_latent is not None and manifest.kind == "images" else (
+        _fixed_batch(job, manifest, n=64)
     )
     is_rank0 = rank == 0
     evaluate = None
@@ -110,14 +140,18 @@ def run_rank(
         evaluate = evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)
     figure = None
     if is_rank0:
-        figure = _figure_fn(family, spec.model, None, seed=spec.loop.seed, device=device)
+        figure = _figure_fn(family, spec.model, sample_batch, seed=spec.loop.seed, device=device)
+    calibration_inputs = None
+    if sample_batch is not None:
+        calibration_inputs = family.generator_inputs(spec.model, sample_batch, len(next(iter(sample_batch.values()))),
+                                                     generator=torch.Generator().manual_seed(spec.loop.seed))
 
     def make_checkpoint(step: int) -> dict[str, Any]:
         # Only rank 0 holds the state (all ranks' weights are equal under DDP); the others' empty dict
         # still marks the step, so each saves its own RNG beside it.
         if not is_rank0:
             return {}
-        return training_state(spec=spec.to_dict(), step=step, nets=nets, opts=opts, ema=ema)
+        return training_state(spec=spec.to_dict(), step=step, nets=nets, opts=opts, ema=ema, extra=extra)
 
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if device.type == "cuda":
@@ -134,6 +168,9 @@ def run_rank(
         ema=ema,
         evaluate=evaluate,
         figure=figure,
+        calibration_inputs=calibration_inputs,
+        extra=extra,
+        steps_per_epoch=_steps_per_epoch(manifest, batch_size=spec.data.batch_size, world_size=world_size),
         start_step=start_step,
         world_size=world_size,
         device=device,
