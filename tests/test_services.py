@@ -101,6 +101,12 @@ def test_services_up_status_use_down(tmp_path: Path, monkeypatch: pytest.MonkeyP
         s3.put_object(Bucket="ganpipe", Key="hello/object.bin", Body=b"\x00ganpipe\xff")
         assert s3.get_object(Bucket="ganpipe", Key="hello/object.bin")["Body"].read() == b"\x00ganpipe\xff"
 
+        # A ganpipe command started here finds the store through the env file alone (_env() has no AWS_*).
+        prep = _ganpipe("prep", "digits", "--store", "s3://ganpipe/store", "--no-progress", "--holdout", "100",
+                        cwd=tmp_path)
+        assert prep.returncode == 0, prep.stdout + prep.stderr
+        assert s3.head_object(Bucket="ganpipe", Key="store/datasets/digits/manifest.json")["ContentLength"] > 0
+
         # An MLflow run on the server; its artifact lands in the bucket through the server's proxy.
         import mlflow
 
