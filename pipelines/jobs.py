@@ -239,6 +239,14 @@ def _when(ms: int | None) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    try:
+        return _jobs(args)
+    except RuntimeError as exc:  # the Jobs API's answer to an unknown job id and other refused requests
+        first = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(first) from None
+
+
+def _jobs(args: argparse.Namespace) -> int:
     with _client(args.address) as client:
         if args.action == "ls":
             jobs = sorted(client.list_jobs(), key=lambda j: j.start_time or 0)

@@ -123,7 +123,7 @@ def ray_start_args(*, ports: list[int], temp_dir: Path, head: bool, gcs: str = "
             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
             f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rt_env}",
             f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}", f"--temp-dir={temp_dir}",
-            "--disable-usage-stats"]
+            "--object-store-memory=150000000", "--disable-usage-stats"]  # small: the machine is shared
 
 
 def stop_ray(proc: subprocess.Popen) -> None:
@@ -217,6 +217,10 @@ def test_submit_runs_a_ganpipe_command_and_jobs_show_it(ray_head: RayHead, tmp_p
     for text in (printed, logs.stdout, logs.stderr, status.stdout, listing.stdout, info):
         assert PLANTED not in text and "AKIAPLANTED" not in text
 
+    unknown = _ganpipe(ray_head, "jobs", "status", "raysubmit_doesnotexist", *addr, cwd=tmp_path)
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
+    assert "raysubmit_doesnotexist" in unknown.stderr
+
     # A job that fails shows as failed, with exit status 1 from --follow.
     bad = _ganpipe(ray_head, "submit", *addr, "--follow", "--", "train", "--recipe", "dcgan",
                    "--dataset", "/nonexistent/dataset", "--workers", "0", cwd=tmp_path)
@@ -235,3 +239,85 @@ def test_plain_ray_job_submit_runs_ganpipe(ray_head: RayHead, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert any(line.split() == ["loop.steps", "33"] for line in proc.stdout.splitlines()), proc.stdout[-3000:]
     assert "succeeded" in proc.stdout.lower()
+
+
+@pytest.fixture
+def second_node(ray_head: RayHead) -> Iterator[None]:
+    """A second Ray node on 127.0.0.1 joining the head (token auth alike); it leaves after the test.
+
+    It gets its own temp dir: nodes sharing one also share runtime_resources/, and one node's cleanup of a
+    job's working_dir then deletes the directory the other node's job driver runs in."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="gpray-w-", dir="/tmp"))
+    log_path = temp_dir / "worker.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        ray_start_args(ports=free_ports(6), temp_dir=temp_dir, head=False, gcs=ray_head.gcs),
+        stdout=log, stderr=subprocess.STDOUT, env=ray_head.env, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(_nodes(ray_head, retry=True)) < 2:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"second node did not join:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield
+    finally:
+        stop_ray(proc)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _ray_list(head: RayHead, *what: str) -> list[dict]:
+    out = subprocess.run([str(BIN / "ray"), "list", *what, "--address", head.address, "--format", "json",
+                          "--detail", "--limit", "1000"], capture_output=True, text=True, env=head.env, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def _nodes(head: RayHead, *, retry: bool = False) -> list[str]:
+    try:
+        return [n["node_id"] for n in _ray_list(head, "nodes") if n["state"] == "ALIVE"]
+    except (AssertionError, ValueError):  # while a node joins, the state API can answer with a warning, not JSON
+        if not retry:
+            raise
+        return []
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_training_job_spreads_its_workers_over_two_nodes(ray_head: RayHead, second_node, tmp_path: Path) -> None:
+    """Stretch: 2 Ray nodes (1 CPU each) on 127.0.0.1; a training job submitted through the Jobs API runs its
+    2 Ray Train workers one per node, tracks into MLflow and registers the generator."""
+    from data_prep.prep import PrepConfig, prep_images
+
+    store = tmp_path / "store"  # one machine: both nodes see this folder
+    prep_images(PrepConfig(source="digits", store=str(store), holdout=100, shard_size=400), progress=False)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    nodes = set(_nodes(ray_head))
+    assert len(nodes) == 2
+
+    env = {**ray_head.env, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": tracking,
+           "AWS_SECRET_ACCESS_KEY": PLANTED}
+    job_id = f"multinode-{secrets.token_hex(4)}"
+    sub = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "submit", "--address", ray_head.address, "--workers", "2",
+         "--submission-id", job_id, "--follow", "--",
+         "train", "--recipe", "dcgan", "--dataset", "digits", "--store", str(store), "--run-name", "two-nodes",
+         "--no-progress", "loop.steps=4", "loop.log_every=2", "loop.checkpoint_every=4", "loop.sample_every=4",
+         "model.ngf=8", "model.ndf=8", "model.nz=16", "data.batch_size=16"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )
+    assert sub.returncode == 0, sub.stdout[-4000:] + sub.stderr[-2000:]
+    assert PLANTED not in sub.stdout + sub.stderr
+    assert "registered models:/dcgan-digits/1" in sub.stdout, sub.stdout[-3000:]
+
+    workers = [a for a in _ray_list(ray_head, "actors") if a["class_name"].endswith("TrainWorker")]
+    assert len(workers) == 2, [a["class_name"] for a in workers]
+    assert {a["node_id"] for a in workers} == nodes  # one worker on each node
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    run = client.search_runs([client.get_experiment_by_name("dcgan-digits").experiment_id])[0]
+    assert run.data.tags["ganpipe.ray_job_id"] == job_id and run.info.status == "FINISHED"
+    assert "loss/D" in run.data.metrics
