@@ -258,6 +258,8 @@ def up(
             client.create_bucket(Bucket=s3["bucket"])
     else:
         log(f"seaweedfs  already running (pid {running_pid(layout, 'seaweedfs')})")
+        if "url" not in s3:
+            raise ValueError(f"{layout.state} is missing or damaged: `ganpipe services down`, then `up` again")
 
     # 2. MLflow: sqlite under services/, artifacts proxied to the bucket (clients need no S3 keys for them).
     if running_pid(layout, "mlflow") is None:

@@ -63,6 +63,8 @@ def test_a_command_that_does_not_parse_is_refused_before_submission() -> None:
 
 
 def test_submission_carries_settings_but_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in jobs.FORWARDED_ENV:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", PLANTED)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPLANTED0000000000")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "mlflow-" + PLANTED)

@@ -85,8 +85,9 @@ def test_services_up_status_use_down(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
         # What ganpipe commands do before running: read the file, an explicit variable winning.
         monkeypatch.chdir(tmp_path)
-        for key in services.ENV_KEYS:
-            monkeypatch.delenv(key, raising=False)
+        for key in services.ENV_KEYS:  # setenv first, so monkeypatch restores the original state afterwards
+            monkeypatch.setenv(key, "")
+            monkeypatch.delenv(key)
         monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
         loaded = services.load_env_file()
         assert os.environ["AWS_DEFAULT_REGION"] == "eu-west-3" and "AWS_DEFAULT_REGION" not in loaded
