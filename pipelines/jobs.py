@@ -197,7 +197,18 @@ def _print(line: str = "") -> None:
     print(redact(line))
 
 
+def _quiet_upload_logs() -> None:
+    # Ray logs every ignored file and the package upload at INFO; warnings still show.
+    import logging
+
+    import ray.dashboard.modules.dashboard_sdk  # noqa: F401 - sets its logger's level on import; override after
+
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    _quiet_upload_logs()
     plan = build_submission(args)
     kwargs = plan["kwargs"]
     for note in plan["notes"]:
