@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", default=".ganpipe/bench.json")
     p.add_argument("overrides", nargs="*", help="model config key=value (e.g. ngf=32)")
+
+    from pipelines import jobs, services  # cluster operations keep their parsers beside their code
+
+    services.add_parser(sub)
+    jobs.add_parsers(sub)
     return parser
 
 
@@ -221,6 +226,10 @@ def spec_from_args(args: argparse.Namespace):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "services":  # the local services' settings, unless the environment says otherwise
+        from pipelines.services import load_env_file
+
+        load_env_file()
     if getattr(args, "s3_endpoint", None):
         os.environ["GANPIPE_S3_ENDPOINT"] = args.s3_endpoint
     from pipelines import commands

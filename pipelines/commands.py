@@ -133,3 +133,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(f"wrote {write_json(results, args.out)}")
     return 0
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from pipelines.services import cmd_services
+
+    return cmd_services(args)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipelines.jobs import cmd_submit
+
+    return cmd_submit(args)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from pipelines.jobs import cmd_jobs
+
+    return cmd_jobs(args)

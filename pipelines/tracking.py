@@ -66,6 +66,16 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def ray_job_id() -> str:
+    """The Ray job this driver runs as: its Jobs API submission id, else $RAY_JOB_ID ("" outside Ray jobs)."""
+    # A Jobs API driver is not given RAY_JOB_ID; its job config (with the submission id) comes in this variable.
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "") or "{}")
+    except ValueError:
+        config = {}
+    return str((config.get("metadata") or {}).get("job_submission_id") or os.environ.get("RAY_JOB_ID", ""))
+
+
 def start_run(
     spec: TrainSpec,
     *,
@@ -98,7 +108,7 @@ def start_run(
         "ganpipe.dataset": dataset_name,
         "ganpipe.manifest_sha256": manifest_digest,
         "ganpipe.git_commit": git_commit(),
-        "ganpipe.ray_job_id": os.environ.get("RAY_JOB_ID", ""),
+        "ganpipe.ray_job_id": ray_job_id(),
     }
     run = mlf.create_run(exp_id, run_name=spec.run_name, tags=tags)
     run_id = run.info.run_id

@@ -1,0 +1,325 @@
+"""`ganpipe submit` / `ganpipe jobs` against a real Ray head (token auth, 127.0.0.1, free ports), and the rules
+that keep secrets out of what a job carries."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipelines import jobs
+from pipelines.cli import CliError, build_parser
+from pipelines.seaweedfs import free_ports
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PLANTED = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYPLANTEDKEY"  # a fake AWS secret that must never leave this process
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """No store, tracking or Ray settings; this venv first on PATH (as if activated); no PYTHONPATH, so a job
+    imports ganpipe from its working_dir."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "MLFLOW_", "GANPIPE_", "RAY_")) and k != "PYTHONPATH"}
+    return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", **extra}
+
+
+def _submit_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["submit", "--address", "http://127.0.0.1:1", *argv])
+
+
+# ---- without a cluster ----------------------------------------------------------------------------------
+
+
+def test_workers_and_gpus_become_the_train_commands_settings() -> None:
+    words = jobs.inner_command(["--", "ganpipe", "train", "--recipe", "dcgan", "loop.steps=5"], workers=None, gpus=4)
+    assert words == ["train", "--recipe", "dcgan", "loop.steps=5", "scale.workers=4", "scale.use_gpu=true"]
+    assert jobs.inner_command(["config", "--recipe", "dcgan"], workers=3, gpus=None)[-1] == "scale.workers=3"
+    assert jobs.inner_command(["demo"], workers=2, gpus=None) == ["demo", "--workers", "2"]
+    with pytest.raises(CliError, match="do not apply"):
+        jobs.inner_command(["prep", "mnist5k"], workers=2, gpus=None)
+    with pytest.raises(CliError, match="contradicts"):
+        jobs.inner_command(["train", "--recipe", "dcgan"], workers=2, gpus=4)
+    with pytest.raises(CliError, match="unknown ganpipe command"):
+        jobs.inner_command(["trian"], workers=None, gpus=None)
+
+
+def test_a_command_that_does_not_parse_is_refused_before_submission() -> None:
+    with pytest.raises(CliError, match="does not parse"):
+        jobs.inner_command(["train", "--recipe", "dcgan", "--no-such-flag"], workers=None, gpus=None)
+
+
+def test_submission_carries_settings_but_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in jobs.FORWARDED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", PLANTED)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPLANTED0000000000")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "mlflow-" + PLANTED)
+    monkeypatch.setenv("GANPIPE_S3_ENDPOINT", "http://10.0.0.5:8333")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")
+    plan = jobs.build_submission(_submit_args("--workers", "2", "--", "train", "--recipe", "dcgan"))
+    text = json.dumps(plan)
+    assert PLANTED not in text and "AKIAPLANTED" not in text
+    kwargs = plan["kwargs"]
+    assert kwargs["runtime_env"]["env_vars"] == {"GANPIPE_S3_ENDPOINT": "http://10.0.0.5:8333",
+                                                 "MLFLOW_TRACKING_URI": "http://10.0.0.5:5000"}
+    assert kwargs["runtime_env"]["working_dir"] == str(ROOT)
+    assert {".venv/", ".ganpipe/", ".git/"} <= set(kwargs["runtime_env"]["excludes"])
+    assert kwargs["entrypoint"].endswith("train --recipe dcgan scale.workers=2")
+
+    with pytest.raises(CliError, match=r"\$AWS_SECRET_ACCESS_KEY") as err:  # a secret typed into the command
+        jobs.build_submission(_submit_args("--", "train", "--recipe", "dcgan", f"run_name={PLANTED}"))
+    assert PLANTED not in str(err.value)
+    with pytest.raises(CliError, match="credential"):
+        jobs.build_submission(_submit_args("--env", "AWS_SECRET_ACCESS_KEY", "--", "config", "--recipe", "dcgan"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://me:hunter2-pass@10.0.0.5:5000")
+    with pytest.raises(CliError, match="password") as err:
+        jobs.build_submission(_submit_args("--", "config", "--recipe", "dcgan"))
+    assert "hunter2" not in str(err.value)
+
+
+def test_unreachable_jobs_api_is_one_line(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "jobs", "ls", "--address", f"http://127.0.0.1:{port}"],
+                          capture_output=True, text=True, cwd=tmp_path, env=_clean_env(PYTHONPATH=str(ROOT)),
+                          timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], proc.stderr
+
+
+# ---- against a real Ray head ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # Jobs API
+    gcs: str
+    env: dict[str, str]  # what a client (or another node) needs: token auth, this venv on PATH
+    temp_dir: Path
+
+
+def ray_start_args(*, ports: list[int], temp_dir: Path, head: bool, gcs: str = "", num_cpus: int = 1) -> list[str]:
+    """`ray start --block` on 127.0.0.1 with every port a free one (others may run Ray on this machine)."""
+    if head:
+        gcs_port, dash, client, agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = ports
+        role = ["--head", f"--port={gcs_port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+                f"--ray-client-server-port={client}", "--include-dashboard=true"]
+    else:
+        agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = ports
+        role = [f"--address={gcs}"]
+    return [str(BIN / "ray"), "start", "--block", *role, "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rt_env}",
+            f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}", f"--temp-dir={temp_dir}",
+            "--object-store-memory=150000000", "--disable-usage-stats"]  # small: the machine is shared
+
+
+def stop_ray(proc: subprocess.Popen) -> None:
+    """SIGTERM `ray start --block` (it stops its node's processes), then kill whatever is left in its group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc.poll() is None:
+        proc.wait(timeout=10)
+
+
+def _dashboard_up(address: str, token: str) -> bool:
+    req = urllib.request.Request(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[RayHead]:
+    # A short private temp dir: Ray's unix socket paths must stay under ~107 characters, and /tmp/ray is shared.
+    temp_dir = Path(tempfile.mkdtemp(prefix="gpray-", dir="/tmp"))
+    token_file = temp_dir / "auth_token"
+    token = secrets.token_hex(32)
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    env = _clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
+    ports = free_ports(9)
+    address, gcs = f"http://127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[0]}"
+    log = open(temp_dir / "head.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(ray_start_args(ports=ports, temp_dir=temp_dir, head=True), stdout=log,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _dashboard_up(address, token):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray head did not come up:\n{(temp_dir / 'head.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield RayHead(address=address, gcs=gcs, env=env, temp_dir=temp_dir)
+    finally:
+        stop_ray(proc)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _ganpipe(head: RayHead, *args: str, cwd: Path, timeout: float = 300):
+    """The CLI as a user runs it, with AWS keys planted in its environment."""
+    env = {**head.env, "PYTHONPATH": str(ROOT), "AWS_SECRET_ACCESS_KEY": PLANTED,
+           "AWS_ACCESS_KEY_ID": "AKIAPLANTED0000000000"}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_submit_runs_a_ganpipe_command_and_jobs_show_it(ray_head: RayHead, tmp_path: Path) -> None:
+    addr = ("--address", ray_head.address)
+    sub = _ganpipe(ray_head, "submit", *addr, "--workers", "2", "--follow", "--",
+                   "config", "--recipe", "dcgan", "loop.steps=77", cwd=tmp_path)
+    printed = sub.stdout + sub.stderr
+    assert sub.returncode == 0, printed
+    job_id = next(line.split()[1].rstrip(":") for line in sub.stdout.splitlines() if line.startswith("submitted "))
+    assert "ganpipe jobs logs" in sub.stdout and "SUCCEEDED" in sub.stdout.splitlines()[-1]
+
+    logs = _ganpipe(ray_head, "jobs", "logs", job_id, *addr, cwd=tmp_path)
+    assert logs.returncode == 0, logs.stderr
+    values = dict(line.split(None, 1) for line in logs.stdout.splitlines() if line.startswith(("loop.", "scale.")))
+    assert values["loop.steps"] == "77" and values["scale.workers"] == "2", logs.stdout
+
+    status = _ganpipe(ray_head, "jobs", "status", job_id, *addr, cwd=tmp_path)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout, status.stdout + status.stderr
+    assert "ganpipe.command=config" in status.stdout
+    listing = _ganpipe(ray_head, "jobs", "ls", *addr, cwd=tmp_path)
+    assert listing.returncode == 0 and job_id in listing.stdout, listing.stdout + listing.stderr
+
+    # What the cluster holds about the job, read straight from the Jobs API.
+    req = urllib.request.Request(f"{ray_head.address}/api/jobs/{job_id}", headers={
+        "Authorization": f"Bearer {Path(ray_head.env['RAY_AUTH_TOKEN_PATH']).read_text()}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        info = resp.read().decode()
+    assert json.loads(info)["status"] == "SUCCEEDED"
+    for text in (printed, logs.stdout, logs.stderr, status.stdout, listing.stdout, info):
+        assert PLANTED not in text and "AKIAPLANTED" not in text
+
+    unknown = _ganpipe(ray_head, "jobs", "status", "raysubmit_doesnotexist", *addr, cwd=tmp_path)
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
+    assert "raysubmit_doesnotexist" in unknown.stderr
+
+    # A job that fails shows as failed, with exit status 1 from --follow.
+    bad = _ganpipe(ray_head, "submit", *addr, "--follow", "--", "train", "--recipe", "dcgan",
+                   "--dataset", "/nonexistent/dataset", "--workers", "0", cwd=tmp_path)
+    assert bad.returncode == 1 and "FAILED" in bad.stdout.splitlines()[-1], bad.stdout + bad.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_plain_ray_job_submit_runs_ganpipe(ray_head: RayHead, tmp_path: Path) -> None:
+    """README: `ray job submit --working-dir . -- ganpipe ...` works too (ganpipe installed on the nodes)."""
+    proc = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", ray_head.address, "--working-dir", str(ROOT),
+         "--", "ganpipe", "config", "--recipe", "dcgan", "loop.steps=33"],
+        capture_output=True, text=True, cwd=tmp_path, env=ray_head.env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert any(line.split() == ["loop.steps", "33"] for line in proc.stdout.splitlines()), proc.stdout[-3000:]
+    assert "succeeded" in proc.stdout.lower()
+
+
+@pytest.fixture
+def second_node(ray_head: RayHead) -> Iterator[None]:
+    """A second Ray node on 127.0.0.1 joining the head (token auth alike); it leaves after the test.
+
+    It gets its own temp dir: nodes sharing one also share runtime_resources/, and one node's cleanup of a
+    job's working_dir then deletes the directory the other node's job driver runs in."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="gpray-w-", dir="/tmp"))
+    log_path = temp_dir / "worker.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        ray_start_args(ports=free_ports(6), temp_dir=temp_dir, head=False, gcs=ray_head.gcs),
+        stdout=log, stderr=subprocess.STDOUT, env=ray_head.env, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(_nodes(ray_head, retry=True)) < 2:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"second node did not join:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield
+    finally:
+        stop_ray(proc)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _ray_list(head: RayHead, *what: str) -> list[dict]:
+    out = subprocess.run([str(BIN / "ray"), "list", *what, "--address", head.address, "--format", "json",
+                          "--detail", "--limit", "1000"], capture_output=True, text=True, env=head.env, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def _nodes(head: RayHead, *, retry: bool = False) -> list[str]:
+    try:
+        return [n["node_id"] for n in _ray_list(head, "nodes") if n["state"] == "ALIVE"]
+    except (AssertionError, ValueError):  # while a node joins, the state API can answer with a warning, not JSON
+        if not retry:
+            raise
+        return []
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_training_job_spreads_its_workers_over_two_nodes(ray_head: RayHead, second_node, tmp_path: Path) -> None:
+    """Stretch: 2 Ray nodes (1 CPU each) on 127.0.0.1; a training job submitted through the Jobs API runs its
+    2 Ray Train workers one per node, tracks into MLflow and registers the generator."""
+    from data_prep.prep import PrepConfig, prep_images
+
+    store = tmp_path / "store"  # one machine: both nodes see this folder
+    prep_images(PrepConfig(source="digits", store=str(store), holdout=100, shard_size=400), progress=False)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    nodes = set(_nodes(ray_head))
+    assert len(nodes) == 2
+
+    env = {**ray_head.env, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": tracking,
+           "AWS_SECRET_ACCESS_KEY": PLANTED}
+    job_id = f"multinode-{secrets.token_hex(4)}"
+    sub = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "submit", "--address", ray_head.address, "--workers", "2",
+         "--submission-id", job_id, "--follow", "--",
+         "train", "--recipe", "dcgan", "--dataset", "digits", "--store", str(store), "--run-name", "two-nodes",
+         "--no-progress", "loop.steps=4", "loop.log_every=2", "loop.checkpoint_every=4", "loop.sample_every=4",
+         "model.ngf=8", "model.ndf=8", "model.nz=16", "data.batch_size=16"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )
+    assert sub.returncode == 0, sub.stdout[-4000:] + sub.stderr[-2000:]
+    assert PLANTED not in sub.stdout + sub.stderr
+    assert "registered models:/dcgan-digits/1" in sub.stdout, sub.stdout[-3000:]
+
+    workers = [a for a in _ray_list(ray_head, "actors") if a["class_name"].endswith("TrainWorker")]
+    assert len(workers) == 2, [a["class_name"] for a in workers]
+    assert {a["node_id"] for a in workers} == nodes  # one worker on each node
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    run = client.search_runs([client.get_experiment_by_name("dcgan-digits").experiment_id])[0]
+    assert run.data.tags["ganpipe.ray_job_id"] == job_id and run.info.status == "FINISHED"
+    assert "loss/D" in run.data.metrics
