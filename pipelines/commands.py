@@ -118,3 +118,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(f"wrote {write_json(results, args.out)}")
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipelines.eval_cmd import cmd_eval as run
+
+    return run(args)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pipelines.registry import cmd_models as run
+
+    return run(args)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from pipelines.registry import cmd_promote as run
+
+    return run(args)
