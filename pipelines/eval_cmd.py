@@ -84,7 +84,8 @@ def _features(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray | t
 
 def evaluate_model(
     *, model: str, tracking_uri: str = "", n: int = DEFAULT_N, seed: int = 0, inception_weights: str | None = None,
-    dataset: str | None = None, store: str | None = None, split: str | None = None, kid_subsets: int = KID_SUBSETS,
+    dataset: str | None = None, store: str | None = None, split: str | None = None, n_real: int | None = None,
+    kid_subsets: int = KID_SUBSETS,
     kid_subset_size: int = KID_SUBSET_SIZE, batch: int = 50, progress: bool = False, log: Callable[[str], Any] = print,
 ) -> EvalOutcome:
     import torch
@@ -129,6 +130,8 @@ def evaluate_model(
         notes.append(f"the model was trained on manifest {trained_on[:12]}; evaluating against {manifest.digest[:12]}")
     split = split or ("test" if manifest.counts.get("test") else "train")
     real, real_labels = load_split(url, split=split)
+    if n_real is not None:  # the first n_real in manifest order: the same images every time
+        real, real_labels = real[:n_real], real_labels[:n_real]
     log(f"model     {ref.label} (run {ref.run_id[:8]}, family {family or '?'})")
     log(f"dataset   {url} ({split} split: {len(real)} real images, manifest {manifest.digest[:12]})")
 
@@ -234,6 +237,7 @@ def add_parser(sub: Any) -> None:
                         "inception_v3_google); without it FID/KID are skipped")
     p.add_argument("--dataset", help="dataset name in --store or a dataset URL (default: the model's training set)")
     p.add_argument("--split", help="real split to compare with (default: test if the dataset has one, else train)")
+    p.add_argument("--n-real", type=int, help="use only the first N real images of the split (default: all)")
     p.add_argument("--kid-subsets", type=int, default=KID_SUBSETS, help=f"KID subsets (default {KID_SUBSETS})")
     p.add_argument("--kid-subset-size", type=int, default=KID_SUBSET_SIZE,
                    help=f"KID subset size, capped at the smaller set (default {KID_SUBSET_SIZE})")
@@ -247,7 +251,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = evaluate_model(
         model=args.model, tracking_uri=args.tracking_uri, n=args.n, seed=args.seed,
         inception_weights=args.inception_weights, dataset=args.dataset, store=args.store, split=args.split,
-        kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, progress=not args.no_progress,
+        n_real=args.n_real, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
+        progress=not args.no_progress,
     )
     for key, value in sorted(out.metrics.items()):
         print(f"  {key:<22} {value:.6g}")
