@@ -189,21 +189,26 @@ def registry(tmp_path_factory) -> Registry:
     """Two tiny DCGANs trained in-process (workers=0) on `digits`, registered as versions 1 and 2."""
     from data_prep.prep import PrepConfig, prep_images
     from pipelines.config import apply_overrides
+    from pipelines.evaluator import ensure_evaluator
     from pipelines.recipes import dcgan_paper
     from pipelines.train import train
 
     root = tmp_path_factory.mktemp("registry")
     store, tracking_uri = str(root / "store"), f"sqlite:///{root / 'mlflow.db'}"
     prep = prep_images(PrepConfig(source="digits", store=store, image_size=32), progress=False)
+    # The offline evaluator, cached before training finds it: 2 epochs instead of 20 keep this fixture short.
+    ensure_evaluator(store_url=store, dataset_url=prep.dataset_url, manifest=prep.manifest, epochs=2)
     versions = []
-    for steps in (2, 6):
-        spec = apply_overrides(dcgan_paper("digits"), [
-            "scale.workers=0", f"loop.steps={steps}", "loop.log_every=2", "loop.checkpoint_every=100",
-            "loop.sample_every=0", "model.ngf=8", "model.ndf=8", "model.nz=16", "data.batch_size=16",
-            f"track.tracking_uri={tracking_uri}", f"store={store}",
-        ])
-        outcome = train(dataclasses.replace(spec, run_name=f"tiny-{steps}"), progress=False, log=lambda _: None)
-        versions.append(outcome.model_version)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # MLflow's local artifacts go under ./.ganpipe: keep them in the temp folder
+        for steps in (2, 6):
+            spec = apply_overrides(dcgan_paper("digits"), [
+                "scale.workers=0", f"loop.steps={steps}", "loop.log_every=2", "loop.checkpoint_every=100",
+                "loop.sample_every=0", "model.ngf=8", "model.ndf=8", "model.nz=16", "data.batch_size=16",
+                f"track.tracking_uri={tracking_uri}", f"store={store}",
+            ])
+            outcome = train(dataclasses.replace(spec, run_name=f"tiny-{steps}"), progress=False, log=lambda _: None)
+            versions.append(outcome.model_version)
     return Registry(store=store, tracking_uri=tracking_uri, name=outcome.model_name, versions=versions,
                     digest=prep.manifest.digest)
 
@@ -214,15 +219,15 @@ def _client(reg: Registry):
     return client(reg.tracking_uri)
 
 
-def test_registered_generator_carries_its_config_and_loads_without_pickle(registry, monkeypatch):
+def test_registered_generator_carries_its_config_and_loads_without_pickle(registry, monkeypatch, tmp_path):
     import mlflow
 
     monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
     mlflow.set_tracking_uri(registry.tracking_uri)
     uri = f"models:/{registry.name}/{registry.versions[0]}"
-    info = mlflow.models.get_model_info(uri)
-    assert info.flavors["pytorch"]["serialization_format"] == "pt2"
-    config = info.metadata["ganpipe"]["config"]
+    files = {p.name for p in Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path))).rglob("*")}
+    assert "model.pt2" in files and "model.pth" not in files  # torch.export archive, no pickled module
+    config = mlflow.models.get_model_info(uri).metadata["ganpipe"]["config"]
     assert config["family"] == "dcgan" and config["model"]["ngf"] == 8 and config["model"]["nz"] == 16
     generator = mlflow.pytorch.load_model(uri, map_location="cpu")  # MLflow checks the archive is pickle-free
     assert generator(torch.randn(3, 16, 1, 1)).shape == (3, 1, 32, 32)
@@ -293,7 +298,7 @@ def test_promote_needs_a_common_evaluation_refuses_worse_accepts_better_and_reco
     assert main(["promote", registry.name, "--version", v2, *base]) == 1
     out = capsys.readouterr().out
     assert "no common evaluation set" in out and f"ganpipe eval --model models:/{registry.name}/{v1}" in out
-    assert mlf.get_model_version_by_alias(registry.name, "champion").version == v1
+    assert str(mlf.get_model_version_by_alias(registry.name, "champion").version) == v1
 
     # Both on the same set (seed 0, n 64): the better one wins, whichever it is.
     fd = {v1: _eval(registry, v1), v2: _eval(registry, v2)}
@@ -303,7 +308,7 @@ def test_promote_needs_a_common_evaluation_refuses_worse_accepts_better_and_reco
     mlf.set_registered_model_alias(registry.name, "champion", better)
     assert main(["promote", registry.name, "--version", worse, *base]) == 1
     assert "does not beat the champion" in capsys.readouterr().out
-    assert mlf.get_model_version_by_alias(registry.name, "champion").version == better
+    assert str(mlf.get_model_version_by_alias(registry.name, "champion").version) == better
     assert "not promoted" in mlf.get_model_version(registry.name, worse).tags[PROMOTION_TAG]
 
     mlf.set_registered_model_alias(registry.name, "champion", worse)
@@ -311,13 +316,13 @@ def test_promote_needs_a_common_evaluation_refuses_worse_accepts_better_and_reco
     out = capsys.readouterr().out
     assert f"promoted {registry.name} v{better} to champion (was v{worse})" in out
     assert f"{fd[better]:.6g} < v{worse} {fd[worse]:.6g}" in out
-    assert mlf.get_model_version_by_alias(registry.name, "champion").version == better
+    assert str(mlf.get_model_version_by_alias(registry.name, "champion").version) == better
     assert "promoted" in mlf.get_model_version(registry.name, better).tags[PROMOTION_TAG]
 
     # --force moves it anyway, and says so.
     assert main(["promote", registry.name, "--version", worse, *base, "--force"]) == 0
     assert "forced (--force)" in capsys.readouterr().out
-    assert mlf.get_model_version_by_alias(registry.name, "champion").version == worse
+    assert str(mlf.get_model_version_by_alias(registry.name, "champion").version) == worse
     assert "forced" in mlf.get_model_version(registry.name, worse).tags[PROMOTION_TAG]
 
 
