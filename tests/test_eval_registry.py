@@ -378,7 +378,8 @@ def test_models_ls_and_promote_through_an_mlflow_server(registry, tmp_path):
         assert ls.returncode == 0, ls.stderr[-2000:]
         assert len(ls.stdout.strip().splitlines()) == 1 + len(registry.versions) and registry.digest[:12] in ls.stdout
         # The version already holding `champion` is reported as unchanged (exit 0) over HTTP as well.
-        champion = str(_client(registry).get_model_version_by_alias(registry.name, "champion").version)
+        champion = registry.versions[0]
+        _client(registry).set_registered_model_alias(registry.name, "champion", champion)
         promote = subprocess.run(
             [sys.executable, "-m", "pipelines.cli", "promote", registry.name, "--version", champion, "--metric",
              "eval/fd", "--mode", "min", "--tracking-uri", uri], capture_output=True, text=True, timeout=120,
