@@ -248,12 +248,15 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    out = evaluate_model(
-        model=args.model, tracking_uri=args.tracking_uri, n=args.n, seed=args.seed,
-        inception_weights=args.inception_weights, dataset=args.dataset, store=args.store, split=args.split,
-        n_real=args.n_real, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
-        progress=not args.no_progress,
-    )
+    from pipelines.registry import missing_is_user_error
+
+    with missing_is_user_error():
+        out = evaluate_model(
+            model=args.model, tracking_uri=args.tracking_uri, n=args.n, seed=args.seed,
+            inception_weights=args.inception_weights, dataset=args.dataset, store=args.store, split=args.split,
+            n_real=args.n_real, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
+            progress=not args.no_progress,
+        )
     for key, value in sorted(out.metrics.items()):
         print(f"  {key:<22} {value:.6g}")
     print(f"logged to MLflow run {out.run_id} (nested under {out.model.run_id}); compare versions with "

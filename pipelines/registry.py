@@ -5,8 +5,9 @@ evaluation set, and record why)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,10 +140,24 @@ def promote(
 def _eval_command(name: str, version: str, run: Any) -> str:
     p = run.data.params
     parts = [f"ganpipe eval --model models:/{name}/{version}", f"--n {p.get('n', '')}", f"--seed {p.get('seed', 0)}",
-             f"--dataset {p.get('dataset_url', '')}"]
+             f"--dataset {p.get('dataset_url', '')}", f"--split {p.get('split', '')}",
+             f"--n-real {p.get('n_real', '')}"]
     if p.get("inception_sha256"):
         parts.append("--inception-weights PATH")
     return " ".join(parts)
+
+
+@contextlib.contextmanager
+def missing_is_user_error() -> Iterator[None]:
+    """An unknown model, version, alias or run is the user's typo: one line (ValueError), not a traceback."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ValueError(exc.message.splitlines()[0]) from None
+        raise
 
 
 def _alias(mlf: Any, name: str, alias: str) -> Any:
@@ -235,14 +250,17 @@ def add_parsers(sub: Any) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from pipelines.tracking import client, resolve_tracking_uri
 
-    return list_models(mlf=client(resolve_tracking_uri(args.tracking_uri)), name=args.name)
+    with missing_is_user_error():
+        return list_models(mlf=client(resolve_tracking_uri(args.tracking_uri)), name=args.name)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     from pipelines.tracking import client, resolve_tracking_uri
 
     mlf = client(resolve_tracking_uri(args.tracking_uri))
-    d = promote(mlf=mlf, name=args.name, metric=args.metric, mode=args.mode, version=args.version, force=args.force)
+    with missing_is_user_error():
+        d = promote(mlf=mlf, name=args.name, metric=args.metric, mode=args.mode, version=args.version,
+                    force=args.force)
     if d.candidate == d.previous:
         print(f"unchanged: {args.name} v{d.candidate} already is {CHAMPION}")
         return 0
