@@ -48,10 +48,12 @@ class EvalOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def model_config(mlf: Any, ref: ModelRef) -> dict[str, Any]:
+def model_config(mlf: Any, ref: ModelRef, tracking_uri: str) -> dict[str, Any]:
     """The training config that travels with the model (MLmodel metadata), else the run's config.json."""
     import mlflow
 
+    mlflow.set_tracking_uri(tracking_uri)  # get_model_info resolves models:/ URIs through the global registry
+    mlflow.set_registry_uri(tracking_uri)
     info = mlflow.models.get_model_info(ref.uri)
     config = ((info.metadata or {}).get("ganpipe") or {}).get("config")
     if config:
@@ -119,7 +121,7 @@ def evaluate_model(
     mlf = client(uri)
     ref = resolve_model(mlf, model)
     source = mlf.get_run(ref.run_id)
-    config = model_config(mlf, ref)
+    config = model_config(mlf, ref, uri)
     family = config.get("family") or source.data.tags.get("ganpipe.family", "")
     store_url = store or config.get("store") or ".ganpipe/store"
     url = dataset_url(dataset or config["data"]["dataset"], store_url)

@@ -233,8 +233,13 @@ def test_registered_generator_carries_its_config_and_loads_without_pickle(regist
     assert generator(torch.randn(3, 16, 1, 1)).shape == (3, 1, 32, 32)
 
 
-def test_eval_logs_eval_metrics_to_a_run_nested_under_the_training_run(registry, inception_weights, capsys):
+def test_eval_logs_eval_metrics_to_a_run_nested_under_the_training_run(registry, inception_weights, capsys,
+                                                                        tmp_path):
+    import mlflow
+
     from pipelines.cli import main
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # --tracking-uri must win over global state
 
     args = ["eval", "--model", f"models:/{registry.name}@candidate", "--n", "12", "--n-real", "12",
             "--kid-subsets", "2", "--inception-weights", str(inception_weights), "--tracking-uri",
