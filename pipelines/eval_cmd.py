@@ -87,9 +87,10 @@ def _features(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray | t
 def evaluate_model(
     *, model: str, tracking_uri: str = "", n: int = DEFAULT_N, seed: int = 0, inception_weights: str | None = None,
     dataset: str | None = None, store: str | None = None, split: str | None = None, n_real: int | None = None,
-    kid_subsets: int = KID_SUBSETS,
-    kid_subset_size: int = KID_SUBSET_SIZE, batch: int = 50, progress: bool = False, log: Callable[[str], Any] = print,
+    kid_subsets: int = KID_SUBSETS, kid_subset_size: int = KID_SUBSET_SIZE, batch: int = 50, progress: bool = False,
+    log: Callable[[str], Any] = print,
 ) -> EvalOutcome:
+    """Evaluate one model (see the module docstring) and log the evaluation run; returns its id and metrics."""
     import torch
 
     from data_prep.reader import load_split, read_manifest
@@ -117,6 +118,7 @@ def evaluate_model(
 
     if n < 2:
         raise ValueError(f"--n must be at least 2, got {n}")
+    net = load_inception(inception_weights) if inception_weights else None  # a bad file fails before any work
     uri = resolve_tracking_uri(tracking_uri)
     mlf = client(uri)
     ref = resolve_model(mlf, model)
@@ -165,8 +167,7 @@ def evaluate_model(
     else:
         notes.append("no offline evaluator: the dataset has no class labels (eval/fd, eval/kd, eval/cls_score skipped)")
 
-    if inception_weights:
-        net = load_inception(inception_weights)
+    if net is not None:
         inception_sha = net.weights_sha256
         fake_feats = _features(net, fake, batch=batch, desc="Inception features (generated)", progress=progress)
         key = stats_key(manifest_digest=manifest.digest, network=f"inception-{inception_sha[:12]}", split=split,
