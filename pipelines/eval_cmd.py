@@ -95,6 +95,7 @@ def evaluate_model(
 
     from data_prep.reader import load_split, read_manifest
     from data_prep.storage import open_store
+    from gan_models import get_family
     from pipelines.commands import load_generator
     from pipelines.eval_metrics import (
         TASK_METRICS,
@@ -125,6 +126,9 @@ def evaluate_model(
     source = mlf.get_run(ref.run_id)
     config = model_config(mlf, ref, uri)
     family = config.get("family") or source.data.tags.get("ganpipe.family", "")
+    if family and get_family(family).sample_latent is None:
+        raise ValueError(f"ganpipe eval draws latents; {family} generators take conditioning inputs, which its "
+                         "evaluation does not supply yet")
     store_url = store or config.get("store") or ".ganpipe/store"
     url = dataset_url(dataset or config["data"]["dataset"], store_url)
     manifest = read_manifest(url)
