@@ -15,6 +15,8 @@ typical session:
   ganpipe prep mnist5k                        # built-in MNIST subset -> .ganpipe/store/datasets/mnist5k
   ganpipe train --recipe dcgan loop.steps=2000  # Ray Train, 2 CPU workers, tracked in MLflow
   ganpipe sample --model models:/dcgan-mnist5k@candidate --out samples.png
+  ganpipe eval --model models:/dcgan-mnist5k@candidate  # eval/* (+ FID/KID with --inception-weights)
+  ganpipe promote dcgan-mnist5k --metric eval/fd --mode min  # champion only if it beats the champion
   ganpipe ui                                  # browse runs and models at http://127.0.0.1:5000
 
 where things live (defaults): datasets and checkpoints in .ganpipe/store (or s3://bucket/prefix with
@@ -175,8 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".ganpipe/bench.json")
     p.add_argument("overrides", nargs="*", help="model config key=value (e.g. ngf=32)")
 
-    from pipelines import jobs, services  # cluster operations keep their parsers beside their code
+    # Each command group keeps its parser beside its code.
+    from pipelines import eval_cmd, jobs, registry, services
 
+    eval_cmd.add_parser(sub)
+    registry.add_parsers(sub)
     services.add_parser(sub)
     jobs.add_parsers(sub)
     return parser

@@ -151,3 +151,21 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from pipelines.jobs import cmd_jobs
 
     return cmd_jobs(args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipelines.eval_cmd import cmd_eval as run
+
+    return run(args)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pipelines.registry import cmd_models as run
+
+    return run(args)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from pipelines.registry import cmd_promote as run
+
+    return run(args)

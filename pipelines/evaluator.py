@@ -192,6 +192,7 @@ def evaluator_key(manifest_digest: str) -> str:
 
 def ensure_evaluator(
     *, store_url: str, dataset_url: str, manifest: Any, s3_endpoint: str | None = None, progress: bool = False,
+    epochs: int = 20,
 ) -> str | None:
     """Train (once per manifest digest) and cache the evaluator in the store; returns its URL.
 
@@ -206,7 +207,7 @@ def ensure_evaluator(
         return url
     train_x, train_y = load_split(dataset_url, split="train", s3_endpoint=s3_endpoint)
     test_x, test_y = load_split(dataset_url, split="test", s3_endpoint=s3_endpoint)
-    net = train_evaluator(train_x, train_y, class_names=list(manifest.class_names), progress=progress)
+    net = train_evaluator(train_x, train_y, class_names=list(manifest.class_names), epochs=epochs, progress=progress)
     meta = {"class_names": list(manifest.class_names), "channels": int(train_x.shape[1]),
             "image_size": int(train_x.shape[2]), "manifest_digest": manifest.digest}
     evaluator = Evaluator(net=net, meta=meta, real_mu=np.zeros(FEATURES), real_sigma=np.eye(FEATURES))

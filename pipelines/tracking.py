@@ -170,8 +170,13 @@ def log_generator(
     registered_name: str,
     alias: str,
     tags: dict[str, str],
+    config: dict[str, Any] | None = None,
 ) -> Any:
-    """Log the generator (torch.export pt2, batch dimension dynamic) and register a version with `alias`."""
+    """Log the generator (torch.export pt2, batch dimension dynamic) and register a version with `alias`.
+
+    `config` (the run's TrainSpec as a dict) travels inside the model's MLmodel file as metadata["ganpipe"], so
+    a registered version is self-describing: no training flags and no unpickling are needed to use it.
+    """
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
@@ -198,6 +203,9 @@ def log_generator(
                 signature=signature,
                 registered_model_name=registered_name,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                serialization_format="pt2",  # torch.export archive: loads without unpickling code objects
+                # JSON round trip: tuples become lists, which the MLmodel YAML can hold.
+                metadata={"ganpipe": {"config": json.loads(json.dumps(config))}} if config is not None else None,
             )
     mlf = client(tracking_uri)
     version = info.registered_model_version

@@ -106,6 +106,7 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
         registered_name=name, alias=spec.track.alias,
         tags={"ganpipe.run_name": spec.run_name, "ganpipe.manifest_sha256": manifest.digest,
               "ganpipe.git_commit": tracking.git_commit()},
+        config=spec.to_dict(),
     )
     tracking.finish_run(tracking_uri, run_id, summary={"steps": int(state["step"]), **metrics,
                                                          "model": f"models:/{name}/{version.version}"})

@@ -1,0 +1,271 @@
+"""`ganpipe eval`: score a registered generator (or a run's) against its dataset and log an evaluation run.
+
+Metrics: FID/KID with Inception-v3 pool features when a local weights file is given; the offline evaluator's
+Fréchet distance, kernel distance and classifier score; the family's task metrics (`TASK_METRICS`). Real-data
+statistics are cached per dataset manifest and feature network under `<store>/cache/stats/`.
+
+Each evaluation is its own MLflow run, nested under the model's training run (tag mlflow.parentRunId) in the
+same experiment, with the evaluation set recorded as params and tags. The training run stays as it finished;
+evaluations with other n, seeds or feature networks sit side by side, and `promote` compares only like with
+like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.registry import (
+    EVAL_EVALUATOR_TAG,
+    EVAL_INCEPTION_TAG,
+    EVAL_MODEL_TAG,
+    EVAL_SET_TAG,
+    ModelRef,
+    resolve_model,
+)
+
+if TYPE_CHECKING:  # numpy and torch load only when a command runs, not for `ganpipe --help`
+    import numpy as np
+    import torch
+
+DEFAULT_N = 10_000
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # the KID paper's 100 subsets of 1,000 (eval_metrics has the same)
+
+
+@dataclass
+class EvalOutcome:
+    run_id: str
+    model: ModelRef
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def model_config(mlf: Any, ref: ModelRef, tracking_uri: str) -> dict[str, Any]:
+    """The training config that travels with the model (MLmodel metadata), else the run's config.json."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)  # get_model_info resolves models:/ URIs through the global registry
+    mlflow.set_registry_uri(tracking_uri)
+    info = mlflow.models.get_model_info(ref.uri)
+    config = ((info.metadata or {}).get("ganpipe") or {}).get("config")
+    if config:
+        return config
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(mlf.download_artifacts(ref.run_id, "config.json", tmp)).read_text())
+
+
+def dataset_url(dataset: str, store: str) -> str:
+    """A dataset name in `store` (datasets/NAME) or a full dataset URL, as `ganpipe train` resolves it."""
+    from data_prep.storage import open_store
+
+    if "://" in dataset or dataset.startswith(("/", ".")):
+        return dataset.rstrip("/")
+    return f"{open_store(store).url.rstrip('/')}/datasets/{dataset}"
+
+
+def _features(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray | torch.Tensor, *, batch: int,
+              desc: str, progress: bool) -> np.ndarray:
+    import numpy as np
+    import torch  # noqa: F811
+    from tqdm import tqdm
+
+    x = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
+    out = []
+    for i in tqdm(range(0, len(x), batch), desc=desc, disable=None if progress else True, leave=False):
+        out.append(fn(x[i : i + batch]).double().numpy())
+    return np.concatenate(out)
+
+
+def evaluate_model(
+    *, model: str, tracking_uri: str = "", n: int = DEFAULT_N, seed: int = 0, inception_weights: str | None = None,
+    dataset: str | None = None, store: str | None = None, split: str | None = None, n_real: int | None = None,
+    kid_subsets: int = KID_SUBSETS, kid_subset_size: int = KID_SUBSET_SIZE, batch: int = 50, progress: bool = False,
+    log: Callable[[str], Any] = print,
+) -> EvalOutcome:
+    """Evaluate one model (see the module docstring) and log the evaluation run; returns its id and metrics."""
+    import torch
+
+    from data_prep.reader import load_split, read_manifest
+    from data_prep.storage import open_store
+    from gan_models import get_family
+    from pipelines.commands import load_generator
+    from pipelines.eval_metrics import (
+        TASK_METRICS,
+        FeatureStats,
+        TaskInputs,
+        cached_real_stats,
+        kernel_distance,
+        stats_key,
+    )
+    from pipelines.evaluator import (
+        CONFIDENT,
+        Evaluator,
+        classifier_score,
+        ensure_evaluator,
+        evaluator_key,
+        frechet_distance,
+    )
+    from pipelines.inception import WEIGHTS_HELP, load_inception
+    from pipelines.loop import generate
+    from pipelines.tracking import client, git_commit, resolve_tracking_uri
+
+    if n < 2:
+        raise ValueError(f"--n must be at least 2, got {n}")
+    net = load_inception(inception_weights) if inception_weights else None  # a bad file fails before any work
+    uri = resolve_tracking_uri(tracking_uri)
+    mlf = client(uri)
+    ref = resolve_model(mlf, model)
+    source = mlf.get_run(ref.run_id)
+    config = model_config(mlf, ref, uri)
+    family = config.get("family") or source.data.tags.get("ganpipe.family", "")
+    if family and get_family(family).sample_latent is None:
+        raise ValueError(f"ganpipe eval draws latents; {family} generators take conditioning inputs, which its "
+                         "evaluation does not supply yet")
+    store_url = store or config.get("store") or ".ganpipe/store"
+    url = dataset_url(dataset or config["data"]["dataset"], store_url)
+    manifest = read_manifest(url)
+    trained_on = source.data.tags.get("ganpipe.manifest_sha256", "")
+    notes: list[str] = []
+    if trained_on and trained_on != manifest.digest:
+        notes.append(f"the model was trained on manifest {trained_on[:12]}; evaluating against {manifest.digest[:12]}")
+    split = split or ("test" if manifest.counts.get("test") else "train")
+    real, real_labels = load_split(url, split=split)
+    if n_real is not None:  # the first n_real in manifest order: the same images every time
+        real, real_labels = real[:n_real], real_labels[:n_real]
+    log(f"model     {ref.label} (run {ref.run_id[:8]}, family {family or '?'})")
+    log(f"dataset   {url} ({split} split: {len(real)} real images, manifest {manifest.digest[:12]})")
+
+    generator, latent_shape = load_generator(ref.uri, uri)
+    z = torch.randn((n, *latent_shape), generator=torch.Generator().manual_seed(seed))
+    fake = generate(generator, z)
+    log(f"generated {n} samples (seed {seed})")
+
+    cache = open_store(store_url)
+    metrics: dict[str, float] = {}
+    fake_probs = None
+    evaluator_sha = inception_sha = "none"
+    evaluator_url = ensure_evaluator(store_url=store_url, dataset_url=url, manifest=manifest, progress=progress)
+    if evaluator_url is not None:
+        blob = cache.get_bytes(evaluator_key(manifest.digest))
+        evaluator_sha = hashlib.sha256(blob).hexdigest()
+        ev = Evaluator.from_bytes(blob)
+        fake_feats, fake_probs = ev.predict(fake)
+        key = stats_key(manifest_digest=manifest.digest, network=f"evaluator-{evaluator_sha[:12]}", split=split,
+                        n=len(real))
+        real_stats, hit = cached_real_stats(cache, key, lambda: ev.predict(real)[0])
+        fs = FeatureStats.of(fake_feats)
+        metrics["eval/fd"] = frechet_distance(fs.mu, fs.sigma, real_stats.mu, real_stats.sigma)
+        metrics["eval/kd"] = kernel_distance(real_stats.features, fake_feats, subsets=kid_subsets,
+                                             subset_size=kid_subset_size, seed=seed)[0]
+        metrics["eval/cls_score"] = classifier_score(fake_probs)
+        metrics["eval/confident_share"] = float((fake_probs.max(axis=1) >= CONFIDENT).mean())
+        log(f"evaluator real statistics {'from cache' if hit else 'computed and cached'}: {cache.url}/{key}")
+    else:
+        notes.append("no offline evaluator: the dataset has no class labels (eval/fd, eval/kd, eval/cls_score skipped)")
+
+    if net is not None:
+        inception_sha = net.weights_sha256
+        fake_feats = _features(net, fake, batch=batch, desc="Inception features (generated)", progress=progress)
+        key = stats_key(manifest_digest=manifest.digest, network=f"inception-{inception_sha[:12]}", split=split,
+                        n=len(real))
+        real_stats, hit = cached_real_stats(
+            cache, key, lambda: _features(net, real, batch=batch, desc="Inception features (real)", progress=progress))
+        fs = FeatureStats.of(fake_feats)
+        metrics["eval/fid"] = frechet_distance(fs.mu, fs.sigma, real_stats.mu, real_stats.sigma)
+        metrics["eval/kid"], metrics["eval/kid_std"] = kernel_distance(
+            real_stats.features, fake_feats, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
+        log(f"Inception real statistics {'from cache' if hit else 'computed and cached'}: {cache.url}/{key}")
+    else:
+        notes.append(f"FID/KID skipped. {WEIGHTS_HELP}")
+
+    hook = TASK_METRICS.get(family)
+    if hook is not None:
+        metrics.update(hook(TaskInputs(
+            family=family, generator=generator, fake=fake, real=real, real_labels=real_labels, fake_probs=fake_probs,
+            class_names=list(manifest.class_names or []) or None, dataset_url=url, seed=seed)))
+
+    eval_set = {"manifest_sha256": manifest.digest, "split": split, "n_real": len(real), "n": n, "seed": seed}
+    set_hash = hashlib.sha256(json.dumps(eval_set, sort_keys=True).encode()).hexdigest()[:16]
+    params = {**eval_set, "model": ref.label, "dataset_url": url, "dataset_name": manifest.name,
+              "inception_sha256": inception_sha if inception_weights else "",
+              "evaluator_sha256": evaluator_sha, "kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size}
+    run_id = _log_eval_run(mlf, source=source, ref=ref, metrics=metrics, params=params, notes=notes, tags={
+        EVAL_MODEL_TAG: ref.label, EVAL_SET_TAG: set_hash, EVAL_INCEPTION_TAG: inception_sha,
+        EVAL_EVALUATOR_TAG: evaluator_sha, "ganpipe.family": family, "ganpipe.dataset": manifest.name,
+        "ganpipe.manifest_sha256": manifest.digest, "ganpipe.git_commit": git_commit(),
+        "mlflow.parentRunId": ref.run_id,
+    })
+    for note in notes:
+        log(f"note: {note}")
+    return EvalOutcome(run_id=run_id, model=ref, metrics=metrics, params=params, notes=notes)
+
+
+def _log_eval_run(mlf: Any, *, source: Any, ref: ModelRef, metrics: dict[str, float], params: dict[str, Any],
+                  notes: list[str], tags: dict[str, str]) -> str:
+    import numpy as np
+    from mlflow.entities import Metric, Param
+
+    name = f"eval-{ref.name}-v{ref.version}" if ref.name else f"eval-{ref.run_id[:8]}"
+    run_id = mlf.create_run(source.info.experiment_id, run_name=name, tags=tags).info.run_id
+    now = int(time.time() * 1000)
+    mlf.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                  metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if np.isfinite(v)])
+    mlf.log_dict(run_id, {"metrics": metrics, "params": params, "notes": notes}, "eval.json")
+    mlf.set_terminated(run_id)
+    if ref.name:
+        mlf.set_model_version_tag(ref.name, ref.version, "ganpipe.eval_run_id", run_id)
+    return run_id
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval", help="FID/KID (with local Inception weights), offline evaluator and task metrics of a model",
+        description="Generate --n samples from a registered generator (or a run's), compare them with the "
+                    "dataset's held-out split (its train split if it has none) and log eval/* to a new MLflow "
+                    "run nested under the model's training run. Real-data statistics are cached per dataset "
+                    "manifest in <store>/cache/stats/. Nothing is downloaded: FID/KID need --inception-weights.",
+        epilog="examples:\n  ganpipe eval --model models:/dcgan-mnist5k@candidate --n 1000\n"
+               "  ganpipe eval --model models:/dcgan-mnist5k/3 --inception-weights pt_inception-2015-12-05.pth",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a run id")
+    p.add_argument("--n", type=int, default=DEFAULT_N, help=f"generated samples (default {DEFAULT_N})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latents and of KID's subsets")
+    p.add_argument("--inception-weights", metavar="PATH",
+                   help="local Inception-v3 state dict (pytorch-fid's pt_inception-2015-12-05 or torchvision's "
+                        "inception_v3_google); without it FID/KID are skipped")
+    p.add_argument("--dataset", help="dataset name in --store or a dataset URL (default: the model's training set)")
+    p.add_argument("--split", help="real split to compare with (default: test if the dataset has one, else train)")
+    p.add_argument("--n-real", type=int, help="use only the first N real images of the split (default: all)")
+    p.add_argument("--kid-subsets", type=int, default=KID_SUBSETS, help=f"KID subsets (default {KID_SUBSETS})")
+    p.add_argument("--kid-subset-size", type=int, default=KID_SUBSET_SIZE,
+                   help=f"KID subset size, capped at the smaller set (default {KID_SUBSET_SIZE})")
+    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default .ganpipe/mlflow.db)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--store", default=None, help="store for the dataset and the caches (default: the model's)")
+    p.add_argument("--s3-endpoint", default=None, help="S3 API endpoint (default: $GANPIPE_S3_ENDPOINT, then AWS)")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipelines.registry import missing_is_user_error
+
+    with missing_is_user_error():
+        out = evaluate_model(
+            model=args.model, tracking_uri=args.tracking_uri, n=args.n, seed=args.seed,
+            inception_weights=args.inception_weights, dataset=args.dataset, store=args.store, split=args.split,
+            n_real=args.n_real, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
+            progress=not args.no_progress,
+        )
+    for key, value in sorted(out.metrics.items()):
+        print(f"  {key:<22} {value:.6g}")
+    print(f"logged to MLflow run {out.run_id} (nested under {out.model.run_id}); compare versions with "
+          f"`ganpipe models ls {out.model.name or ''}`".rstrip())
+    return 0
