@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import dcgan, vanilla
+from . import dcgan, stargan, vanilla
 from .family import Family
 from .latent import interpolate, lerp, make_grid, slerp, vector_arithmetic
 
@@ -10,6 +10,7 @@ from .latent import interpolate, lerp, make_grid, slerp, vector_arithmetic
 FAMILIES: dict[str, Family] = {
     "vanilla": vanilla.FAMILY,
     "dcgan": dcgan.FAMILY,
+    "stargan": stargan.FAMILY,
 }
 
 
