@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import dcgan, stargan, vanilla
+from . import dcgan, stargan, text2img, vanilla
 from .family import Family
 from .latent import interpolate, lerp, make_grid, slerp, vector_arithmetic
 
@@ -11,6 +11,7 @@ FAMILIES: dict[str, Family] = {
     "vanilla": vanilla.FAMILY,
     "dcgan": dcgan.FAMILY,
     "stargan": stargan.FAMILY,
+    "text2img": text2img.FAMILY,
 }
 
 

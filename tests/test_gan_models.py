@@ -17,17 +17,20 @@ from gan_models.layers import Maxout, count_parameters, init_normal_
 TINY = {
     "vanilla": dict(image_size=8, channels=1, nz=8, g_hidden=(16, 16), d_units=8, d_pieces=3),
     "dcgan": dict(image_size=32, channels=1, nz=16, ngf=8, ndf=8),
+    "stargan": dict(image_size=16, c_dim=3, g_conv_dim=4, d_conv_dim=4, g_repeat_num=1, d_repeat_num=3, n_critic=1),
+    "text2img": dict(image_size=32, nz=8, emb_dim=12, proj_dim=6, ngf=4, ndf=4),
 }
 BAD = {
     "vanilla": dict(g_loss="wasserstein"),
     "dcgan": dict(image_size=48),
+    "stargan": dict(label_mode="soft"),
+    "text2img": dict(image_size=48),
 }
 
 
-def tiny_batch(cfg, n: int = 4) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(123)
-    image = torch.rand(n, cfg.channels, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
-    return {"image": image, "label": torch.zeros(n, dtype=torch.long)}
+def tiny_batch(family, cfg, n: int = 4) -> dict[str, torch.Tensor]:
+    """The family's synthetic batch, seeded (for images: uniform noise in [-1, 1], label 0)."""
+    return family.example_batch(cfg, n, generator=torch.Generator().manual_seed(123))
 
 
 def one_step(name: str, seed: int = 0):
@@ -37,7 +40,7 @@ def one_step(name: str, seed: int = 0):
     nets = family.build(cfg)
     opts = family.build_optimizers(cfg, nets)
     before = {k: {n: p.detach().clone() for n, p in net.named_parameters()} for k, net in nets.items()}
-    out = family.train_step(nets, opts, tiny_batch(cfg), cfg)
+    out = family.train_step(nets, opts, tiny_batch(family, cfg), cfg)
     return family, cfg, nets, opts, before, out
 
 
@@ -60,16 +63,24 @@ def test_train_step_moves_every_network_and_reports_finite_scalars(name: str):
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_generator_maps_latents_to_images_in_range(name: str):
+def test_generator_maps_its_inputs_to_images_in_range(name: str):
     family = get_family(name)
     cfg = family.config(**TINY[name])
     nets = family.build(cfg)
-    z = family.sample_latent(cfg, 3, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(z, family.sample_latent(cfg, 3, generator=torch.Generator().manual_seed(0)))
-    images = nets[family.generator](z)
+    batch = tiny_batch(family, cfg, n=5)
+
+    def inputs(seed: int) -> tuple[torch.Tensor, ...]:
+        return family.generator_inputs(cfg, batch, 3, generator=torch.Generator().manual_seed(seed))
+
+    assert all(torch.equal(a, b) for a, b in zip(inputs(0), inputs(0), strict=True))
+    images = nets[family.generator](*inputs(0))
     assert images.shape == (3, cfg.channels, cfg.image_size, cfg.image_size)
     assert images.abs().max() <= 1
-    assert nets["D"](images).shape == (3,)
+    if family.dataset_kind == "images":
+        assert nets["D"](images).shape == (3,)
+    if family.sample_grid is not None:
+        grid = family.sample_grid(nets[family.generator], batch, cfg, torch.Generator().manual_seed(0))
+        assert grid.dim() == 3 and grid.shape[0] == cfg.channels and grid.abs().max() <= 1
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -101,9 +112,9 @@ def test_checkpoint_round_trips_with_weights_only(name: str):
     opts2 = family.build_optimizers(cfg2, nets2)
     for k, opt in opts2.items():
         opt.load_state_dict(loaded["opts"][k])
-    z = family.sample_latent(cfg, 2)
+    inputs = family.generator_inputs(cfg, tiny_batch(family, cfg), 2)
     g1, g2 = nets[family.generator].eval(), nets2[family.generator].eval()
-    assert torch.equal(g1(z), g2(z))
+    assert torch.equal(g1(*inputs), g2(*inputs))
 
 
 def test_get_family_lists_valid_names():
@@ -141,11 +152,11 @@ def test_vanilla_mnist_parameter_counts():
 def test_vanilla_k_discriminator_steps_split_the_batch():
     cfg = vanilla.Config(**{**TINY["vanilla"], "k": 2})
     nets = vanilla.build(cfg)
-    out = vanilla.train_step(nets, vanilla.build_optimizers(cfg, nets), tiny_batch(cfg), cfg)
+    out = vanilla.train_step(nets, vanilla.build_optimizers(cfg, nets), tiny_batch(vanilla.FAMILY, cfg), cfg)
     assert torch.isfinite(out["loss/D"])
     with pytest.raises(ValueError, match="k=5"):
         cfg5 = dataclasses.replace(cfg, k=5)
-        vanilla.train_step(nets, vanilla.build_optimizers(cfg5, nets), tiny_batch(cfg5), cfg5)
+        vanilla.train_step(nets, vanilla.build_optimizers(cfg5, nets), tiny_batch(vanilla.FAMILY, cfg5), cfg5)
 
 
 def test_vanilla_uniform_latents_have_unit_variance():
