@@ -209,6 +209,25 @@ def test_n_critic_counter_updates_g_every_fifth_iteration_and_survives_a_state_r
     assert not all(torch.equal(a, b) for a, b in zip(g_before, nets2["G"].parameters(), strict=True))
 
 
+def test_stargan_fused_adam_takes_the_reference_adam_step():
+    cfg, nets = _stargan()
+    ref = stargan.build(cfg)
+    for k in nets:
+        ref[k].load_state_dict(nets[k].state_dict())
+    opts = stargan.build_optimizers(cfg, nets)
+    ref_opts = {k: torch.optim.Adam(ref[k].parameters(), lr=1e-4, betas=(0.5, 0.999), foreach=False) for k in ref}
+    for step in range(3):
+        for k in nets:
+            for p, q in zip(nets[k].parameters(), ref[k].parameters(), strict=True):
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+                q.grad = p.grad.clone()
+            opts[k].step()
+            ref_opts[k].step()
+    for k in nets:
+        for p, q in zip(nets[k].parameters(), ref[k].parameters(), strict=True):
+            assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("to_zero", [True, False])
 def test_learning_rate_is_constant_then_decays_linearly(to_zero: bool):
     cfg = stargan.Config(**{**TINY_STARGAN, "num_iters": 20, "num_iters_decay": 10, "lr_update_step": 2,
@@ -394,3 +413,21 @@ def test_families_are_registered():
     assert FAMILIES["stargan"] is stargan.FAMILY and stargan.FAMILY.dataset_kind == "attributes"
     assert FAMILIES["text2img"] is text2img.FAMILY and text2img.FAMILY.dataset_kind == "captioned"
     assert stargan.FAMILY.sample_latent is None and text2img.FAMILY.sample_latent is text2img.sample_latent
+
+
+# --- bench ---------------------------------------------------------------------------------------------------
+
+
+def test_bench_runs_both_conditional_families():
+    from pipelines.bench import bench
+
+    tiny_sg = {"c_dim": "3", "g_conv_dim": "2", "d_conv_dim": "2", "g_repeat_num": "1", "d_repeat_num": "3"}
+    result = bench(family="stargan", image_size=16, channels=3, batch=2, steps=5, warmup=0, repeats=1,
+                   overrides=tiny_sg)
+    assert result["img_per_s_median"] > 0 and result["config"]["n_critic"] == 5
+    with pytest.raises(ValueError, match="multiple of stargan's n_critic=5"):
+        bench(family="stargan", image_size=16, channels=3, batch=2, steps=4, overrides=tiny_sg)
+    tiny_t2i = {"nz": "4", "emb_dim": "8", "proj_dim": "4", "ngf": "2", "ndf": "2"}
+    result = bench(family="text2img", image_size=32, channels=3, batch=2, steps=1, warmup=0, repeats=1,
+                   overrides=tiny_t2i)
+    assert result["img_per_s_median"] > 0
