@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cyclegan, dcgan, pix2pix, vanilla
+from . import cyclegan, dcgan, pix2pix, stargan, text2img, vanilla
 from .family import Family
 from .latent import interpolate, lerp, make_grid, slerp, vector_arithmetic
 
@@ -12,6 +12,8 @@ FAMILIES: dict[str, Family] = {
     "dcgan": dcgan.FAMILY,
     "pix2pix": pix2pix.FAMILY,
     "cyclegan": cyclegan.FAMILY,
+    "stargan": stargan.FAMILY,
+    "text2img": text2img.FAMILY,
 }
 
 

@@ -140,19 +140,25 @@ def gradient_penalty(
     fake: Tensor,
     *,
     generator: torch.Generator | None = None,
+    eps: Tensor | None = None,
 ) -> Tensor:
     """E[(||∇_x̂ D(x̂)||_2 - 1)^2] at x̂ = ε x + (1 - ε) x̃, ε ~ U[0, 1] per sample (Gulrajani et al. 2017).
 
     The norm is per sample over all non-batch dims; a critic with several outputs per sample (a PatchGAN)
     is differentiated through their sum, as StarGAN's code does. `real` and `fake` are detached here: the
     penalty trains D only. The graph is kept (create_graph=True) so the caller can backpropagate it;
-    λ_gp is the caller's. `generator` draws ε (on its own device, then moved).
+    λ_gp is the caller's. `generator` draws ε (on its own device, then moved); or pass `eps` (shape (B,)) to
+    fix the draw, e.g. so a batch split across processes sees the same ε as one process on the whole batch.
     """
     if real.shape != fake.shape:
         raise ValueError(f"real and fake shapes differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
     eps_shape = (real.shape[0],) + (1,) * (real.dim() - 1)
-    eps_device = generator.device if generator is not None else real.device
-    eps = torch.rand(eps_shape, generator=generator, device=eps_device).to(real.device, real.dtype)
+    if eps is None:
+        eps_device = generator.device if generator is not None else real.device
+        eps = torch.rand(eps_shape, generator=generator, device=eps_device)
+    elif eps.shape != (real.shape[0],):
+        raise ValueError(f"eps must have shape ({real.shape[0]},), got {tuple(eps.shape)}")
+    eps = eps.reshape(eps_shape).to(real.device, real.dtype)
     x_hat = (eps * real.detach() + (1.0 - eps) * fake.detach()).requires_grad_(True)
     out = critic(x_hat)
     (grad,) = torch.autograd.grad(outputs=out.sum(), inputs=x_hat, create_graph=True)

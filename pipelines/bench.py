@@ -37,12 +37,17 @@ def bench(
     fam = get_family(family)
     dev = torch.device(device)
     hints = typing.get_type_hints(fam.config)
-    fields = {"image_size": image_size, "channels": channels}
+    values: dict[str, Any] = {"image_size": image_size, "channels": channels}
     for key, raw in (overrides or {}).items():
         if key not in hints:
             raise ValueError(f"unknown {family} config key {key!r}; valid: {', '.join(hints)}")
-        fields[key] = parse_value(hints[key], raw, key)
-    cfg = fam.config(**fields)  # all at once: e.g. image_size=128 is valid only with g_arch=unet_128
+        values[key] = parse_value(hints[key], raw, key)
+    cfg = fam.config(**values)  # built once with the overrides, so they may fix what the size requires
+    # One train_step is one iteration (StarGAN: one D step, and a G step every n_critic-th call): a timed
+    # block of a multiple of n_critic calls holds the same number of G steps wherever it starts.
+    n_critic = getattr(cfg, "n_critic", 1)
+    if steps % n_critic:
+        raise ValueError(f"steps={steps} must be a multiple of {family}'s n_critic={n_critic}")
     torch.manual_seed(seed)
     nets = {k: v.to(dev) for k, v in fam.build(cfg).items()}
     if dev.type == "cuda":

@@ -19,21 +19,22 @@ TINY = {
     "dcgan": dict(image_size=32, channels=1, nz=16, ngf=8, ndf=8),
     "pix2pix": dict(image_size=128, channels=1, g_arch="unet_128", ngf=4, ndf=4),
     "cyclegan": dict(image_size=32, channels=1, g_arch="resnet_6blocks", ngf=4, ndf=4),
+    "stargan": dict(image_size=16, c_dim=3, g_conv_dim=4, d_conv_dim=4, g_repeat_num=1, d_repeat_num=3, n_critic=1),
+    "text2img": dict(image_size=32, nz=8, emb_dim=12, proj_dim=6, ngf=4, ndf=4),
 }
 BAD = {
     "vanilla": dict(g_loss="wasserstein"),
     "dcgan": dict(image_size=48),
     "pix2pix": dict(g_arch="unet_512"),
     "cyclegan": dict(gan_mode="wgan"),
+    "stargan": dict(label_mode="soft"),
+    "text2img": dict(image_size=48),
 }
 
 
-def tiny_batch(cfg, n: int = 4, family=None) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(123)
-    if family is not None and family.dataset_kind != "images":
-        return family.example_batch(cfg, n, generator=g)
-    image = torch.rand(n, cfg.channels, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
-    return {"image": image, "label": torch.zeros(n, dtype=torch.long)}
+def tiny_batch(family, cfg, n: int = 4) -> dict[str, torch.Tensor]:
+    """The family's synthetic batch, seeded (for images: uniform noise in [-1, 1], label 0)."""
+    return family.example_batch(cfg, n, generator=torch.Generator().manual_seed(123))
 
 
 def one_step(name: str, seed: int = 0):
@@ -44,7 +45,7 @@ def one_step(name: str, seed: int = 0):
     opts = family.build_optimizers(cfg, nets)
     before = {k: {n: p.detach().clone() for n, p in net.named_parameters()} for k, net in nets.items()}
     extra = family.extra_state(cfg, opts) if family.extra_state is not None else None
-    out = family.step(nets, opts, tiny_batch(cfg, family=family), cfg, extra)
+    out = family.step(nets, opts, tiny_batch(family, cfg), cfg, extra)
     return family, cfg, nets, opts, before, out
 
 
@@ -71,15 +72,20 @@ def test_generator_maps_its_inputs_to_images_in_range(name: str):
     family = get_family(name)
     cfg = family.config(**TINY[name])
     nets = family.build(cfg)
-    batch = tiny_batch(cfg, 3, family)
-    inputs = family.generator_inputs(cfg, batch, 3, generator=torch.Generator().manual_seed(0))
-    again = family.generator_inputs(cfg, batch, 3, generator=torch.Generator().manual_seed(0))
-    assert all(torch.equal(x, y) for x, y in zip(inputs, again, strict=True))
-    images = nets[family.generator](*inputs)
+    batch = tiny_batch(family, cfg, n=5)
+
+    def inputs(seed: int) -> tuple[torch.Tensor, ...]:
+        return family.generator_inputs(cfg, batch, 3, generator=torch.Generator().manual_seed(seed))
+
+    assert all(torch.equal(a, b) for a, b in zip(inputs(0), inputs(0), strict=True))
+    images = nets[family.generator](*inputs(0))
     assert images.shape == (3, cfg.channels, cfg.image_size, cfg.image_size)
     assert images.abs().max() <= 1
     if family.dataset_kind == "images":
         assert nets["D"](images).shape == (3,)
+    if family.sample_grid is not None:
+        grid = family.sample_grid(nets[family.generator], batch, cfg, torch.Generator().manual_seed(0))
+        assert grid.dim() == 3 and grid.shape[0] == cfg.channels and grid.abs().max() <= 1
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -111,7 +117,7 @@ def test_checkpoint_round_trips_with_weights_only(name: str):
     opts2 = family.build_optimizers(cfg2, nets2)
     for k, opt in opts2.items():
         opt.load_state_dict(loaded["opts"][k])
-    inputs = family.generator_inputs(cfg, tiny_batch(cfg, 2, family), 2)
+    inputs = family.generator_inputs(cfg, tiny_batch(family, cfg), 2)
     g1, g2 = nets[family.generator].eval(), nets2[family.generator].eval()
     assert torch.equal(g1(*inputs), g2(*inputs))
 
@@ -151,11 +157,11 @@ def test_vanilla_mnist_parameter_counts():
 def test_vanilla_k_discriminator_steps_split_the_batch():
     cfg = vanilla.Config(**{**TINY["vanilla"], "k": 2})
     nets = vanilla.build(cfg)
-    out = vanilla.train_step(nets, vanilla.build_optimizers(cfg, nets), tiny_batch(cfg), cfg)
+    out = vanilla.train_step(nets, vanilla.build_optimizers(cfg, nets), tiny_batch(vanilla.FAMILY, cfg), cfg)
     assert torch.isfinite(out["loss/D"])
     with pytest.raises(ValueError, match="k=5"):
         cfg5 = dataclasses.replace(cfg, k=5)
-        vanilla.train_step(nets, vanilla.build_optimizers(cfg5, nets), tiny_batch(cfg5), cfg5)
+        vanilla.train_step(nets, vanilla.build_optimizers(cfg5, nets), tiny_batch(vanilla.FAMILY, cfg5), cfg5)
 
 
 def test_vanilla_uniform_latents_have_unit_variance():
