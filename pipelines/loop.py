@@ -82,9 +82,13 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 @dataclass
 class _Window:
-    """Metric sums over one reporting window; tensors are summed on-device and read once per window."""
+    """Metric sums over one reporting window; tensors are summed on-device and read once per window.
+
+    Each metric is averaged over the steps that returned it: StarGAN's G losses exist on every n_critic-th
+    step only."""
 
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
     steps: int = 0
     images: int = 0
     wait_s: float = 0.0
@@ -93,13 +97,14 @@ class _Window:
     def add(self, losses: dict[str, torch.Tensor], batch_size: int, wait_s: float) -> None:
         for k, v in losses.items():
             self.sums[k] = self.sums[k] + v if k in self.sums else v.detach().float()
+            self.counts[k] = self.counts.get(k, 0) + 1
         self.steps += 1
         self.images += batch_size
         self.wait_s += wait_s
 
     def summary(self, world_size: int) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        metrics = {k: (v / self.steps).item() for k, v in self.sums.items()}
+        metrics = {k: (v / self.counts[k]).item() for k, v in self.sums.items()}
         metrics["perf/img_per_s"] = self.images * world_size / elapsed
         metrics["perf/data_wait_frac"] = self.wait_s / elapsed
         return metrics

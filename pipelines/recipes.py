@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gan_models import cyclegan, dcgan, pix2pix, vanilla
+from gan_models import cyclegan, dcgan, pix2pix, stargan, text2img, vanilla
 from pipelines.config import DataConfig, LoopConfig, ScaleConfig, TrackConfig, TrainSpec
 
 
@@ -72,9 +72,34 @@ def cyclegan_paper(dataset: str = "horse2zebra") -> TrainSpec:
     )
 
 
+def stargan_paper(dataset: str = "celeba") -> TrainSpec:
+    """StarGAN as the official CelebA defaults: 6 residual blocks, WGAN-GP (λ_gp 10, n_critic 5), λ_cls 1,
+    λ_rec 10, Adam 1e-4, batch 16, 200k iterations with linear decay over the last 100k."""
+    return TrainSpec(
+        family="stargan",
+        model=stargan.Config(),
+        data=DataConfig(dataset=dataset, batch_size=16),
+        loop=LoopConfig(steps=200_000, log_every=100, checkpoint_every=5000, sample_every=1000),
+        scale=ScaleConfig(workers=1),
+    )
+
+
+def text2img_paper(dataset: str = "cub") -> TrainSpec:
+    """GAN-INT-CLS (Reed et al. 2016): matching-aware D, interpolated captions β 0.5, Adam 2e-4 β1 0.5, batch 64."""
+    return TrainSpec(
+        family="text2img",
+        model=text2img.Config(),
+        data=DataConfig(dataset=dataset, batch_size=64),
+        loop=LoopConfig(steps=100_000, log_every=100, checkpoint_every=5000, sample_every=1000),
+        scale=ScaleConfig(workers=1),
+    )
+
+
 RECIPES: dict[str, Callable[..., TrainSpec]] = {
     "pix2pix": pix2pix_paper,
     "cyclegan": cyclegan_paper,
+    "stargan": stargan_paper,
+    "text2img": text2img_paper,
     "dcgan": dcgan_paper,
     "vanilla": vanilla_paper,
     "dcgan-mnist5k-demo": dcgan_mnist5k_demo,

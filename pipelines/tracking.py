@@ -181,14 +181,15 @@ def log_generator(
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    if len(example_inputs) != 1:
-        raise NotImplementedError("registering a generator with several inputs is not supported yet")
-    (example_input,) = example_inputs
+    example_inputs = tuple(x.detach().float().cpu() for x in example_inputs)
     generator = generator.eval().cpu()
     with torch.no_grad():
-        out = generator(example_input)
+        out = generator(*example_inputs)
+    # One input stays unnamed (DCGAN's z); several are named by position, in G's argument order.
+    names = [None] if len(example_inputs) == 1 else [f"input_{i}" for i in range(len(example_inputs))]
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *example_input.shape[1:]))]),
+        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *x.shape[1:]), name)
+                       for name, x in zip(names, example_inputs, strict=True)]),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]))]),
     )
     mlflow.set_tracking_uri(tracking_uri)
@@ -199,7 +200,8 @@ def log_generator(
             info = mlflow.pytorch.log_model(
                 generator,
                 name="generator",
-                input_example=example_input.numpy(),
+                input_example=example_inputs[0].numpy() if len(example_inputs) == 1 else tuple(
+                    x.numpy() for x in example_inputs),
                 signature=signature,
                 registered_model_name=registered_name,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],

@@ -48,6 +48,23 @@ def dataset_url_for(spec: TrainSpec) -> str:
     return f"{open_store(spec.store).url.rstrip('/')}/datasets/{ds}"
 
 
+def data_defined(manifest: Any) -> dict[str, Any]:
+    """Model fields the dataset fixes, whatever a recipe says: image geometry; the attribute count, label mode
+    and exclusive groups of an `attributes` set; the text encoder and embedding size of a `captioned` set."""
+    out: dict[str, Any] = {"image_size": manifest.image_size, "channels": manifest.channels}
+    extra = manifest.extra
+    if manifest.kind == "attributes":
+        names = list(extra["attributes"])
+        out["c_dim"] = len(names)
+        out["label_mode"] = "exclusive" if extra.get("exclusive") else "multi"
+        # StarGAN's groups are attribute indices: "0,1,2;5,6".
+        out["exclusive_groups"] = ";".join(",".join(str(names.index(n)) for n in g) for g in extra.get("groups", []))
+    if manifest.kind == "captioned":
+        out["text_encoder"] = extra["text_encoder"]["name"]
+        out["emb_dim"] = int(extra["text_encoder"]["dim"])
+    return out
+
+
 def resolve(spec: TrainSpec) -> tuple[TrainSpec, Any, str]:
     """Check the model config against the dataset's manifest and fill the names a run needs."""
     url = dataset_url_for(spec)
@@ -57,9 +74,8 @@ def resolve(spec: TrainSpec) -> tuple[TrainSpec, Any, str]:
         raise ValueError(f"{spec.family} trains on {family.dataset_kind!r} datasets; {url} is {manifest.kind!r}")
     model = spec.model
     # Image geometry is fixed at prep time: the model takes it from the manifest, whatever the recipe said.
-    geometry = {"image_size": manifest.image_size, "channels": manifest.channels}
     fields = {f.name for f in dataclasses.fields(model)}
-    model = dataclasses.replace(model, **{k: v for k, v in geometry.items() if k in fields})
+    model = dataclasses.replace(model, **{k: v for k, v in data_defined(manifest).items() if k in fields})
     run_name = spec.run_name or f"{spec.family}-{manifest.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return dataclasses.replace(spec, model=model, run_name=run_name), manifest, url
 

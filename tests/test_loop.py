@@ -120,3 +120,17 @@ def test_linear_lr_decay_reaches_zero_and_survives_a_restore():
     assert lrs == [pytest.approx(base), pytest.approx(0.0)]  # constant through step 6, then down to 0
     state = opts["G"].state_dict()
     assert state["param_groups"][0]["initial_lr"] == base
+
+
+def test_window_averages_each_metric_over_the_steps_that_returned_it():
+    from pipelines.loop import _Window
+
+    window = _Window()
+    for step in range(10):
+        losses = {"loss/D": torch.tensor(1.0)}
+        if step % 5 == 4:  # a G step every 5th iteration, as StarGAN's n_critic = 5
+            losses["loss/G"] = torch.tensor(3.0)
+        window.add(losses, batch_size=2, wait_s=0.0)
+    metrics = window.summary(world_size=1)
+    assert metrics["loss/D"] == 1.0
+    assert metrics["loss/G"] == 3.0
