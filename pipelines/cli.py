@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default 2)")
     p.add_argument("--out", default=".ganpipe/demo", help="folder for the pictures")
+    p.add_argument("--family", choices=("dcgan", "stargan", "text2img"), default="dcgan",
+                   help="dcgan (default): the main job above; stargan: attribute translation on coloured mnist5k; "
+                        "text2img: GAN-CLS digits from captions")
 
     p = sub.add_parser("bench", help="training-step throughput on synthetic data (img/s); writes JSON",
                        description="Median images/s of train_step over repeats after warm-up, on synthetic "
@@ -178,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="model config key=value (e.g. ngf=32)")
 
     # Each command group keeps its parser beside its code.
-    from pipelines import eval_cmd, jobs, registry, services
+    from pipelines import conditional_cmd, eval_cmd, jobs, registry, services
 
     eval_cmd.add_parser(sub)
+    conditional_cmd.add_parser(sub)
     registry.add_parsers(sub)
     services.add_parser(sub)
     jobs.add_parsers(sub)

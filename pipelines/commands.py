@@ -118,6 +118,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
+    if args.family in ("stargan", "text2img"):
+        from pipelines.conditional_demo import run_conditional_demo
+
+        return run_conditional_demo(family=args.family, steps=args.steps, workers=args.workers, out=Path(args.out))
     return run_demo(steps=args.steps, workers=args.workers, out=Path(args.out))
 
 
@@ -167,5 +171,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     from pipelines.registry import cmd_promote as run
+
+    return run(args)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipelines.conditional_cmd import cmd_generate as run
 
     return run(args)

@@ -97,6 +97,7 @@ def evaluate_model(
     from data_prep.storage import open_store
     from gan_models import get_family
     from pipelines.commands import load_generator
+    from pipelines.config import TrainSpec
     from pipelines.eval_metrics import (
         TASK_METRICS,
         FeatureStats,
@@ -126,7 +127,10 @@ def evaluate_model(
     source = mlf.get_run(ref.run_id)
     config = model_config(mlf, ref, uri)
     family = config.get("family") or source.data.tags.get("ganpipe.family", "")
-    if family and get_family(family).sample_latent is None:
+    # StarGAN and Text2Img are conditioned on the dataset's held-out attributes or captions: their task metrics
+    # (conditional_eval, via TASK_METRICS) make their own inputs and judge them with an attribute evaluator.
+    conditional = bool(family) and get_family(family).dataset_kind in ("attributes", "captioned")
+    if family and get_family(family).sample_latent is None and not conditional:
         raise ValueError(f"ganpipe eval draws latents; {family} generators take conditioning inputs, which its "
                          "evaluation does not supply yet")
     store_url = store or config.get("store") or ".ganpipe/store"
@@ -144,15 +148,18 @@ def evaluate_model(
     log(f"dataset   {url} ({split} split: {len(real)} real images, manifest {manifest.digest[:12]})")
 
     generator, latent_shape = load_generator(ref.uri, uri)
-    z = torch.randn((n, *latent_shape), generator=torch.Generator().manual_seed(seed))
-    fake = generate(generator, z)
-    log(f"generated {n} samples (seed {seed})")
+    fake = None
+    if not conditional:
+        z = torch.randn((n, *latent_shape), generator=torch.Generator().manual_seed(seed))
+        fake = generate(generator, z)
+        log(f"generated {n} samples (seed {seed})")
 
     cache = open_store(store_url)
     metrics: dict[str, float] = {}
     fake_probs = None
     evaluator_sha = inception_sha = "none"
-    evaluator_url = ensure_evaluator(store_url=store_url, dataset_url=url, manifest=manifest, progress=progress)
+    evaluator_url = None if conditional else ensure_evaluator(store_url=store_url, dataset_url=url, manifest=manifest,
+                                                              progress=progress)
     if evaluator_url is not None:
         blob = cache.get_bytes(evaluator_key(manifest.digest))
         evaluator_sha = hashlib.sha256(blob).hexdigest()
@@ -168,10 +175,12 @@ def evaluate_model(
         metrics["eval/cls_score"] = classifier_score(fake_probs)
         metrics["eval/confident_share"] = float((fake_probs.max(axis=1) >= CONFIDENT).mean())
         log(f"evaluator real statistics {'from cache' if hit else 'computed and cached'}: {cache.url}/{key}")
-    else:
+    elif not conditional:
         notes.append("no offline evaluator: the dataset has no class labels (eval/fd, eval/kd, eval/cls_score skipped)")
 
-    if net is not None:
+    if net is not None and conditional:
+        notes.append(f"FID/KID are not computed for {family} yet; its eval/fd is in the attribute evaluator's space")
+    elif net is not None:
         inception_sha = net.weights_sha256
         fake_feats = _features(net, fake, batch=batch, desc="Inception features (generated)", progress=progress)
         key = stats_key(manifest_digest=manifest.digest, network=f"inception-{inception_sha[:12]}", split=split,
@@ -190,7 +199,9 @@ def evaluate_model(
     if hook is not None:
         metrics.update(hook(TaskInputs(
             family=family, generator=generator, fake=fake, real=real, real_labels=real_labels, fake_probs=fake_probs,
-            class_names=list(manifest.class_names or []) or None, dataset_url=url, seed=seed)))
+            class_names=list(manifest.class_names or []) or None, dataset_url=url, seed=seed,
+            model_cfg=TrainSpec.from_dict(config).model if conditional else None, store_url=store_url,
+            n=n)))
 
     eval_set = {"manifest_sha256": manifest.digest, "split": split, "n_real": len(real), "n": n, "seed": seed}
     set_hash = hashlib.sha256(json.dumps(eval_set, sort_keys=True).encode()).hexdigest()[:16]

@@ -105,13 +105,17 @@ class TaskInputs:
 
     family: str
     generator: nn.Module  # as loaded from the registry (exported graph)
-    fake: torch.Tensor  # generated images, float in [-1, 1], (n, C, H, W)
+    fake: torch.Tensor | None  # generated images, float in [-1, 1], (n, C, H, W); None for the conditional
+    #                            families, which make their own from the dataset's held-out conditioning
     real: np.ndarray  # real images of the evaluation split, uint8 (N, C, H, W)
     real_labels: np.ndarray  # int64 (N,), -1 where unlabelled
     fake_probs: np.ndarray | None  # the offline evaluator's class probabilities of `fake` (None: no evaluator)
     class_names: list[str] | None
     dataset_url: str
     seed: int
+    model_cfg: Any = None  # the family's Config of the model (the conditional families need it)
+    store_url: str = ""  # where evaluator caches live
+    n: int = 0  # samples asked for
 
 
 def class_balance_metrics(inputs: TaskInputs) -> dict[str, float]:
@@ -134,8 +138,17 @@ def class_balance_metrics(inputs: TaskInputs) -> dict[str, float]:
     return {"eval/class_kl": kl, "eval/mode_coverage": coverage}
 
 
+def conditional_metrics(inputs: TaskInputs) -> dict[str, float]:
+    """StarGAN attribute accuracy / Text2Img caption consistency (pipelines.conditional_eval.task_metrics)."""
+    from pipelines.conditional_eval import task_metrics
+
+    return task_metrics(inputs)
+
+
 # Per-family task metrics: family name -> TaskInputs -> eval/* values. Add a family's entry with the family.
 TASK_METRICS: dict[str, Callable[[TaskInputs], dict[str, float]]] = {
     "dcgan": class_balance_metrics,
     "vanilla": class_balance_metrics,
+    "stargan": conditional_metrics,
+    "text2img": conditional_metrics,
 }

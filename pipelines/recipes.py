@@ -95,6 +95,34 @@ def text2img_paper(dataset: str = "cub") -> TrainSpec:
     )
 
 
+def stargan_mnist5k_demo(dataset: str = "mnist5k-attributes") -> TrainSpec:
+    """`ganpipe demo --family stargan`: colour, stroke and background changes of coloured digits, 32x32, on 2 CPU
+    cores in minutes. Beyond the paper (BENCHMARKS.md): narrow networks (16 channels, 2 residual blocks, a 4-conv
+    critic for 32 px) to fit the time; lr 2e-4 with no decay; the rest (WGAN-GP, n_critic 5, λ_cls 1, λ_rec 10,
+    batch 16) as the paper."""
+    return TrainSpec(
+        family="stargan",
+        model=stargan.Config(image_size=32, g_conv_dim=16, d_conv_dim=16, g_repeat_num=2, d_repeat_num=4,
+                             g_lr=2e-4, d_lr=2e-4, num_iters=3000, num_iters_decay=0),
+        data=DataConfig(dataset=dataset, batch_size=16),
+        loop=LoopConfig(steps=3000, log_every=100, checkpoint_every=1000, sample_every=500, eval_every=1000),
+        scale=ScaleConfig(workers=0),
+    )
+
+
+def text2img_mnist5k_demo(dataset: str = "mnist5k-captioned") -> TrainSpec:
+    """`ganpipe demo --family text2img`: GAN-INT-CLS on captioned coloured digits, 32x32, on 2 CPU cores in
+    minutes. Beyond the paper (BENCHMARKS.md): narrower networks (ngf=ndf=32); the rest (matching-aware D,
+    GAN-INT β 0.5, Adam 2e-4 β1 0.5, batch 64) as the paper."""
+    return TrainSpec(
+        family="text2img",
+        model=text2img.Config(image_size=32, ngf=32, ndf=32),
+        data=DataConfig(dataset=dataset, batch_size=64),
+        loop=LoopConfig(steps=1500, log_every=100, checkpoint_every=500, sample_every=500, eval_every=500),
+        scale=ScaleConfig(workers=0),
+    )
+
+
 RECIPES: dict[str, Callable[..., TrainSpec]] = {
     "pix2pix": pix2pix_paper,
     "cyclegan": cyclegan_paper,
@@ -103,6 +131,8 @@ RECIPES: dict[str, Callable[..., TrainSpec]] = {
     "dcgan": dcgan_paper,
     "vanilla": vanilla_paper,
     "dcgan-mnist5k-demo": dcgan_mnist5k_demo,
+    "stargan-mnist5k-demo": stargan_mnist5k_demo,
+    "text2img-mnist5k-demo": text2img_mnist5k_demo,
 }
 
 

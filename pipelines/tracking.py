@@ -171,11 +171,13 @@ def log_generator(
     alias: str,
     tags: dict[str, str],
     config: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Any:
     """Log the generator (torch.export pt2, batch dimension dynamic) and register a version with `alias`.
 
     `config` (the run's TrainSpec as a dict) travels inside the model's MLmodel file as metadata["ganpipe"], so
-    a registered version is self-describing: no training flags and no unpickling are needed to use it.
+    a registered version is self-describing: no training flags and no unpickling are needed to use it. `data`
+    (train.data_info: attribute names, text encoder, ...) travels beside it as metadata["ganpipe"]["data"].
     """
     import mlflow
     from mlflow.models import ModelSignature
@@ -207,7 +209,8 @@ def log_generator(
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 serialization_format="pt2",  # torch.export archive: loads without unpickling code objects
                 # JSON round trip: tuples become lists, which the MLmodel YAML can hold.
-                metadata={"ganpipe": {"config": json.loads(json.dumps(config))}} if config is not None else None,
+                metadata={"ganpipe": json.loads(json.dumps({"config": config, **({"data": data} if data else {})}))}
+                if config is not None else None,
             )
     mlf = client(tracking_uri)
     version = info.registered_model_version

@@ -22,7 +22,7 @@ from pipelines.checkpoint import STATE_FILE, load_state, rng_file, save_rng, sav
 from pipelines.config import TrainSpec
 from pipelines.evaluator import Evaluator, ensure_evaluator
 from pipelines.loop import Report
-from pipelines.worker import Job, run_rank
+from pipelines.worker import Job, evaluation_fn, run_rank
 
 
 @dataclass
@@ -65,6 +65,14 @@ def data_defined(manifest: Any) -> dict[str, Any]:
     return out
 
 
+def data_info(manifest: Any) -> dict[str, Any]:
+    """What a registered generator needs to know about its training data to be used without the dataset: the
+    manifest's name, kind, digest, classes and kind-specific extras (attribute names and groups, the text
+    encoder's name, dimension and fingerprint)."""
+    return {"name": manifest.name, "kind": manifest.kind, "digest": manifest.digest,
+            "class_names": list(manifest.class_names or []), **manifest.extra}
+
+
 def resolve(spec: TrainSpec) -> tuple[TrainSpec, Any, str]:
     """Check the model config against the dataset's manifest and fill the names a run needs."""
     url = dataset_url_for(spec)
@@ -90,6 +98,11 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
         evaluator_url = ensure_evaluator(
             store_url=spec.store, dataset_url=dataset_url, manifest=manifest, progress=progress
         )
+    elif manifest.kind in ("attributes", "captioned"):  # StarGAN / Text2Img task metrics (conditional_eval)
+        from pipelines.conditional_eval import ensure_attr_evaluator
+
+        evaluator_url = ensure_attr_evaluator(store_url=spec.store, dataset_url=dataset_url, manifest=manifest,
+                                              log=log)
     run_id, resumed = tracking.start_run(
         spec, tracking_uri=tracking_uri, dataset_name=manifest.name, dataset_url=dataset_url,
         manifest_digest=manifest.digest,
@@ -109,9 +122,9 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     generator.eval()
 
     metrics: dict[str, float] = {}
-    evaluator = Evaluator.load(evaluator_url) if evaluator_url else None
-    if evaluator is not None:
-        metrics = evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)(generator)
+    evaluator = Evaluator.load(evaluator_url) if evaluator_url and manifest.kind == "images" else None
+    if evaluator_url:
+        metrics = evaluation_fn(job, device=torch.device("cpu"))(generator)
         tracking.RunLogger(tracking_uri, run_id).log_metrics(int(state["step"]), metrics)
     name = spec.track.register_as or f"{spec.family}-{manifest.name}"
     seeded = torch.Generator().manual_seed(0)
@@ -122,7 +135,7 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
         registered_name=name, alias=spec.track.alias,
         tags={"ganpipe.run_name": spec.run_name, "ganpipe.manifest_sha256": manifest.digest,
               "ganpipe.git_commit": tracking.git_commit()},
-        config=spec.to_dict(),
+        config=spec.to_dict(), data=data_info(manifest),
     )
     tracking.finish_run(tracking_uri, run_id, summary={"steps": int(state["step"]), **metrics,
                                                          "model": f"models:/{name}/{version.version}"})

@@ -79,6 +79,23 @@ def _figure_fn(
     return lambda generator: sample_grid(generator, inputs)
 
 
+def evaluation_fn(job: Job, *, device: torch.device) -> Callable[[nn.Module], dict[str, float]]:
+    """G -> eval/* with the evaluator at job.evaluator_url: the offline evaluator's image metrics for the
+    images kind, the conditional families' task metrics (pipelines.conditional_eval) for the others."""
+    spec = job.spec
+    family = get_family(spec.family)
+    if family.dataset_kind in ("attributes", "captioned"):
+        from pipelines.conditional_eval import metrics_fn
+
+        return metrics_fn(evaluator_url=job.evaluator_url, family=spec.family, model_cfg=spec.model,
+                          dataset_url=job.dataset_url, seed=spec.loop.seed, s3_endpoint=job.s3_endpoint,
+                          device=device)
+    from pipelines.evaluator import Evaluator
+
+    evaluator = Evaluator.load(job.evaluator_url, s3_endpoint=job.s3_endpoint, device=device)
+    return evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)
+
+
 def run_rank(
     job: Job,
     *,
@@ -132,12 +149,7 @@ def run_rank(
         _fixed_batch(job, manifest, n=64)
     )
     is_rank0 = rank == 0
-    evaluate = None
-    if is_rank0 and job.evaluator_url:
-        from pipelines.evaluator import Evaluator
-
-        evaluator = Evaluator.load(job.evaluator_url, s3_endpoint=job.s3_endpoint, device=device)
-        evaluate = evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)
+    evaluate = evaluation_fn(job, device=device) if is_rank0 and job.evaluator_url else None
     figure = None
     if is_rank0:
         figure = _figure_fn(family, spec.model, sample_batch, seed=spec.loop.seed, device=device)

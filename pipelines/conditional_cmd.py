@@ -1,0 +1,316 @@
+"""Using the conditional generators: StarGAN attribute translation (`translate_attributes`, for `ganpipe
+translate --set`) and `ganpipe generate` (GAN-CLS images from a text prompt, or a strip between two prompts).
+
+A registered generator describes itself (MLmodel metadata["ganpipe"]): its training config and its data's
+attribute names or text encoder. Prompts are encoded with the encoder the model was trained with; another
+encoder is an error that names both.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch loads only when a command runs, not for `ganpipe --help`
+    import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    uri: str  # models:/NAME/VERSION or runs:/ID/generator
+    label: str
+    spec: Any  # the TrainSpec it was trained with
+    data: dict[str, Any]  # train.data_info of its dataset (attribute names, text encoder, ...)
+
+
+def model_info(model: str, tracking_uri: str = "") -> ModelInfo:
+    """The model's training config and data description from its MLmodel metadata; models logged without the
+    data description read their dataset's manifest instead."""
+    import mlflow
+
+    from pipelines.config import TrainSpec
+    from pipelines.eval_cmd import dataset_url
+    from pipelines.registry import resolve_model
+    from pipelines.tracking import client, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    ref = resolve_model(client(uri), model)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    meta = (mlflow.models.get_model_info(ref.uri).metadata or {}).get("ganpipe") or {}
+    if not meta.get("config"):
+        raise ValueError(f"{model} carries no ganpipe config in its MLmodel metadata; it was not logged by ganpipe")
+    spec = TrainSpec.from_dict(meta["config"])
+    data = meta.get("data")
+    if not data:
+        from data_prep.reader import read_manifest
+        from pipelines.train import data_info
+
+        data = data_info(read_manifest(dataset_url(spec.data.dataset, spec.store)))
+    return ModelInfo(uri=ref.uri, label=ref.label, spec=spec, data=data)
+
+
+def _load(info: ModelInfo, tracking_uri: str, family: str) -> Any:
+    from pipelines.commands import load_generator
+
+    if info.spec.family != family:
+        raise ValueError(f"{info.label} is a {info.spec.family} generator; this needs a {family} one")
+    return load_generator(info.uri, tracking_uri)[0]
+
+
+# --- StarGAN: attribute translation ------------------------------------------------------------------------
+
+
+def parse_settings(text: str, attr_names: Sequence[str]) -> dict[str, int]:
+    """"Blond_Hair=1,Male=0" -> {"Blond_Hair": 1, "Male": 0}; unknown names, values other than 0/1 and
+    repeated names are ValueErrors that list the valid attributes."""
+    valid = ", ".join(attr_names)
+    out: dict[str, int] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or not name:
+            raise ValueError(f"--set wants NAME=0|1 items separated by commas, got {item!r}; attributes: {valid}")
+        if name not in attr_names:
+            raise ValueError(f"unknown attribute {name!r} in --set; valid: {valid}")
+        if value not in ("0", "1"):
+            raise ValueError(f"{name}={value!r}: attribute values are 0 or 1")
+        if name in out:
+            raise ValueError(f"{name} is set twice in --set")
+        out[name] = int(value)
+    if not out:
+        raise ValueError(f"--set names no attribute; valid: {valid}")
+    return out
+
+
+def image_files(inputs: Sequence[Path]) -> list[Path]:
+    """Files as given, folders expanded to their image files (sorted)."""
+    files: list[Path] = []
+    for path in map(Path, inputs):
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"input {path} does not exist")
+    if not files:
+        raise ValueError(f"no image files in {', '.join(map(str, inputs))}")
+    return files
+
+
+def load_images(files: Sequence[Path], *, size: int, channels: int) -> torch.Tensor:
+    """Images as float (N, C, size, size) in [-1, 1]: centre square crop, bicubic resize, RGB or grey."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    out = []
+    for path in files:
+        with Image.open(path) as img:
+            img = img.convert("RGB" if channels == 3 else "L")
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+            arr = np.asarray(img, dtype=np.float32).reshape(size, size, channels)
+        out.append(torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0)
+    return torch.stack(out)
+
+
+@dataclass
+class TranslateReport:
+    inputs: list[Path]
+    attr_names: list[str]
+    source: list[dict[str, int]]  # each input's attributes (estimated by the evaluator, or as given)
+    source_from: str  # "evaluator" | "given"
+    target: list[dict[str, int]] = field(default_factory=list)  # with settings
+    outputs: list[Path] = field(default_factory=list)  # one translated image per input, with settings
+    grid: Path | None = None  # rows: input, then every single-attribute change
+    grid_columns: list[str] = field(default_factory=list)
+
+
+def _as_dicts(labels: torch.Tensor, names: Sequence[str]) -> list[dict[str, int]]:
+    return [{n: int(v) for n, v in zip(names, row.tolist(), strict=True)} for row in labels]
+
+
+def source_attributes(info: ModelInfo, images: torch.Tensor, *, s3_endpoint: str | None = None) -> torch.Tensor:
+    """The inputs' own attributes as the dataset's attribute evaluator sees them (trained and cached in the
+    model's store on first use), exclusive groups made valid."""
+    import torch
+
+    from data_prep.reader import read_manifest
+    from gan_models import stargan
+    from pipelines.conditional_eval import AttrEvaluator, ensure_attr_evaluator
+    from pipelines.eval_cmd import dataset_url
+
+    url = dataset_url(info.spec.data.dataset, info.spec.store)
+    try:
+        manifest = read_manifest(url, s3_endpoint=s3_endpoint)
+    except Exception as exc:
+        raise ValueError(f"cannot estimate the inputs' attributes: the training set {url} is not readable ({exc}); "
+                         "give the inputs' attributes explicitly (source=...)") from exc
+    ev_url = ensure_attr_evaluator(store_url=info.spec.store, dataset_url=url, manifest=manifest,
+                                   s3_endpoint=s3_endpoint)
+    ev = AttrEvaluator.load(ev_url, s3_endpoint=s3_endpoint)
+    decided = torch.from_numpy(ev.decide(ev.predict(images)["attr_probs"])).float()
+    return stargan.make_groups_valid(decided, info.spec.model, generator=torch.Generator().manual_seed(0))
+
+
+def translate_attributes(
+    model_uri: str, inputs: Sequence[Path], out_dir: Path, settings: Mapping[str, int] | None = None, *,
+    tracking_uri: str = "", source: Mapping[str, int] | None = None, grid: bool = True, scale: int = 2,
+    s3_endpoint: str | None = None,
+) -> TranslateReport:
+    """Translate input images with a registered StarGAN generator.
+
+    settings: attributes to set (parse_settings), the others kept as the input's: one `<stem>.png` per input in
+              out_dir. source: the inputs' attributes (unnamed ones 0); default: the dataset's attribute
+              evaluator estimates each input's. grid: also `attribute-grid.png`, one row per input: the input,
+              then its translation by every single-attribute change (the paper's figure).
+    """
+    import torch
+
+    from gan_models import make_grid, stargan
+    from pipelines.figures import save_png, upscale
+    from pipelines.loop import generate
+
+    info = model_info(model_uri, tracking_uri)
+    generator = _load(info, tracking_uri, "stargan")
+    cfg = info.spec.model
+    names = list(info.data["attributes"])
+    files = image_files(inputs)
+    x = load_images(files, size=cfg.image_size, channels=cfg.channels)
+    if source is not None:
+        given = parse_settings(",".join(f"{k}={v}" for k, v in source.items()), names) if source else {}
+        c_org = stargan.set_attributes(torch.zeros(len(x), len(names)), {k: v for k, v in given.items() if v},
+                                       attr_names=names, cfg=cfg)
+    else:
+        c_org = source_attributes(info, x, s3_endpoint=s3_endpoint)
+    report = TranslateReport(inputs=files, attr_names=names, source=_as_dicts(c_org, names),
+                             source_from="given" if source is not None else "evaluator")
+    out_dir = Path(out_dir)
+    if settings:
+        target = stargan.set_attributes(c_org, settings, attr_names=names, cfg=cfg)
+        report.target = _as_dicts(target, names)
+        for path, image in zip(files, generate(generator, (x, target)), strict=True):
+            report.outputs.append(save_png(upscale(image, scale), out_dir / f"{path.stem}.png"))
+    if grid:
+        columns = [x] + [generate(generator, (x, c)) for c in stargan.single_flips(c_org, cfg)]
+        cells = torch.stack(columns, dim=1).flatten(0, 1)
+        report.grid = save_png(upscale(make_grid(cells, nrow=len(columns)), scale), out_dir / "attribute-grid.png")
+        report.grid_columns = ["input"] + [f"{'domain' if cfg.label_mode == 'exclusive' else 'flip'} {n}"
+                                           for n in names]
+    return report
+
+
+# --- Text2Img: images from prompts -------------------------------------------------------------------------
+
+
+def prompt_encoder(info: ModelInfo, text_encoder: str | None = None) -> Any:
+    """The text encoder for the model's prompts: `text_encoder` ("minilm" or a model folder), by default the
+    packaged MiniLM when the model was trained with it. Any other encoder than the model's is a ValueError
+    naming both (gan_models.text2img.check_encoder, then the model folder's fingerprint)."""
+    from data_prep.text_encoders import MINILM, MINILM_NAME, load_text_encoder
+    from gan_models.text2img import check_encoder
+
+    cfg = info.spec.model
+    trained = (info.data.get("text_encoder") or {})
+    if text_encoder is None:
+        if cfg.text_encoder != MINILM_NAME:
+            raise ValueError(f"{info.label} was trained with the text encoder {cfg.text_encoder!r}: give "
+                             "--text-encoder PATH of that sentence-transformers model folder")
+        text_encoder = MINILM
+    encoder = load_text_encoder(text_encoder)
+    try:
+        check_encoder(cfg, encoder.name, emb_dim=encoder.dim)
+    except ValueError as exc:
+        raise ValueError(f"prompts encoded with {encoder.name!r} (--text-encoder {text_encoder}) do not fit "
+                         f"{info.label}, trained with {cfg.text_encoder!r}: {exc}") from None
+    if trained.get("fingerprint") and trained["fingerprint"] != encoder.fingerprint:
+        raise ValueError(f"text encoder {encoder.name!r} differs from the one {info.label} was trained with: "
+                         f"fingerprint {encoder.fingerprint[:12]} here, {trained['fingerprint'][:12]} in training")
+    return encoder
+
+
+def generate_from_prompts(
+    model: str, *, prompt: str | None = None, interpolate: Sequence[str] | None = None, n: int | None = None,
+    steps: int = 8, seed: int = 0, tracking_uri: str = "", text_encoder: str | None = None,
+) -> torch.Tensor:
+    """A grid (C, H, W) in [-1, 1]: `n` samples (default 16) of `prompt`; or, with `interpolate` (two prompts),
+    `n` rows (default 4), each one z with the caption embedding moving from the first prompt to the second in
+    `steps` columns (GAN-INT's t = (1 - β) t1 + β t2)."""
+    import torch
+
+    from gan_models import make_grid
+    from pipelines.loop import generate
+
+    if (prompt is None) == (interpolate is None):
+        raise ValueError("give either a prompt or two prompts to interpolate between")
+    if interpolate is not None and len(interpolate) != 2:
+        raise ValueError(f"--interpolate takes two prompts, got {len(interpolate)}")
+    info = model_info(model, tracking_uri)
+    generator = _load(info, tracking_uri, "text2img")
+    encoder = prompt_encoder(info, text_encoder)
+    cfg = info.spec.model
+    g = torch.Generator().manual_seed(seed)
+    if prompt is not None:
+        n = 16 if n is None else n
+        emb = torch.from_numpy(encoder.encode([prompt])).expand(n, -1)
+        images = generate(generator, (torch.randn(n, cfg.nz, generator=g), emb))
+        return make_grid(images, nrow=max(1, int(round(n**0.5))))
+    n = 4 if n is None else n
+    if steps < 2:
+        raise ValueError(f"--steps must be at least 2, got {steps}")
+    a, b = torch.from_numpy(encoder.encode(list(interpolate)))
+    beta = torch.linspace(0, 1, steps)[:, None]
+    path = (1 - beta) * a + beta * b  # (steps, D)
+    z = torch.randn(n, cfg.nz, generator=g).repeat_interleave(steps, dim=0)
+    images = generate(generator, (z, path.repeat(n, 1)))
+    return make_grid(images, nrow=steps)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "generate", help="images from a text prompt with a registered text-to-image (GAN-CLS) generator",
+        description="Encode the prompt with the text encoder the model was trained with and write a grid of "
+                    "samples, or with --interpolate a strip between two prompts (one z per row).",
+        epilog='examples:\n  ganpipe generate --model models:/text2img-mnist5k-captioned@champion '
+               '--prompt "a thick red seven" --n 16 --out red7.png\n'
+               '  ganpipe generate --model models:/text2img-mnist5k-captioned@champion '
+               '--interpolate "a red one" "a blue eight" --out strip.png',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a run id")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="the caption to draw")
+    what.add_argument("--interpolate", nargs=2, metavar=("PROMPT_A", "PROMPT_B"),
+                      help="write a strip from PROMPT_A to PROMPT_B instead")
+    p.add_argument("--n", type=int, help="samples in the grid (default 16); rows of the strip (default 4)")
+    p.add_argument("--steps", type=int, default=8, help="columns of the interpolation strip (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=".ganpipe/generated.png", help="output PNG (default .ganpipe/generated.png)")
+    p.add_argument("--scale", type=int, default=2, help="pixel enlargement of the PNG (default 2)")
+    p.add_argument("--text-encoder", metavar="minilm|PATH",
+                   help="sentence encoder for the prompt (default: the packaged MiniLM, if the model was trained "
+                        "with it); must be the model's")
+    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default .ganpipe/mlflow.db)")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipelines.figures import save_png, upscale
+    from pipelines.registry import missing_is_user_error
+
+    with missing_is_user_error():
+        grid = generate_from_prompts(args.model, prompt=args.prompt, interpolate=args.interpolate, n=args.n,
+                                     steps=args.steps, seed=args.seed, tracking_uri=args.tracking_uri,
+                                     text_encoder=args.text_encoder)
+    out = save_png(upscale(grid, args.scale), args.out)
+    what = f"{args.n or 16} samples of {args.prompt!r}" if args.prompt else (
+        f"{args.n or 4} rows from {args.interpolate[0]!r} to {args.interpolate[1]!r}")
+    print(f"wrote {out} ({what}, {args.model})")
+    return 0
