@@ -143,13 +143,16 @@ def caption_attributes(caption: str) -> np.ndarray | None:
 
 
 def _captioned_attrs(captions: Sequence[Sequence[str]]) -> np.ndarray | None:
-    """Each sample's attributes from its first caption; None unless every sample's captions parse and agree."""
+    """Each sample's attributes: what any of its captions says (some phrasings leave the stroke out); None
+    unless every caption of every sample names one colour, the same for all of a sample's captions."""
     rows = []
     for caps in captions:
         parsed = [caption_attributes(c) for c in caps]
-        if not parsed or any(p is None or not np.array_equal(p, parsed[0]) for p in parsed):
+        if not parsed or any(p is None for p in parsed):
             return None
-        rows.append(parsed[0])
+        if len({int(p[:len(COLOURS)].argmax()) for p in parsed}) != 1:
+            return None
+        rows.append(np.max(parsed, axis=0))
     return np.stack(rows) if rows else None
 
 
