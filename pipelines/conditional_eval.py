@@ -186,7 +186,7 @@ def real_split(dataset_url: str, *, split: str, s3_endpoint: str | None = None) 
 
 def train_attr_net(
     images: np.ndarray, labels: np.ndarray, attrs: np.ndarray, *, n_classes: int, exclusive: bool,
-    epochs: int = 6, batch_size: int = 64, seed: int = 0,
+    epochs: int = 10, batch_size: int = 64, seed: int = 0,
 ) -> AttrNet:
     """Fit the evaluator on real images: cross-entropy on the classes (rows with a label), BCE per attribute
     (cross-entropy over domains when exclusive); light shift augmentation, one-cycle Adam, seeded."""
@@ -223,7 +223,7 @@ def evaluator_key(manifest_digest: str) -> str:
 
 
 def ensure_attr_evaluator(
-    *, store_url: str, dataset_url: str, manifest: Any, s3_endpoint: str | None = None, epochs: int = 6,
+    *, store_url: str, dataset_url: str, manifest: Any, s3_endpoint: str | None = None, epochs: int = 10,
     log: Callable[[str], Any] = print,
 ) -> str | None:
     """Train (once per manifest digest) and cache the attribute evaluator in the store; returns its URL, or None

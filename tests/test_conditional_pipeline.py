@@ -172,7 +172,7 @@ def test_stargan_on_two_ray_workers_from_s3_registers_and_translates(s3_server, 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = _spec("stargan", store, prep.manifest.name, tracking_uri, "scale.workers=2", "loop.steps=4",
                  "data.batch_size=4", "model.g_conv_dim=4", "model.d_conv_dim=4", "model.g_repeat_num=1",
-                 "model.d_repeat_num=3", "model.n_critic=2", "model.num_iters=4", "model.num_iters_decay=0")
+                 "model.d_repeat_num=3", "model.n_critic=2", "model.num_iters_decay=0", "model.num_iters=4")
     outcome = train(spec, progress=False, log=lambda _: None)
     assert {"eval/attr_acc", "eval/attr_acc_floor", "eval/rec_l1", "eval/fd", "eval/attr_acc/blue"} <= set(
         outcome.metrics)
