@@ -19,12 +19,13 @@ from pipelines.config import DEFAULT_HOME
 BAR = 2.0  # pass: the score reaches at least BAR x its floor and the floor + 0.25
 
 
-def _prep(kind: str) -> str:
+def _prep(kind: str, image_size: int) -> str:
     from data_prep.kinds import prep_dataset
     from data_prep.prep import PrepConfig
 
     print(f"== 1/4 prepare mnist5k as {kind} (digits re-drawn in colours and stroke widths, offline) ==")
-    result = prep_dataset(PrepConfig(source="mnist5k", kind=kind, image_size=32, holdout=1000), progress=True)
+    name = f"mnist5k-{kind}" + ("" if image_size == 32 else f"-{image_size}px")
+    result = prep_dataset(PrepConfig(source="mnist5k", kind=kind, name=name, image_size=image_size), progress=True)
     print(f"dataset {result.dataset_url}: {'unchanged' if result.reused else 'written'} ({result.manifest.counts})")
     return result.manifest.name
 
@@ -41,9 +42,10 @@ def run_conditional_demo(*, family: str, steps: int | None = None, workers: int 
     t0 = time.perf_counter()
     if family not in ("stargan", "text2img"):
         raise ValueError(f"no conditional demo for {family!r} (stargan, text2img)")
-    dataset = _prep("attributes" if family == "stargan" else "captioned")
+    recipe = get_recipe(f"{family}-mnist5k-demo")
+    dataset = _prep("attributes" if family == "stargan" else "captioned", recipe().model.image_size)
     print(f"\n== 2/4 train {family} ==")
-    spec = get_recipe(f"{family}-mnist5k-demo")(dataset=dataset)
+    spec = recipe(dataset=dataset)
     if steps is not None:
         spec = dataclasses.replace(spec, loop=dataclasses.replace(spec.loop, steps=steps))
     if workers is not None:
