@@ -6,6 +6,7 @@ Error messages never carry credentials: they are scrubbed out of anything the se
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -100,6 +101,11 @@ class S3Store(Store):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._conn = conn or _connect(endpoint)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (e.g. for Ray prep tasks) as bucket, prefix and endpoint; credentials come from the
+        # unpickling process's own AWS environment, never from the pickle.
+        return (_reopen, (self.bucket, self.prefix, self._conn.endpoint))
 
     @property
     def url(self) -> str:
@@ -238,6 +244,16 @@ class S3Store(Store):
             parts = urlsplit(self._conn.endpoint)
             kwargs.update(endpoint_override=parts.netloc, scheme=parts.scheme or "https")
         return pyarrow.fs.S3FileSystem(**kwargs), f"{self.bucket}/{self.prefix}".rstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_conn(endpoint: str | None) -> _Conn:
+    return _connect(endpoint)
+
+
+def _reopen(bucket: str, prefix: str, endpoint: str | None) -> S3Store:
+    """An unpickled S3Store: one boto3 client per endpoint and process."""
+    return S3Store(bucket=bucket, prefix=prefix, conn=_shared_conn(endpoint))
 
 
 def _reason(exn: Exception) -> str:
