@@ -14,6 +14,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -172,7 +173,7 @@ def _load() -> str:
 
 
 def run_all(*, images: int, size: int, workers: list[int], shard_size: int, read_sizes: list[int], batch: int,
-            s3: bool) -> list[dict[str, Any]]:  # fmt: skip
+            s3: bool, repeats: int = 3) -> list[dict[str, Any]]:  # fmt: skip
     """Every measurement, as rows {"what", "img_per_s", "load" (1/5/15-min load average at the time), ...}."""
     from data_prep.prep import PrepConfig, prep_images
     from data_prep.stages import ensure_ray
@@ -188,20 +189,24 @@ def run_all(*, images: int, size: int, workers: list[int], shard_size: int, read
         tmp = Path(tmp_name)
         inputs = tmp / "jpegs"
         paths = make_jpegs(inputs, n=images)
-        bare = bare_loop(paths, size=size, out=tmp / "bare.tar")
-        row(f"bare loop {size}px (decode-resize-png-tar)", bare, images=images)
-        row(f"prep {size}px in-process (--workers 0)", prep_rate(inputs, store=str(tmp / "s0"), size=size, workers=0,
-                                                            shard_size=shard_size), images=images)  # fmt: skip
         if workers:
             ensure_ray(max(workers))
             warm = tmp / "warm"
             make_jpegs(warm, n=max(workers) * 2, seed=1)
             prep_rate(warm, store=str(tmp / "warm-store"), size=32, workers=max(workers), shard_size=1)
-        for w in workers:
-            rate = prep_rate(inputs, store=str(tmp / f"s{w}"), size=size, workers=w, shard_size=shard_size)
-            row(f"prep {size}px Ray --workers {w}", rate, images=images, ratio_to_bare=rate / bare)
-        bare = bare_loop(paths, size=size, out=tmp / "bare.tar")  # again: the load moves while we measure
-        row(f"bare loop {size}px (again)", bare, images=images)
+        # Interleaved rounds, medians reported: on a shared machine the load moves between measurements.
+        runs: dict[str, list[float]] = {}
+        for _ in range(repeats):
+            runs.setdefault("bare", []).append(bare_loop(paths, size=size, out=tmp / "bare.tar"))
+            for w in [0, *workers]:
+                rate = prep_rate(inputs, store=str(tmp / f"s{w}"), size=size, workers=w, shard_size=shard_size)
+                runs.setdefault(f"w{w}", []).append(rate)
+        bare = statistics.median(runs["bare"])
+        row(f"bare loop {size}px (decode-resize-png-tar)", bare, images=images, runs=runs["bare"])
+        for w in [0, *workers]:
+            rate = statistics.median(runs[f"w{w}"])
+            what = f"prep {size}px in-process (--workers 0)" if w == 0 else f"prep {size}px Ray --workers {w}"
+            row(what, rate, images=images, ratio_to_bare=rate / bare, runs=runs[f"w{w}"])
         for side in read_sizes:
             cfg = PrepConfig(source=str(inputs), store=str(tmp / f"r{side}"), image_size=side, holdout=0,
                              shard_size=shard_size, max_bad_frac=None)  # fmt: skip

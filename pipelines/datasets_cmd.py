@@ -49,6 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=50, help="samples per shard (default 50)")
     p.add_argument("--read-sizes", type=int, nargs="+", default=[64, 256], help="read benchmark sides (64 256)")
     p.add_argument("--batch", type=int, default=64, help="read batch size (default 64)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved prep rounds; medians reported (default 3)")
     p.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS read benchmark")
     p.add_argument("--out", default=".ganpipe/bench-data.json")
     p.set_defaults(handler=cmd_bench_data)
@@ -125,7 +126,8 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     from pipelines.bench_data import format_table, run_all, write_json
 
     results = run_all(images=args.images, size=args.size, workers=args.workers, shard_size=args.shard_size,
-                      read_sizes=args.read_sizes, batch=args.batch, s3=not args.no_s3)  # fmt: skip
+                      read_sizes=args.read_sizes, batch=args.batch, s3=not args.no_s3,
+                      repeats=args.repeats)  # fmt: skip
     print(format_table(results))
     print(f"wrote {write_json(results, args.out)}")
     return 0
