@@ -19,6 +19,7 @@ from PIL import Image
 from webdataset.tariterators import base_plus_ext
 
 from data_prep.manifest import DOMAINS, INDEX, MANIFEST, Manifest
+from data_prep.shards import LAYOUT_SPLITS
 from data_prep.stages import PLAN, PROGRESS
 from data_prep.storage import KeyNotFound, Store, StoreError
 
@@ -194,7 +195,7 @@ def describe(manifest: Manifest, dataset_url: str) -> list[str]:
     ]
     domains = [None] if m.kind != "unpaired" else list(DOMAINS)
     for domain in domains:
-        for split in m.counts:
+        for split in sorted(m.counts, key=lambda s: LAYOUT_SPLITS.index(s) if s in LAYOUT_SPLITS else 9):
             shards = m.split_shards(split, domain=domain)
             if shards:
                 where = f"{domain} " if domain else ""
