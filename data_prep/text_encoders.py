@@ -102,4 +102,5 @@ def load_text_encoder(spec: str = MINILM, *, device: str | None = None) -> TextE
 
 
 def _load_for_unpickle(spec: str, device: str | None) -> TextEncoder:
-    return load_text_encoder(spec, device=device)
+    # Called as kinds.py calls it, so the lru_cache entry is shared with the driver's own load.
+    return load_text_encoder(spec) if device is None else load_text_encoder(spec, device=device)

@@ -253,3 +253,14 @@ def test_s3_read_survives_a_dropped_stream(s3_server, bucket_url: str) -> None:
     reader.raw._body.close()  # the connection goes away mid-object
     rest = reader.read()
     assert head + rest == payload and reader.raw.reopened == 1
+
+
+def test_text_encoder_travels_as_its_spec() -> None:
+    """Ray prep tasks get the caption encoder by spec and load the model once per worker process."""
+    import pickle
+
+    from data_prep.text_encoders import load_text_encoder
+
+    encoder = load_text_encoder("minilm")
+    data = pickle.dumps(encoder)
+    assert len(data) < 1000 and pickle.loads(data) is encoder  # no weights inside; the process's cached model
