@@ -11,6 +11,7 @@ dataset kinds' sources live in sources_paired.py, sources_attrs.py and sources_c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 from abc import ABC, abstractmethod
@@ -102,6 +103,11 @@ def sanitise(part: str) -> str:
     return cleaned or "x"
 
 
+@functools.lru_cache(maxsize=64)
+def _resolved(root: Path) -> Path:
+    return root.resolve()
+
+
 def safe_file(root: Path, rel: str | Path) -> Path:
     """`root / rel` when `rel` is a relative name without '..' that (symlinks resolved) stays inside `root`;
     otherwise BadSample("unsafe_path"), so a table or caption file cannot make prep read outside its root."""
@@ -110,7 +116,7 @@ def safe_file(root: Path, rel: str | Path) -> Path:
         raise BadSample("unsafe_path", f"{rel} is not a relative name inside {root}")
     path = root / name
     try:
-        inside = path.resolve().is_relative_to(root.resolve())
+        inside = path.resolve().is_relative_to(_resolved(root))
     except (OSError, RuntimeError) as exn:  # a symlink loop
         raise BadSample("unsafe_path", f"{rel}: cannot resolve ({exn})") from exn
     if not inside:
