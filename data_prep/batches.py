@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from data_prep.manifest import DOMAINS, Manifest
-from data_prep.reader import decoded_epoch, image_of, open_dataset
+from data_prep.reader import ReadStats, decoded_epoch, image_of, open_dataset
 from data_prep.storage import Store
 
 Sample = dict[str, Any]
@@ -132,10 +132,19 @@ def _collater(manifest: Manifest, rng: np.random.Generator) -> Callable[[list[Sa
 
 
 def _samples(
-    store: Store, manifest: Manifest, *, epoch: int, domain: str | None = None, **kw: Any
+    store: Store, manifest: Manifest, *, epoch: int, domain: str | None = None, stats: ReadStats | None = None,
+    **kw: Any,
 ) -> Iterator[Sample]:
-    for decoded in decoded_epoch(store, manifest, epoch=epoch, domain=domain, **kw):
-        yield to_sample(decoded, manifest)
+    for decoded in decoded_epoch(store, manifest, epoch=epoch, domain=domain, stats=stats, **kw):
+        if stats is None:
+            yield to_sample(decoded, manifest)
+            continue
+        try:
+            sample = to_sample(decoded, manifest)
+        except (ValueError, KeyError) as exn:  # a member its kind needs is missing or malformed
+            stats.skip(f"sample {decoded.get('__key__')} in {decoded.get('__url__')}", exn)
+            continue
+        yield sample
 
 
 def dataset_batches(
@@ -152,8 +161,11 @@ def dataset_batches(
     crop_size: int | None = None,
     flip: bool = False,
     s3_endpoint: str | None = None,
+    stats: ReadStats | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of any kind (the module docstring lists each kind's keys), sharded by rank like image_batches.
+    With `stats` (a reader.ReadStats), undecodable samples and broken shards are skipped and counted there
+    (log `stats.skipped` as a metric) instead of raising.
 
     Each epoch reshuffles shard order and samples (seeded from seed, epoch, rank); repeat=True cycles
     epochs forever. For `unpaired`, repeat=False ends once both domains have been read once (the shorter
@@ -167,7 +179,7 @@ def dataset_batches(
     if crop_size is not None and not 1 <= crop_size <= manifest.image_size:
         raise ValueError(f"crop_size must be in [1, {manifest.image_size}], got {crop_size}")
     rng = np.random.default_rng([seed, rank, 0x6261])  # augmentation and caption choices, per rank
-    kw = dict(split=split, rank=rank, world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer)
+    kw = dict(split=split, rank=rank, world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer, stats=stats)
     if manifest.kind == "unpaired":
         yield from _unpaired_batches(store, manifest, batch_size=batch_size, repeat=repeat, drop_last=drop_last, **kw)
         return

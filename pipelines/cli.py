@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prep", help="validate a dataset and write WebDataset shards + manifest to the store",
                        description="Read a source, quarantine bad files (each with a reason, listed in "
-                                   "quarantine.json), write shards, index and manifest. Re-running with the same "
-                                   "source and options changes nothing.",
+                                   "quarantine.parquet), write shards, index and manifest (last). Re-running with "
+                                   "the same source and options changes nothing; after a crash it writes only "
+                                   "the missing shards.",
                        epilog=PREP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="a built-in set or a path; which ones each --format accepts is listed below "
@@ -92,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the hold-out split and of derived data")
     p.add_argument("--limit", type=int, help="use at most N inputs (per domain), evenly spaced: quick trials")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("validation and running")
+    g.add_argument("--min-size", type=int, default=8, help="quarantine images whose shorter side is below this (8)")
+    g.add_argument("--max-aspect", type=float, default=4.0,
+                   help="quarantine images whose long side / short side is above this (default 4)")
+    g.add_argument("--max-bad-frac", type=float, default=0.05,
+                   help="fail when more than this share of inputs is quarantined (default 0.05; the report is "
+                        "still written)")
+    g.add_argument("--workers", type=int, default=0,
+                   help="Ray tasks at a time, one shard each (default 0: in this process, no Ray); on the "
+                        "cluster in $RAY_ADDRESS when set")
+    g.add_argument("--overwrite", action="store_true",
+                   help="delete the dataset and its unfinished progress first, and write everything anew")
     g = p.add_argument_group("inputs beside the source")
     g.add_argument("--images", metavar="DIR",
                    help="folder the file names of a table / COCO JSON / Parquet are relative to "
@@ -178,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="model config key=value (e.g. ngf=32)")
 
     # Each command group keeps its parser beside its code.
-    from pipelines import eval_cmd, jobs, registry, services
+    from pipelines import datasets_cmd, eval_cmd, jobs, registry, services
 
+    datasets_cmd.add_parsers(sub)
     eval_cmd.add_parser(sub)
     registry.add_parsers(sub)
     services.add_parser(sub)
@@ -240,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipelines import commands
 
     try:
-        return getattr(commands, f"cmd_{args.command}")(args)
+        handler = getattr(args, "handler", None) or getattr(commands, f"cmd_{args.command}")
+        return handler(args)
     except KeyboardInterrupt:
         print("ganpipe: interrupted", file=sys.stderr)
         return 130

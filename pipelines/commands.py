@@ -32,7 +32,8 @@ def cmd_prep(args: argparse.Namespace) -> int:
     cfg = PrepConfig(
         source=args.sources[0], kind=args.kind, name=args.name, store=args.store or ".ganpipe/store",
         image_size=args.image_size, channels=args.channels, holdout=holdout, shard_size=args.shard_size,
-        image_format=args.image_format, seed=args.seed, s3_endpoint=args.s3_endpoint,
+        image_format=args.image_format, seed=args.seed, s3_endpoint=args.s3_endpoint, min_size=args.min_size,
+        max_aspect=args.max_aspect, max_bad_frac=args.max_bad_frac, workers=args.workers, overwrite=args.overwrite,
         inputs=SourceOptions(
             source_b=args.sources[1] if len(args.sources) == 2 else None, images=args.images,
             file_column=args.file_column, image_column=args.image_column, caption_column=args.caption_column,
