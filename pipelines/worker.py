@@ -129,7 +129,7 @@ def run_rank(
     )
     # What conditions G in figures and the EMA's BN calibration: fixed, so grids compare across steps and runs.
     sample_batch = None if family.sample_latent is not None and manifest.kind == "images" else (
-        _fixed_batch(job, manifest, n=64)
+        {k: v.to(device) for k, v in _fixed_batch(job, manifest, n=64).items()}
     )
     is_rank0 = rank == 0
     evaluate = None
