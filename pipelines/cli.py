@@ -1,4 +1,4 @@
-"""The `ganpipe` command: prep, train, sample, eval helpers, the MLflow UI, the demo and the benchmark."""
+"""The `ganpipe` command: prep, train, sample, eval helpers, pipelines, the MLflow UI, the demo and the benchmark."""
 
 from __future__ import annotations
 
@@ -178,9 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="model config key=value (e.g. ngf=32)")
 
     # Each command group keeps its parser beside its code.
-    from pipelines import eval_cmd, jobs, registry, services
+    from pipelines import eval_cmd, jobs, lineage, orchestrate, registry, services
 
     eval_cmd.add_parser(sub)
+    orchestrate.add_parser(sub)
+    lineage.add_parsers(sub)
     registry.add_parsers(sub)
     services.add_parser(sub)
     jobs.add_parsers(sub)
