@@ -357,13 +357,15 @@ def _finish(name: str, res: dict[str, Any], *, tracker: Tracker, outputs: dict, 
         outs = res["outputs"]
         tracker.end(rid, "FINISHED", {"ganpipe.outputs": json.dumps(outs), "ganpipe.status": "done",
                                       "ganpipe.produced_run": outs.get("run_id", ""),
-                                      "ganpipe.duration_s": f"{seconds:.1f}"}, res["log"])
+                                      "ganpipe.duration_s": f"{seconds:.1f}", "ganpipe.worker_pid": res["pid"]},
+                    res["log"])
         outputs[name] = outs
         results[name] = StageResult("done", outputs=outs, run_id=rid, seconds=seconds)
         progress.update(name, "done")
     else:
         tracker.end(rid, "FAILED", {"ganpipe.error": res["error"], "ganpipe.status": "failed",
-                                    "ganpipe.duration_s": f"{seconds:.1f}"}, res["log"])
+                                    "ganpipe.duration_s": f"{seconds:.1f}", "ganpipe.worker_pid": res.get("pid", "")},
+                    res["log"])
         tail = "\n".join(res["log"].rstrip().splitlines()[-LOG_TAIL:])
         results[name] = StageResult("failed", run_id=rid, error=res["error"] + (f"\n{tail}" if tail else ""),
                                     seconds=seconds)
@@ -379,6 +381,7 @@ def _plan(pipe: Pipeline, selected: list[str], forced: set[str], *, tracker: Tra
     outputs: dict[str, dict[str, Any]] = {}
     results: dict[str, StageResult] = {}
     width = max(len(n) for n in selected)
+    needs_width = max(len(",".join(pipe.stages[n].needs) or "-") for n in selected)
     out.write(f"pipeline {pipe.name} ({len(selected)} stages, engine {pipe.engine}); tracking {uri}\n")
     for name in selected:
         stage = pipe.stages[name]
@@ -399,11 +402,20 @@ def _plan(pipe: Pipeline, selected: list[str], forced: set[str], *, tracker: Tra
                     plan = f"cached (stage run {prep.hit.info.run_id[:8]}, key {prep.key[:12]})"
                 else:
                     plan = f"run{' (forced)' if name in forced else ''} (key {prep.key[:12]})"
-        res = effective_resources(stage, {})
+        res = effective_resources(stage, _literal_scale(stage))
         needs = ",".join(stage.needs) or "-"
-        out.write(f"  {name:<{width}}  {stage.kind:<7} needs {needs:<20} cpus {res.cpus:g} gpus {res.gpus:g}  {plan}\n")
+        out.write(f"  {name:<{width}}  {stage.kind:<7}  needs {needs:<{needs_width}}  cpus {res.cpus:g} gpus "
+                  f"{res.gpus:g}  {plan}\n")
         results[name] = StageResult("cached" if name in outputs else "pending", outputs=outputs.get(name, {}))
     return RunOutcome(pipeline=pipe.name, run_id="", stages=results)
+
+
+def _literal_scale(stage: Stage) -> dict[str, Any]:
+    if stage.kind not in ("train", "sweep"):
+        return {}
+    from pipelines.stages import _train_spec
+
+    return {"scale": {"workers": _train_spec(stage, stage.config, literal_only=True).scale.workers}}
 
 
 def format_outputs(outputs: dict[str, Any]) -> str:
