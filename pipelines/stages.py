@@ -346,17 +346,21 @@ def _run_prep(call: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
 def _source_fingerprint(call: dict[str, Any], ctx: StageContext) -> dict[str, str]:
     """Local source files by (path, size, mtime): editing, adding or removing one re-runs prep. Built-in sets
     are fixed by the code version; remote sources are not listed (use --force after changing one)."""
-    out = {}
-    for key, value in (("sources", v) for v in call.get("sources") or []):
-        out.update(_fingerprint(f"{key}:{value}", value))
+    out: dict[str, str] = {}
+    for source in call.get("sources") or []:
+        if source not in BUILTIN_SOURCES:
+            out.update(_fingerprint(f"source:{source}", source))
     if call.get("images"):
         out.update(_fingerprint("images", call["images"]))
     return out
 
 
+BUILTIN_SOURCES = ("mnist5k", "digits", "skimage-photos")  # data_prep.sources.BUILTINS, without importing it
+
+
 def _fingerprint(label: str, spec: str) -> dict[str, str]:
     path = Path(spec[len("file://"):] if spec.startswith("file://") else spec).expanduser()
-    if "://" in spec and not spec.startswith("file://") or not path.exists():
+    if ("://" in spec and not spec.startswith("file://")) or not path.exists():
         return {}
     digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())

@@ -23,6 +23,7 @@ from pipelines.cli import main
 from pipelines.dag import PipelineError, from_dict, load
 from pipelines.lineage import lineage
 from pipelines.orchestrate import run_pipeline
+from pipelines.stages import sweep_available
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_TRAIN = {"loop.steps": 4, "loop.log_every": 2, "loop.checkpoint_every": 2, "loop.sample_every": 0,
@@ -252,6 +253,20 @@ def test_a_failed_stage_stops_its_dependents_only_and_the_next_run_resumes_there
     second, text = _run(data)
     assert _statuses(second) == {"train_ext": "done", "eval_ext": "done", "prep": "cached"}, text
     assert mlf.get_run(second.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.skipif(sweep_available(), reason="this version has `ganpipe sweep`")
+def test_a_sweep_stage_fails_clearly_until_ganpipe_sweep_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _pipeline(tmp_path)
+    data["stages"]["sweep"] = {"kind": "sweep", "config": {
+        "family": "dcgan", "dataset": "${stages.prep.dataset}", "workers": 0, "overrides": TINY_TRAIN,
+        "space": {"model.lr_g": [1e-4, 2e-4]}, "trials": 2, "metric": "eval/fd", "mode": "min"}}
+    data["stages"]["train"]["config"]["overrides"] = [TINY_TRAIN, "${stages.sweep.best}"]
+    del data["stages"]["eval"]
+    outcome, text = _run(data, only=["train"])
+    assert _statuses(outcome) == {"prep": "done", "sweep": "failed", "train": "skipped"}, text
+    assert "sweep stages are not available in this version" in outcome.stages["sweep"].error
 
 
 def test_a_killed_training_stage_resumes_from_its_checkpoint(tmp_path):
