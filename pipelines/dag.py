@@ -10,7 +10,7 @@ check here runs before any stage does, and every error names the stage and the f
     experiment: ganpipe-pipelines # MLflow experiment of the pipeline runs and their stage runs
     stages:
       prep:
-        kind: prep                # prep | train | sweep | eval | promote | sample (pipelines/stages.py)
+        kind: prep                # prep | train | sweep | eval | promote | sample (pipelines/stage_kinds.py)
         config: {source: digits, limit: 200}
       train:
         kind: train
@@ -168,7 +168,7 @@ def load_recipe(spec: str, func: str) -> Pipeline:
 
 def from_dict(data: Mapping[str, Any], *, source: str = "") -> Pipeline:
     """Validate a pipeline mapping (the YAML's shape) and order its stages; raises PipelineError."""
-    from pipelines.stages import KINDS
+    from pipelines.stage_kinds import KINDS
 
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
@@ -196,7 +196,7 @@ def from_dict(data: Mapping[str, Any], *, source: str = "") -> Pipeline:
 
 
 def _stage(name: str, raw: Any) -> Stage:
-    from pipelines.stages import KINDS
+    from pipelines.stage_kinds import KINDS
 
     where = f"stage {name!r}"
     if not NAME.fullmatch(name):
@@ -232,7 +232,7 @@ def _stage(name: str, raw: Any) -> Stage:
 
 
 def _check_links(stage: Stage, stages: Mapping[str, Stage]) -> None:
-    from pipelines.stages import KINDS
+    from pipelines.stage_kinds import KINDS
 
     for target, output, path in references(stage.config):
         if target not in stages:

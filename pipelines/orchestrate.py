@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from pipelines.dag import Pipeline, PipelineError, Resources, Stage, substitute
+from pipelines.stage_kinds import KINDS, StageContext, resolve_call, sweep_available
 from pipelines.stage_progress import Progress
-from pipelines.stages import KINDS, StageContext, resolve_call, sweep_available
 
 CACHE_KEY_TAG = "ganpipe.cache_key"
 LOG_TAIL = 20
@@ -413,7 +413,7 @@ def _plan(pipe: Pipeline, selected: list[str], forced: set[str], *, tracker: Tra
 def _literal_scale(stage: Stage) -> dict[str, Any]:
     if stage.kind not in ("train", "sweep"):
         return {}
-    from pipelines.stages import _train_spec
+    from pipelines.stage_kinds import _train_spec
 
     return {"scale": {"workers": _train_spec(stage, stage.config, literal_only=True).scale.workers}}
 

@@ -23,7 +23,7 @@ from pipelines.cli import main
 from pipelines.dag import PipelineError, from_dict, load
 from pipelines.lineage import lineage
 from pipelines.orchestrate import run_pipeline
-from pipelines.stages import sweep_available
+from pipelines.stage_kinds import sweep_available
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_TRAIN = {"loop.steps": 4, "loop.log_every": 2, "loop.checkpoint_every": 2, "loop.sample_every": 0,
