@@ -1,4 +1,4 @@
-"""The `ganpipe` command: prep, train, sample, eval helpers, the MLflow UI, the demo and the benchmark."""
+"""The `ganpipe` command: prep, train, sample, eval helpers, pipelines, the MLflow UI, the demo and the benchmark."""
 
 from __future__ import annotations
 
@@ -191,10 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="model config key=value (e.g. ngf=32)")
 
     # Each command group keeps its parser beside its code.
-    from pipelines import datasets_cmd, eval_cmd, jobs, registry, services
+    from pipelines import datasets_cmd, eval_cmd, jobs, lineage, orchestrate, registry, services
 
     datasets_cmd.add_parsers(sub)
     eval_cmd.add_parser(sub)
+    orchestrate.add_parser(sub)
+    lineage.add_parsers(sub)
     registry.add_parsers(sub)
     services.add_parser(sub)
     jobs.add_parsers(sub)
@@ -202,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_args(p: argparse.ArgumentParser, *, for_config: bool = False) -> None:
-    p.add_argument("--recipe", help="named recipe (dcgan, vanilla, dcgan-mnist5k-demo); default: --family's")
-    p.add_argument("--family", help="GAN family (vanilla, dcgan)")
+    p.add_argument("--recipe", help="named recipe (a family's name for its paper defaults, or dcgan-mnist5k-demo); "
+                   "default: --family's")
+    p.add_argument("--family", help="GAN family: vanilla, dcgan, pix2pix, cyclegan, stargan, text2img")
     p.add_argument("--dataset", help="dataset name in the store, or a dataset URL")
     p.add_argument("--workers", type=int, help="Ray Train workers; 0 trains in this process without Ray")
     p.add_argument("--gpus", action="store_true", help="one GPU per worker (AMP, channels_last, DDP over NCCL)")
@@ -222,10 +225,10 @@ def _add_train_args(p: argparse.ArgumentParser, *, for_config: bool = False) -> 
 def spec_from_args(args: argparse.Namespace):
     from gan_models import get_family
     from pipelines.config import apply_overrides
-    from pipelines.recipes import get_recipe
+    from pipelines.recipes import RECIPES, get_recipe
 
     if args.recipe is None and args.family is None:
-        raise CliError("give --recipe or --family (recipes: dcgan, vanilla, dcgan-mnist5k-demo)")
+        raise CliError(f"give --recipe or --family (recipes: {', '.join(RECIPES)})")
     recipe = args.recipe or args.family
     if args.family:
         get_family(args.family)

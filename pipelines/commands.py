@@ -22,8 +22,17 @@ def is_user_error(exc: BaseException) -> bool:
 
 def cmd_prep(args: argparse.Namespace) -> int:
     from data_prep.kinds import prep_dataset
+    from data_prep.prep import format_summary
+
+    result = prep_dataset(prep_config(args), progress=not args.no_progress)
+    print(format_summary(result))
+    return 0
+
+
+def prep_config(args: argparse.Namespace):
+    """The PrepConfig of `ganpipe prep`'s parsed options (also what a pipeline's prep stage runs)."""
     from data_prep.options import AttributeOptions, CaptionOptions, PairedOptions, SourceOptions
-    from data_prep.prep import PrepConfig, format_summary
+    from data_prep.prep import PrepConfig
 
     if len(args.sources) > 2 or (len(args.sources) == 2 and args.kind != "unpaired"):
         raise CliError(f"give one SOURCE (two only with --format unpaired), got {' '.join(args.sources)}")
@@ -45,9 +54,7 @@ def cmd_prep(args: argparse.Namespace) -> int:
         captioned=CaptionOptions(text_encoder=args.text_encoder, embed_batch=args.embed_batch,
                                  captions_per_image=args.captions_per_image),
     )
-    result = prep_dataset(cfg, progress=not args.no_progress)
-    print(format_summary(result))
-    return 0
+    return cfg
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -168,5 +175,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     from pipelines.registry import cmd_promote as run
+
+    return run(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.orchestrate import cmd_run as run
+
+    return run(args)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pipelines.lineage import cmd_runs as run
+
+    return run(args)
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from pipelines.lineage import cmd_lineage as run
 
     return run(args)
