@@ -100,10 +100,13 @@ def translate_all(fn: Translate, x: Tensor, *, device: torch.device | str = "cpu
 
 def pix2pix_metrics(translate: Translate, source: Tensor, target: Tensor, *,
                     device: torch.device | str = "cpu") -> dict[str, float]:
-    """eval/l1, eval/psnr, eval/ssim of G(x) against y, and the same of x against y (`*_identity`): the score of
-    a G that returns its input, the baseline a trained G must beat."""
+    """eval/l1, eval/psnr, eval/ssim of G(x) against y, and two baselines a trained G must beat: the same of x
+    against y (`*_identity`: a G that returns its input), and eval/l1_median_target, the L1 of the single image
+    that is best in L1 for these very targets (their per-pixel median: a G that ignores its input)."""
     fake = translate_all(translate, source, device=device)
-    return {**image_metrics(fake, target), **image_metrics(source, target, suffix="_identity")}
+    median = target.median(dim=0, keepdim=True).values.expand_as(target)
+    return {**image_metrics(fake, target), **image_metrics(source, target, suffix="_identity"),
+            "eval/l1_median_target": l1(median, target)}
 
 
 def cyclegan_metrics(
