@@ -52,19 +52,21 @@ def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tenso
     return g[:, None] * g[None, :]
 
 
-def ssim(x: Tensor, y: Tensor, *, data_range: float = DATA_RANGE, window: int = SSIM_WINDOW,
-         sigma: float = SSIM_SIGMA, k1: float = SSIM_K1, k2: float = SSIM_K2) -> float:
-    """Mean SSIM (Wang et al. 2004) with an 11x11 Gaussian window (σ 1.5), K1 0.01, K2 0.03, over the window
-    positions fully inside the image ("valid"), every channel and every image; (N, C, H, W) with H, W >= window.
+def ssim(x: Tensor, y: Tensor, *, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, k1: float = SSIM_K1,
+         k2: float = SSIM_K2) -> float:
+    """Mean SSIM (Wang et al. 2004) of images in [-1, 1], computed on the intensities (x + 1) / 2 in [0, 1] (data
+    range 1; SSIM's luminance term is not shift-invariant, and the standard defines it on non-negative
+    intensities); 11x11 Gaussian window (σ 1.5), K1 0.01, K2 0.03, over the window positions fully inside the
+    image ("valid"), every channel and every image; (N, C, H, W) with H, W >= window.
 
-    SSIM = (2 μx μy + C1)(2 σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2)), C_i = (K_i · data_range)²; local
-    moments are Gaussian-weighted means. Computed in float64.
+    SSIM = (2 μx μy + C1)(2 σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2)), C_i = K_i²; local moments are
+    Gaussian-weighted, variances clamped at 0 (rounding). Computed in float64.
     """
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(f"ssim needs two (N, C, H, W) tensors of one shape, got {tuple(x.shape)}, {tuple(y.shape)}")
     if min(x.shape[-2:]) < window:
         raise ValueError(f"ssim's {window}x{window} window needs images at least that large, got {tuple(x.shape)}")
-    x, y = x.double(), y.double()
+    x, y = (x.double() + 1) / 2, (y.double() + 1) / 2
     channels = x.shape[1]
     w = gaussian_window(window, sigma).to(x.device).expand(channels, 1, window, window)
 
@@ -72,10 +74,10 @@ def ssim(x: Tensor, y: Tensor, *, data_range: float = DATA_RANGE, window: int = 
         return F.conv2d(t, w, groups=channels)
 
     mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
+    var_x = (blur(x * x) - mu_x**2).clamp_min(0)
+    var_y = (blur(y * y) - mu_y**2).clamp_min(0)
     cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    c1, c2 = k1**2, k2**2
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return float(s.mean())
 

@@ -53,17 +53,26 @@ def _images(n: int = 4, c: int = 3, size: int = 32, seed: int = 0) -> torch.Tens
     return (smooth * 2 - 1).clamp(-1, 1)
 
 
-def test_ssim_equals_torchmetrics_gaussian_ssim():
+def test_ssim_equals_torchmetrics_and_skimage_gaussian_ssim():
+    from skimage.metrics import structural_similarity
     from torchmetrics.functional import structural_similarity_index_measure as tm_ssim
 
     x = _images()
     noisy = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))).clamp(-1, 1)
     for y in (x, _images(seed=1), noisy):
-        # torchmetrics on [0, 1] with data_range 1; ours on [-1, 1] with data_range 2: the same SSIM.
-        ref = tm_ssim((y + 1) / 2, (x + 1) / 2, data_range=1.0, gaussian_kernel=True, sigma=1.5, kernel_size=11)
-        assert ssim(y, x) == pytest.approx(float(ref), abs=1e-5)
+        # Ours takes [-1, 1] images and computes on (x + 1) / 2; the references get the [0, 1] images.
+        x01, y01 = ((x + 1) / 2).double(), ((y + 1) / 2).double()
+        # torchmetrics reflect-pads and averages the whole map; the standard (Wang et al.'s code, skimage) averages
+        # the window positions inside the image: its map cropped by the 5-pixel pad.
+        _, full = tm_ssim(y01, x01, data_range=1.0, gaussian_kernel=True, sigma=1.5, kernel_size=11,
+                          return_full_image=True)
+        assert ssim(y, x) == pytest.approx(float(full[..., 5:-5, 5:-5].mean()), abs=1e-6)
+        ref = np.mean([structural_similarity(y01[i, c].numpy(), x01[i, c].numpy(), gaussian_weights=True, sigma=1.5,
+                                             use_sample_covariance=False, data_range=1.0)
+                       for i in range(len(x)) for c in range(x.shape[1])])
+        assert ssim(y, x) == pytest.approx(ref, abs=1e-6)
     assert ssim(x, x) == pytest.approx(1.0)
-    assert ssim(x, -x) < 0
+    assert ssim(x, -x) < 0.5
 
 
 def test_psnr_is_the_mean_of_per_image_psnrs():
@@ -112,7 +121,7 @@ def test_cycle_l1_and_class_preservation_by_a_trained_domain_classifier():
     kept = cyclegan_metrics(lambda x: x, lambda x: x, a, a, label_a=test_y, label_b=test_y, evaluators=evaluators)
     assert kept["eval/cycle_l1_A"] == kept["eval/cycle_l1_B"] == 0
     assert kept["eval/class_preserved_AtoB"] == kept["eval/class_preserved_AtoB_identity"] > 0.9
-    assert kept["eval/fd_B"] == pytest.approx(0, abs=1e-6)  # G(a) = a: the real held-out statistics
+    assert kept["eval/fd_B"] == pytest.approx(0, abs=1e-4)  # G(a) = a: the real held-out statistics (sqrtm noise)
 
     def mirror(x: torch.Tensor) -> torch.Tensor:
         return x.flip(-1)
@@ -142,7 +151,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     for family, overrides in (("pix2pix", ["model.g_arch=unet_32", "model.channels=1", "model.eval_mode=true"]),
                               ("cyclegan", ["model.g_arch=resnet_6blocks", "model.channels=1"])):
         spec = apply_overrides(get_recipe(family)(dataset="toy"), [
-            "model.image_size=32", "model.ngf=4", "model.ndf=4", *overrides])
+            *overrides, "model.image_size=32", "model.ngf=4", "model.ndf=4"])
         torch.manual_seed(0)
         g = get_family(family).build(spec.model)["G"].eval()
         run_id = mlf.create_run(exp).info.run_id
