@@ -57,9 +57,9 @@ def _check(family: str, m: dict[str, float]) -> bool:
                         ("BtoA", "MNIST -> digits, class kept (digits clf)")):
         print(f"{label:<44}{m.get(f'eval/class_preserved_{name}', float('nan')):>12.3f}"
               f"{m.get(f'eval/class_preserved_{name}_identity', float('nan')):>14.3f}")
-    print(f"{'cycle L1 |F(G(a)) - a|, |G(F(b)) - b|':<44}{m['eval/cycle_l1_A']:>12.4f}{m['eval/cycle_l1_B']:>14.4f}")
-    print(f"{'Fréchet distance to real MNIST / digits':<44}{m.get('eval/fd_B', float('nan')):>12.3f}"
-          f"{m.get('eval/fd_A', float('nan')):>14.3f}")
+    print(f"cycle L1: |F(G(a)) - a| {m['eval/cycle_l1_A']:.4f}, |G(F(b)) - b| {m['eval/cycle_l1_B']:.4f}")
+    print(f"Fréchet distance: G(digits) to real MNIST {m.get('eval/fd_B', float('nan')):.3f}, "
+          f"F(MNIST) to real digits {m.get('eval/fd_A', float('nan')):.3f}")
     print(f"bar: class preservation digits -> MNIST > {CLASS_BAR:.0%} -> {'PASS' if passed else 'FAIL'}")
     return passed
 
