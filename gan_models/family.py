@@ -43,6 +43,9 @@ class Family:
                       schedulers); None for families without any. The caller builds it once after the
                       optimizers, saves/restores it with the checkpoint, and hands it to every step: call
                       `Family.step`, which passes it to train_step as `extra=`.
+    reverse_generator: (exported generator) -> the single-input module of the opposite direction, for families
+                      whose generator holds both (CycleGAN: F beside G); registered as a second model named
+                      "<name>-<direction>". None for one-direction families.
     """
 
     name: str
@@ -57,6 +60,7 @@ class Family:
     sample_grid: Callable[..., torch.Tensor] | None = None  # None: a square grid of G(generator_inputs)
     generator: str = "G"
     extra_state: Callable[..., dict[str, Any]] | None = None
+    reverse_generator: Callable[[nn.Module], nn.Module] | None = None
 
     def step(
         self, nets: Nets, opts: Optimizers, batch: Batch, cfg: Any, extra: Mapping[str, Any] | None = None

@@ -170,10 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default="")
 
     p = sub.add_parser("demo", help="the main job: prep mnist5k, train DCGAN on 2 Ray workers, register, "
-                                    "draw pictures, check the digits are recognisable")
+                                    "draw pictures, check the digits are recognisable (--family pix2pix|cyclegan: "
+                                    "the image-to-image demos)")
+    p.add_argument("--family", choices=("dcgan", "pix2pix", "cyclegan"), default="dcgan",
+                   help="dcgan (default); pix2pix: edges -> digits on mnist5k; cyclegan: digits <-> mnist5k")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default 2)")
-    p.add_argument("--out", default=".ganpipe/demo", help="folder for the pictures")
+    p.add_argument("--out", default=None, help="folder for the pictures (default .ganpipe/demo, or "
+                                               ".ganpipe/demo-FAMILY with --family pix2pix|cyclegan)")
 
     p = sub.add_parser("bench", help="training-step throughput on synthetic data (img/s); writes JSON",
                        description="Median images/s of train_step over repeats after warm-up, on synthetic "
@@ -191,12 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="model config key=value (e.g. ngf=32)")
 
     # Each command group keeps its parser beside its code.
-    from pipelines import datasets_cmd, eval_cmd, jobs, lineage, orchestrate, registry, services
+    from pipelines import datasets_cmd, eval_cmd, jobs, lineage, orchestrate, registry, services, translate_cmd
 
     datasets_cmd.add_parsers(sub)
     eval_cmd.add_parser(sub)
     orchestrate.add_parser(sub)
     lineage.add_parsers(sub)
+    translate_cmd.add_parser(sub)
     registry.add_parsers(sub)
     services.add_parser(sub)
     jobs.add_parsers(sub)

@@ -124,9 +124,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.family in ("pix2pix", "cyclegan"):
+        from pipelines.i2i_demo import run_i2i_demo
+
+        out = Path(args.out or f".ganpipe/demo-{args.family}")
+        return run_i2i_demo(family=args.family, steps=args.steps, workers=args.workers, out=out)
     from pipelines.demo import run_demo
 
-    return run_demo(steps=args.steps, workers=args.workers, out=Path(args.out))
+    return run_demo(steps=args.steps, workers=args.workers, out=Path(args.out or ".ganpipe/demo"))
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from pipelines.translate_cmd import cmd_translate as run
+
+    return run(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -112,6 +112,12 @@ class TaskInputs:
     class_names: list[str] | None
     dataset_url: str
     seed: int
+    # Image-to-image families (their hooks read the held-out pairs/domains from `dataset_url`):
+    reverse_generator: nn.Module | None = None  # CycleGAN: the registered model of the other direction
+    direction: str = "AtoB"  # what `generator` maps: dataset a -> b ("AtoB") or b -> a
+    store_url: str = ""  # where the domain classifiers are cached
+    split: str = ""  # held-out split ("": test, else train)
+    n: int = 0  # held-out samples to use (0: the hook's default)
 
 
 def class_balance_metrics(inputs: TaskInputs) -> dict[str, float]:
@@ -135,7 +141,18 @@ def class_balance_metrics(inputs: TaskInputs) -> dict[str, float]:
 
 
 # Per-family task metrics: family name -> TaskInputs -> eval/* values. Add a family's entry with the family.
+def translation_metrics(inputs: TaskInputs) -> dict[str, float]:
+    """Pix2Pix L1/PSNR/SSIM against targets, CycleGAN cycle L1, class preservation and per-domain Fréchet
+    distance (pipelines/i2i_eval.py; imported here on use, it loads the dataset and trains domain classifiers)."""
+    from pipelines.i2i_eval import registered_task_metrics
+
+    return registered_task_metrics(inputs)
+
+
+# Per-family task metrics: family name -> TaskInputs -> eval/* values. Add a family's entry with the family.
 TASK_METRICS: dict[str, Callable[[TaskInputs], dict[str, float]]] = {
     "dcgan": class_balance_metrics,
     "vanilla": class_balance_metrics,
+    "pix2pix": translation_metrics,
+    "cyclegan": translation_metrics,
 }

@@ -171,11 +171,15 @@ def log_generator(
     alias: str,
     tags: dict[str, str],
     config: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    artifact: str = "generator",
 ) -> Any:
     """Log the generator (torch.export pt2, batch dimension dynamic) and register a version with `alias`.
 
     `config` (the run's TrainSpec as a dict) travels inside the model's MLmodel file as metadata["ganpipe"], so
     a registered version is self-describing: no training flags and no unpickling are needed to use it.
+    `metadata` adds JSON values beside it (e.g. "direction" of an image-to-image model); `artifact` is the
+    artifact path in the run (a second model of the same run needs its own).
     """
     import mlflow
     from mlflow.models import ModelSignature
@@ -199,15 +203,14 @@ def log_generator(
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
                 generator,
-                name="generator",
+                name=artifact,
                 input_example=example_inputs[0].numpy() if len(example_inputs) == 1 else tuple(
                     x.numpy() for x in example_inputs),
                 signature=signature,
                 registered_model_name=registered_name,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 serialization_format="pt2",  # torch.export archive: loads without unpickling code objects
-                # JSON round trip: tuples become lists, which the MLmodel YAML can hold.
-                metadata={"ganpipe": {"config": json.loads(json.dumps(config))}} if config is not None else None,
+                metadata=_model_metadata(config, metadata),
             )
     mlf = client(tracking_uri)
     version = info.registered_model_version
@@ -215,6 +218,12 @@ def log_generator(
         mlf.set_model_version_tag(registered_name, version, key, value)
     mlf.set_registered_model_alias(registered_name, alias, version)
     return mlf.get_model_version(registered_name, version)
+
+
+def _model_metadata(config: dict[str, Any] | None, extra: dict[str, Any] | None) -> dict[str, Any] | None:
+    ganpipe = {**({"config": config} if config is not None else {}), **(extra or {})}
+    # JSON round trip: tuples become lists, which the MLmodel YAML can hold.
+    return {"ganpipe": json.loads(json.dumps(ganpipe))} if ganpipe else None
 
 
 def finish_run(tracking_uri: str, run_id: str, *, summary: dict[str, Any], status: str = "FINISHED") -> None:

@@ -21,8 +21,11 @@ from pipelines import tracking
 from pipelines.checkpoint import STATE_FILE, load_state, rng_file, save_rng, save_state
 from pipelines.config import TrainSpec
 from pipelines.evaluator import Evaluator, ensure_evaluator
+from pipelines.i2i_eval import I2I_KINDS, ensure_domain_evaluators, translation_metrics_fn
 from pipelines.loop import Report
 from pipelines.worker import Job, run_rank
+
+PARTNER_TAG = "ganpipe.partner"  # on a model version: NAME/VERSION of the other direction (CycleGAN)
 
 
 @dataclass
@@ -86,8 +89,13 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     tracking_uri = tracking.resolve_tracking_uri(spec.track.tracking_uri)
     log(f"dataset   {dataset_url} ({manifest.counts.get('train', 0)} train images, manifest {manifest.digest[:12]})")
     evaluator_url = None
+    task_evaluators: dict[str, str] = {}
     if manifest.kind == "images":  # the other kinds' task metrics are the families' own (pipelines/evaluation)
         evaluator_url = ensure_evaluator(
+            store_url=spec.store, dataset_url=dataset_url, manifest=manifest, progress=progress
+        )
+    elif manifest.kind == "unpaired":  # CycleGAN's class preservation: one classifier per domain
+        task_evaluators = ensure_domain_evaluators(
             store_url=spec.store, dataset_url=dataset_url, manifest=manifest, progress=progress
         )
     run_id, resumed = tracking.start_run(
@@ -96,7 +104,7 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     )
     log(f"run       {spec.run_name} (MLflow run {run_id}{', resuming' if resumed else ''})")
     job = Job(spec=spec, dataset_url=dataset_url, run_id=run_id, tracking_uri=tracking_uri,
-              evaluator_url=evaluator_url or "")
+              evaluator_url=evaluator_url or "", task_evaluators=task_evaluators)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             state = _train_in_process(job, Path(tmp)) if spec.scale.workers == 0 else _train_on_ray(job)
@@ -112,18 +120,15 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     evaluator = Evaluator.load(evaluator_url) if evaluator_url else None
     if evaluator is not None:
         metrics = evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)(generator)
+    elif manifest.kind in I2I_KINDS:
+        metrics = translation_metrics_fn(family=family, model_cfg=spec.model, dataset_url=dataset_url,
+                                         manifest=manifest, evaluator_urls=task_evaluators,
+                                         seed=spec.loop.seed)(generator)
+    if metrics:
         tracking.RunLogger(tracking_uri, run_id).log_metrics(int(state["step"]), metrics)
     name = spec.track.register_as or f"{spec.family}-{manifest.name}"
-    seeded = torch.Generator().manual_seed(0)
-    example = family.generator_inputs(spec.model, family.example_batch(spec.model, 2, generator=seeded), 2,
-                                      generator=seeded)
-    version = tracking.log_generator(
-        tracking_uri=tracking_uri, run_id=run_id, generator=generator, example_inputs=example,
-        registered_name=name, alias=spec.track.alias,
-        tags={"ganpipe.run_name": spec.run_name, "ganpipe.manifest_sha256": manifest.digest,
-              "ganpipe.git_commit": tracking.git_commit()},
-        config=spec.to_dict(),
-    )
+    version = register_generator(spec, family=family, generator=generator, tracking_uri=tracking_uri, run_id=run_id,
+                                 name=name, manifest_digest=manifest.digest)
     tracking.finish_run(tracking_uri, run_id, summary={"steps": int(state["step"]), **metrics,
                                                          "model": f"models:/{name}/{version.version}"})
     return TrainOutcome(
@@ -131,6 +136,35 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
         model_name=name, model_version=str(version.version), model_uri=f"models:/{name}/{version.version}",
         generator=generator, evaluator=evaluator, spec=spec,
     )
+
+
+def register_generator(spec: TrainSpec, *, family: Any, generator: nn.Module, tracking_uri: str, run_id: str,
+                       name: str, manifest_digest: str) -> Any:
+    """Log and register the generator as `name` with the run's alias; returns the model version.
+
+    Image-to-image generators record their direction (dataset a -> b is "AtoB") in the MLmodel metadata. A
+    family with a `reverse_generator` (CycleGAN) also registers the other direction as `name-<direction>`,
+    and each of the two versions names the other in its tag `ganpipe.partner` (NAME/VERSION).
+    """
+    seeded = torch.Generator().manual_seed(0)
+    example = family.generator_inputs(spec.model, family.example_batch(spec.model, 2, generator=seeded), 2,
+                                      generator=seeded)
+    tags = {"ganpipe.run_name": spec.run_name, "ganpipe.manifest_sha256": manifest_digest,
+            "ganpipe.git_commit": tracking.git_commit()}
+    direction = getattr(spec.model, "direction", None)
+    common = dict(tracking_uri=tracking_uri, run_id=run_id, alias=spec.track.alias, tags=tags, config=spec.to_dict())
+    version = tracking.log_generator(generator=generator, example_inputs=example, registered_name=name,
+                                     metadata={"direction": direction} if direction else None, **common)
+    if family.reverse_generator is None:
+        return version
+    other = "BtoA" if direction == "AtoB" else "AtoB"
+    reverse = tracking.log_generator(generator=family.reverse_generator(generator), example_inputs=example,
+                                     registered_name=f"{name}-{other}", metadata={"direction": other},
+                                     artifact=f"generator_{other}", **common)
+    mlf = tracking.client(tracking_uri)
+    mlf.set_model_version_tag(version.name, version.version, PARTNER_TAG, f"{reverse.name}/{reverse.version}")
+    mlf.set_model_version_tag(reverse.name, reverse.version, PARTNER_TAG, f"{version.name}/{version.version}")
+    return version
 
 
 def _train_on_ray(job: Job) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ class Job:
     tracking_uri: str = ""
     evaluator_url: str = ""  # store URL of the offline evaluator's weights ("" disables eval/*)
     s3_endpoint: str | None = None
+    # Image-to-image families: domain -> URL of that domain's offline classifier (i2i_eval); the task metrics
+    # (L1/PSNR/SSIM, cycle L1) need none, class preservation and per-domain Fréchet distance do.
+    task_evaluators: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "spec": self.spec.to_dict()}
@@ -138,6 +141,12 @@ def run_rank(
 
         evaluator = Evaluator.load(job.evaluator_url, s3_endpoint=job.s3_endpoint, device=device)
         evaluate = evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)
+    elif is_rank0 and manifest.kind in ("paired", "unpaired") and spec.loop.eval_every:
+        from pipelines.i2i_eval import translation_metrics_fn
+
+        evaluate = translation_metrics_fn(family=family, model_cfg=spec.model, dataset_url=job.dataset_url,
+                                          manifest=manifest, evaluator_urls=job.task_evaluators, device=device,
+                                          seed=spec.loop.seed, s3_endpoint=job.s3_endpoint)
     figure = None
     if is_rank0:
         figure = _figure_fn(family, spec.model, sample_batch, seed=spec.loop.seed, device=device)
