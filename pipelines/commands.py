@@ -169,3 +169,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from pipelines.registry import cmd_promote as run
 
     return run(args)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipelines.sweep import cmd_sweep as run
+
+    return run(args)
