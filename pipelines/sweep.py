@@ -405,7 +405,7 @@ def register_best(outcome: SweepOutcome, *, grid: Any, spec: TrainSpec, params: 
         registered_name=name, alias=spec.track.alias,
         tags={"ganpipe.sweep": cfg.name, "ganpipe.sweep_parent_run": outcome.parent_run_id,
               "ganpipe.sweep_trial": best.trial_id, "ganpipe.sweep_metric": f"{cfg.metric}={best.value:.6g}",
-              "ganpipe.run_name": trial_spec.run_name or best.trial_id,
+              "ganpipe.run_name": f"{cfg.name}-{best.trial_id}",
               "ganpipe.manifest_sha256": manifest.digest, "ganpipe.git_commit": tracking.git_commit()},
         config=dataclasses.replace(trial_spec, run_name=f"{cfg.name}-{best.trial_id}").to_dict(),
     )
