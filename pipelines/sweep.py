@@ -201,6 +201,8 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
         "metric": cfg.metric, "mode": cfg.mode, "gpus_per_worker": cfg.gpus_per_worker,
         "dataset_name": manifest.name, "manifest_digest": manifest.digest,
     }
+    # Tune forces an experiment snapshot whenever a trial has saved num_to_keep checkpoints, and warns each time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ensure_ray()
     fs, root = open_store(spec.store).child("sweeps").pyarrow_fs()
     trainable = _trainable(cfg, spec, ctx)
@@ -216,7 +218,7 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
                 tune_config=tune.TuneConfig(
                     metric=cfg.metric, mode=cfg.mode, num_samples=num_samples,
                     scheduler=_scheduler(cfg, params, spec), search_alg=_search_alg(cfg, params),
-                    max_concurrent_trials=_max_concurrent(cfg, spec),
+                    max_concurrent_trials=_max_concurrent(cfg, spec), trial_dirname_creator=trial_dirname,
                 ),
                 run_config=tune.RunConfig(
                     name=cfg.name, storage_path=root, storage_filesystem=fs, verbose=1 if progress else 0,
@@ -243,6 +245,11 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
         cfg.metric: outcome.best.value if outcome.best else None, "model": outcome.model_uri,
         "trials": {r.trial_id: r.status for r in records}})
     return outcome
+
+
+def trial_dirname(trial: Any) -> str:
+    # Tune's default names carry every value (1e30 prints as 31 digits); the values are in the CSV and MLflow.
+    return f"trial_{trial.trial_id}"
 
 
 def _search_alg(cfg: SweepConfig, params: list[Param]) -> Any:
@@ -450,7 +457,8 @@ A trial whose losses become NaN/inf stops itself and is recorded as diverged; th
 
 examples:
   ganpipe sweep --family dcgan --dataset digits --num-samples 8 --metric eval/fd --mode min --steps 400
-  ganpipe sweep --family pix2pix --dataset edges2mnist --space l1.yaml --search grid --metric loss/G_L1
+  ganpipe sweep --family dcgan --dataset digits --space lr.yaml --search grid --num-samples 5 \\
+                --metric eval/fd --mode min
   ganpipe sweep --family dcgan --dataset digits --name lr1 ...     # run again with --name lr1 to resume
 """
 
