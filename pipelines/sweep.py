@@ -29,6 +29,7 @@ SWEEP_TAG = "ganpipe.sweep"
 TRIAL_TAG = "ganpipe.trial_id"
 STATUS_TAG = "ganpipe.trial_status"  # running, finished, stopped (early, by the scheduler), diverged, error
 DIVERGED = "sweep/diverged"  # 1.0 in the report of a trial whose losses went NaN/inf
+TRAINER_TRIAL_CPU = 0.1  # what a multi-worker trial itself holds while its TorchTrainer's workers train
 EVALUATOR_METRICS = ("eval/fd", "eval/cls_score", "eval/confident_share")
 
 
@@ -129,6 +130,8 @@ def _max_concurrent(cfg: SweepConfig, spec: TrainSpec) -> int:
         return cfg.max_concurrent
     cpus = ray.cluster_resources().get("CPU", 1.0)
     per_trial = spec.scale.cpus_per_worker * max(1, cfg.workers_per_trial)
+    if cfg.workers_per_trial > 1:
+        per_trial += TRAINER_TRIAL_CPU
     by_cpu = int(cpus // per_trial) if per_trial else 1
     if cfg.gpus_per_worker:
         gpus = ray.cluster_resources().get("GPU", 0.0)
@@ -147,7 +150,7 @@ def _trainable(cfg: SweepConfig, spec: TrainSpec, ctx: dict[str, Any]) -> Any:
     else:
         # The trial only waits for its TorchTrainer, whose workers reserve their own CPUs (DESIGN.md section 9:
         # a trial holding a whole CPU starves its workers on a small node).
-        resources = {"cpu": 0.1}
+        resources = {"cpu": TRAINER_TRIAL_CPU}
     return tune.with_resources(tune.with_parameters(trial, ctx=ctx), resources)
 
 
