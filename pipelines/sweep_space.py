@@ -92,6 +92,7 @@ def parse_space(raw: Any, *, source: str = "space") -> list[Param]:
         values = entry[kind]
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"{where}: {kind} takes a list, e.g. {kind}: [1, 10]")
+        values = [_number(v) for v in values]
         if kind in RANGES:
             if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 raise ValueError(f"{where}: {kind} takes [low, high], got {values!r}")
@@ -109,6 +110,19 @@ def parse_space(raw: Any, *, source: str = "space") -> list[Param]:
             raise ValueError(f"{where}: sets takes a list of config keys, e.g. sets: [model.lambda_a, model.lambda_b]")
         params.append(Param(name=str(name), kind=kind, values=tuple(values), targets=tuple(sets)))
     return params
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads `1e-4` (no dot) as a string; a string that is a number is taken as one."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    return value
 
 
 def load_space(space: str, family: str) -> list[Param]:

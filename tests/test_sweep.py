@@ -69,12 +69,13 @@ def test_default_spaces_name_the_papers_lambdas():
 
 def test_yaml_space_all_kinds_and_a_tied_parameter(tmp_path):
     f = tmp_path / "space.yaml"
-    f.write_text("model.lambda_l1: {loguniform: [1, 300]}\n"
+    f.write_text("model.lambda_l1: {loguniform: [1e-1, 300]}\n"  # YAML 1.1 reads 1e-1 as a string
                  "data.batch_size: {choice: [1, 2, 4]}\n"
                  "model.ngf: {randint: [8, 17]}\n"
                  "model.lr: {grid: [1.0e-4, 2.0e-4]}\n")
     params = load_space(str(f), "pix2pix")
     validate_space(params, get_recipe("pix2pix")())
+    assert params[0].values == (0.1, 300)
     space, n = tune_param_space(params, search="random", num_samples=3)
     assert n == 3 and count_trials(params, search="random", num_samples=3) == 6  # 3 draws x 2 grid points
     cyc = parse_space({"lambda_cycle": {"uniform": [2, 20], "sets": ["model.lambda_a", "model.lambda_b"]}})
