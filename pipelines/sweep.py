@@ -225,7 +225,8 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
                 ),
                 run_config=tune.RunConfig(
                     name=cfg.name, storage_path=root, storage_filesystem=fs, verbose=1 if progress else 0,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    # PBT's exploit loads a donor's checkpoint some time after it was reported: keep them all.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None if cfg.scheduler == "pbt" else 2),
                     failure_config=tune.FailureConfig(max_failures=0),
                 ),
             )
