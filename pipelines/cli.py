@@ -17,6 +17,7 @@ typical session:
   ganpipe sample --model models:/dcgan-mnist5k@candidate --out samples.png
   ganpipe eval --model models:/dcgan-mnist5k@candidate  # eval/* (+ FID/KID with --inception-weights)
   ganpipe promote dcgan-mnist5k --metric eval/fd --mode min  # champion only if it beats the champion
+  ganpipe sweep --family dcgan --dataset mnist5k --metric eval/fd --mode min  # Ray Tune over the λs / lrs
   ganpipe ui                                  # browse runs and models at http://127.0.0.1:5000
 
 where things live (defaults): datasets and checkpoints in .ganpipe/store (or s3://bucket/prefix with
@@ -195,7 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="model config key=value (e.g. ngf=32)")
 
     # Each command group keeps its parser beside its code.
-    from pipelines import datasets_cmd, eval_cmd, jobs, lineage, orchestrate, registry, services, translate_cmd
+    from pipelines import (
+        datasets_cmd,
+        eval_cmd,
+        jobs,
+        lineage,
+        orchestrate,
+        registry,
+        services,
+        sweep,
+        translate_cmd,
+    )
 
     datasets_cmd.add_parsers(sub)
     eval_cmd.add_parser(sub)
@@ -205,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_parsers(sub)
     services.add_parser(sub)
     jobs.add_parsers(sub)
+    sweep.add_parser(sub)
     return parser
 
 

@@ -206,3 +206,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from pipelines.lineage import cmd_lineage as run
 
     return run(args)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipelines.sweep import cmd_sweep as run
+
+    return run(args)
