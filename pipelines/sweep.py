@@ -39,7 +39,7 @@ class SweepConfig:
     metric: str  # a reported metric, e.g. eval/fd
     mode: str = "min"  # min: lower is better
     num_samples: int = 8  # draws (random/optuna) or grid points per range (grid)
-    space: str = "default"  # "default" or a YAML file
+    space: str | dict[str, Any] = "default"  # "default", a YAML file, or the documented mapping itself
     scheduler: str = "asha"  # asha, pbt, none
     search: str = "random"  # random, grid, optuna
     max_concurrent: int = 0  # 0: as many trials as the cluster's CPUs (GPUs) hold
@@ -465,6 +465,40 @@ examples:
                 --metric eval/fd --mode min
   ganpipe sweep --family dcgan --dataset digits --name lr1 ...     # run again with --name lr1 to resume
 """
+
+
+def pipeline_sweep(*, spec: TrainSpec, space: dict[str, Any], trials: int, metric: str, mode: str, run_name: str,
+                   tracking_uri: str) -> dict[str, Any]:
+    """A pipeline's `sweep` stage (pipelines/stage_kinds.sweep_adapter): the same sweep as `ganpipe sweep`.
+
+    `space` maps config keys to a list of values (a grid: every value is one trial, `trials` is ignored), to
+    {low, high, log} (a range drawn `trials` times), or to this module's documented {KIND: VALUES} entries; an
+    empty space is the family's default. No early stopping: a stage's trials all run to the end.
+    """
+    raw = {key: _stage_entry(key, value) for key, value in (space or {}).items()}
+    grid = bool(raw) and all("grid" in entry for entry in raw.values())
+    if tracking_uri:
+        spec = dataclasses.replace(spec, track=dataclasses.replace(spec.track, tracking_uri=tracking_uri))
+    cfg = SweepConfig(name=run_name, metric=metric, mode=mode, num_samples=1 if grid else trials,
+                      space=raw or "default", scheduler="none")
+    out = run_sweep(spec, cfg, progress=False)
+    if out.best is None:
+        raise RuntimeError(f"sweep {out.name}: no trial finished with a finite {metric}")
+    from pipelines.sweep_space import load_space
+
+    # The best trial's values by config key (a tied parameter sets each of its targets).
+    best = {key: out.best.config[param.name] for param in load_space(cfg.space, spec.family) for key in param.targets}
+    return {"best": best, "run_id": out.parent_run_id, "best_run_id": out.best.run_id, "model": out.model_uri}
+
+
+def _stage_entry(key: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, list):
+        return {"grid": value}
+    if isinstance(value, dict) and {"low", "high"} <= set(value):
+        return {"loguniform" if value.get("log") else "uniform": [value["low"], value["high"]]}
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"sweep space {key}: give a list of values, {{low, high, log}} or {{KIND: VALUES}}; got {value!r}")
 
 
 def add_parser(sub: Any) -> None:

@@ -125,8 +125,10 @@ def _number(value: Any) -> Any:
     return value
 
 
-def load_space(space: str, family: str) -> list[Param]:
-    """`default` (the family's entry in SPACES) or a YAML file in the documented format."""
+def load_space(space: str | dict[str, Any], family: str) -> list[Param]:
+    """`default` (the family's entry in SPACES), a YAML file in the documented format, or that mapping itself."""
+    if isinstance(space, dict):
+        return parse_space(space, source="space")
     if space == "default":
         if family not in SPACES:
             raise ValueError(f"no default search space for {family!r} (defaults: {', '.join(SPACES)}); "

@@ -23,7 +23,6 @@ from pipelines.cli import main
 from pipelines.dag import PipelineError, from_dict, load
 from pipelines.lineage import lineage
 from pipelines.orchestrate import run_pipeline
-from pipelines.stage_kinds import sweep_available
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_TRAIN = {"loop.steps": 4, "loop.log_every": 2, "loop.checkpoint_every": 2, "loop.sample_every": 0,
@@ -255,8 +254,7 @@ def test_a_failed_stage_stops_its_dependents_only_and_the_next_run_resumes_there
     assert mlf.get_run(second.run_id).info.status == "FINISHED"
 
 
-@pytest.mark.skipif(sweep_available(), reason="this version has `ganpipe sweep`")
-def test_a_sweep_stage_fails_clearly_until_ganpipe_sweep_exists(tmp_path, monkeypatch):
+def test_a_sweep_stage_runs_the_sweep_and_hands_its_best_config_to_training(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = _pipeline(tmp_path)
     data["stages"]["sweep"] = {"kind": "sweep", "config": {
@@ -264,9 +262,17 @@ def test_a_sweep_stage_fails_clearly_until_ganpipe_sweep_exists(tmp_path, monkey
         "space": {"model.lr_g": [1e-4, 2e-4]}, "trials": 2, "metric": "eval/fd", "mode": "min"}}
     data["stages"]["train"]["config"]["overrides"] = [TINY_TRAIN, "${stages.sweep.best}"]
     del data["stages"]["eval"]
-    outcome, text = _run(data, only=["train"])
-    assert _statuses(outcome) == {"prep": "done", "sweep": "failed", "train": "skipped"}, text
-    assert "sweep stages are not available in this version" in outcome.stages["sweep"].error
+    outcome, text = _run(data)
+    assert _statuses(outcome) == {"prep": "done", "sweep": "done", "train": "done"}, text
+    best = outcome.stages["sweep"].outputs["best"]
+    assert set(best) == {"model.lr_g"} and best["model.lr_g"] in (1e-4, 2e-4)
+    mlf = _client(data)
+    parent = mlf.get_run(outcome.stages["sweep"].outputs["run_id"])
+    children = mlf.search_runs([parent.info.experiment_id],
+                               filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 2
+    trained = mlf.get_run(outcome.stages["train"].outputs["run_id"])
+    assert float(trained.data.params["model.lr_g"]) == best["model.lr_g"]
 
 
 def test_a_killed_training_stage_resumes_from_its_checkpoint(tmp_path):
