@@ -81,7 +81,9 @@ def with_cadence(spec: TrainSpec, cfg: SweepConfig) -> TrainSpec:
     return dataclasses.replace(spec, loop=loop, scale=scale)
 
 
-def check_settings(cfg: SweepConfig, *, has_evaluator: bool, dataset: str) -> None:
+def check_settings(cfg: SweepConfig, *, has_evaluator: bool, dataset: str, task_metrics: bool = False) -> None:
+    """`has_evaluator`: the offline evaluator scores trials (labelled images); `task_metrics`: the family's own
+    eval/* (Pix2Pix L1/PSNR/SSIM, CycleGAN cycle L1 and class preservation) are reported while training."""
     if cfg.mode not in ("min", "max"):
         raise ValueError(f"--mode must be min or max, not {cfg.mode!r}")
     if cfg.num_samples < 1:
@@ -91,14 +93,15 @@ def check_settings(cfg: SweepConfig, *, has_evaluator: bool, dataset: str) -> No
     if cfg.scheduler == "pbt" and (cfg.workers_per_trial > 1 or cfg.search != "random"):
         raise ValueError("--scheduler pbt needs --workers-per-trial 1 (it exploits Tune checkpoints) and "
                          "--search random")
-    if cfg.metric.startswith("eval/"):
+    if cfg.metric.startswith("eval/") and not task_metrics:
         if not has_evaluator:
             raise ValueError(f"{cfg.metric} is not reported while training on {dataset}: eval/* comes from the "
-                             f"offline evaluator, which needs a labelled images dataset; use a loss/* metric")
+                             f"offline evaluator (labelled images) or the image-to-image task metrics; use a "
+                             f"loss/* metric")
         if cfg.metric not in EVALUATOR_METRICS:
             raise ValueError(f"unknown metric {cfg.metric!r}; trials report {', '.join(EVALUATOR_METRICS)}, "
                              f"loss/* and d/*")
-    elif not cfg.metric.startswith(("loss/", "d/")):
+    elif not cfg.metric.startswith(("eval/", "loss/", "d/")):
         raise ValueError(f"--metric {cfg.metric!r}: give eval/*, loss/* or d/* (e.g. eval/fd --mode min)")
     if cfg.search == "optuna":
         try:
@@ -172,8 +175,11 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
     spec = with_cadence(spec, cfg)
     params = load_space(cfg.space, spec.family)
     validate_space(params, spec)
+    from pipelines.i2i_eval import I2I_KINDS, ensure_domain_evaluators
+
     has_evaluator = manifest.kind == "images" and bool(manifest.class_names)
-    check_settings(cfg, has_evaluator=has_evaluator, dataset=manifest.name)
+    task_metrics = manifest.kind in I2I_KINDS
+    check_settings(cfg, has_evaluator=has_evaluator, dataset=manifest.name, task_metrics=task_metrics)
     param_space, num_samples = tune_param_space(params, search=cfg.search, num_samples=cfg.num_samples)
     n_trials = count_trials(params, search=cfg.search, num_samples=cfg.num_samples)
     log(f"sweep     {cfg.name}: {spec.family} on {dataset_url}, {n_trials} trials of {spec.loop.steps} steps, "
@@ -182,6 +188,10 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
     if has_evaluator and cfg.metric.startswith("eval/"):
         evaluator_url = ensure_evaluator(store_url=spec.store, dataset_url=dataset_url, manifest=manifest,
                                          progress=progress) or ""
+    task_evaluators: dict[str, str] = {}
+    if manifest.kind == "unpaired" and cfg.metric.startswith("eval/"):  # CycleGAN's per-domain classifiers
+        task_evaluators = ensure_domain_evaluators(store_url=spec.store, dataset_url=dataset_url, manifest=manifest,
+                                                   progress=progress)
     tracking_uri = tracking.resolve_tracking_uri(spec.track.tracking_uri)
     parent_id, resumed = tracking.start_run(spec, tracking_uri=tracking_uri, dataset_name=manifest.name,
                                             dataset_url=dataset_url, manifest_digest=manifest.digest)
@@ -199,7 +209,7 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
 
     ctx = {
         "job": Job(spec=spec, dataset_url=dataset_url, tracking_uri=tracking_uri, evaluator_url=evaluator_url,
-                   s3_endpoint=os.environ.get("GANPIPE_S3_ENDPOINT")).to_dict(),
+                   task_evaluators=task_evaluators, s3_endpoint=os.environ.get("GANPIPE_S3_ENDPOINT")).to_dict(),
         "params": [dataclasses.asdict(p) for p in params], "sweep": cfg.name, "parent_run_id": parent_id,
         "metric": cfg.metric, "mode": cfg.mode, "gpus_per_worker": cfg.gpus_per_worker,
         "dataset_name": manifest.name, "manifest_digest": manifest.digest,

@@ -120,8 +120,10 @@ def test_unknown_default_space_and_missing_file():
 
 def test_settings_refuse_what_a_trial_cannot_report():
     cfg = SweepConfig(name="s", metric="eval/fd", mode="min")
-    with pytest.raises(ValueError, match="needs a labelled images dataset"):
+    with pytest.raises(ValueError, match="eval/fd is not reported while training on edges"):
         check_settings(cfg, has_evaluator=False, dataset="edges")
+    check_settings(SweepConfig(name="s", metric="eval/l1", mode="min"), has_evaluator=False, dataset="edges",
+                   task_metrics=True)  # Pix2Pix's held-out L1 is reported by the image-to-image families
     with pytest.raises(ValueError, match="unknown metric 'eval/fid'"):
         check_settings(SweepConfig(name="s", metric="eval/fid", mode="min"), has_evaluator=True, dataset="d")
     with pytest.raises(ValueError, match="pbt needs --workers-per-trial 1"):
