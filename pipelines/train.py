@@ -3,6 +3,7 @@ evaluate the final generator, and register it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 import time
@@ -99,10 +100,11 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
               evaluator_url=evaluator_url or "")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            state = _train_in_process(job, Path(tmp)) if spec.scale.workers == 0 else _train_on_ray(job)
+            state = _train_in_process(job, Path(tmp), log=log) if spec.scale.workers == 0 else _train_on_ray(job)
     except BaseException:
         # Leave the run visibly failed (not "running" forever); the same --run-name resumes it.
-        tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
+        with contextlib.suppress(Exception):  # the tracking server may be what is down
+            tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
         raise
     generator = family.build(spec.model)[family.generator]
     generator.load_state_dict(state["ema"] if state.get("ema") is not None else state["nets"][family.generator])
@@ -112,20 +114,37 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     evaluator = Evaluator.load(evaluator_url) if evaluator_url else None
     if evaluator is not None:
         metrics = evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)(generator)
-        tracking.RunLogger(tracking_uri, run_id).log_metrics(int(state["step"]), metrics)
-    name = spec.track.register_as or f"{spec.family}-{manifest.name}"
-    seeded = torch.Generator().manual_seed(0)
-    example = family.generator_inputs(spec.model, family.example_batch(spec.model, 2, generator=seeded), 2,
-                                      generator=seeded)
-    version = tracking.log_generator(
-        tracking_uri=tracking_uri, run_id=run_id, generator=generator, example_inputs=example,
-        registered_name=name, alias=spec.track.alias,
-        tags={"ganpipe.run_name": spec.run_name, "ganpipe.manifest_sha256": manifest.digest,
-              "ganpipe.git_commit": tracking.git_commit()},
-        config=spec.to_dict(),
-    )
-    tracking.finish_run(tracking_uri, run_id, summary={"steps": int(state["step"]), **metrics,
-                                                         "model": f"models:/{name}/{version.version}"})
+    # Checkpoints are saved by now; if the tracking server is down, say what is missing and how to complete it.
+    try:
+        final_logger = tracking.RunLogger(tracking_uri, run_id,
+                                          spill=tracking.unlogged_store(spec.store, spec.run_name))
+        if metrics:
+            final_logger.log_metrics(int(state["step"]), metrics)
+        unlogged = final_logger.close()  # also what a worker left unsent (the spill file)
+        if unlogged:
+            raise tracking.TrackingUnavailable(unlogged)
+        name = spec.track.register_as or f"{spec.family}-{manifest.name}"
+        seeded = torch.Generator().manual_seed(0)
+        example = family.generator_inputs(spec.model, family.example_batch(spec.model, 2, generator=seeded), 2,
+                                          generator=seeded)
+        version = tracking.log_generator(
+            tracking_uri=tracking_uri, run_id=run_id, generator=generator, example_inputs=example,
+            registered_name=name, alias=spec.track.alias,
+            tags={"ganpipe.run_name": spec.run_name, "ganpipe.manifest_sha256": manifest.digest,
+                  "ganpipe.git_commit": tracking.git_commit()},
+            config=spec.to_dict(),
+        )
+        tracking.finish_run(tracking_uri, run_id, summary={"steps": int(state["step"]), **metrics,
+                                                             "model": f"models:/{name}/{version.version}"})
+    except Exception as exc:
+        if tracking.reachable(tracking_uri):
+            raise
+        detail = str(exc) if isinstance(exc, tracking.TrackingUnavailable) else (
+            f"MLflow at {tracking_uri} is unreachable ({type(exc).__name__})")
+        raise tracking.TrackingUnavailable(
+            f"run {spec.run_name} trained to step {int(state['step'])} and its checkpoints are saved, but the run is "
+            f"incomplete: {detail}; run the same command again once the server is back"
+        ) from None
     return TrainOutcome(
         run_id=run_id, run_name=spec.run_name, resumed=resumed, steps=int(state["step"]), metrics=metrics,
         model_name=name, model_version=str(version.version), model_uri=f"models:/{name}/{version.version}",
@@ -145,7 +164,7 @@ def _train_on_ray(job: Job) -> dict[str, Any]:
         return load_state(Path(directory))
 
 
-def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
+def _train_in_process(job: Job, tmp: Path, *, log: Callable[[str], Any] = print) -> dict[str, Any]:
     """workers=0: the same rank function in this process, checkpoints under runs/NAME/ in the store."""
     store = open_store(job.spec.store).child(f"runs/{job.spec.run_name}/checkpoints")
     resume_dir = None
@@ -155,7 +174,10 @@ def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
         resume_dir.mkdir()
         for name in (STATE_FILE, rng_file(0)):
             (resume_dir / name).write_bytes(store.get_bytes(f"{step_dir}/{name}"))
-    logger = tracking.RunLogger(job.tracking_uri, job.run_id) if job.run_id else None
+    logger = None
+    if job.run_id:
+        logger = tracking.RunLogger(job.tracking_uri, job.run_id,
+                                    spill=tracking.unlogged_store(job.spec.store, job.spec.run_name))
 
     def report(r: Report) -> None:
         if logger is not None:
@@ -171,6 +193,9 @@ def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
             store.put_bytes("latest", step_dir.encode())  # published last: a reader never sees half a checkpoint
 
     run_rank(job, rank=0, world_size=1, device=torch.device("cpu"), resume_dir=resume_dir, report=report)
+    unlogged = logger.close() if logger is not None else ""
+    if unlogged:
+        log(f"[ganpipe] {unlogged}")
     step_dir = store.get_bytes("latest").decode().strip()
     return torch.load(_fetch(store, f"{step_dir}/{STATE_FILE}", tmp), map_location="cpu", weights_only=True)
 
