@@ -100,7 +100,7 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
               evaluator_url=evaluator_url or "")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            state = _train_in_process(job, Path(tmp), log=log) if spec.scale.workers == 0 else _train_on_ray(job)
+            state = _train_in_process(job, Path(tmp)) if spec.scale.workers == 0 else _train_on_ray(job)
     except BaseException:
         # Leave the run visibly failed (not "running" forever); the same --run-name resumes it.
         with contextlib.suppress(Exception):  # the tracking server may be what is down
@@ -116,7 +116,8 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
         metrics = evaluator.generator_metrics_fn(family=family, model_cfg=spec.model, seed=spec.loop.seed)(generator)
     # Checkpoints are saved by now; if the tracking server is down, say what is missing and how to complete it.
     try:
-        final_logger = tracking.RunLogger(tracking_uri, run_id,
+        # Quiet: an outage is reported once, by the error below (training already warned if it saw one).
+        final_logger = tracking.RunLogger(tracking_uri, run_id, log=lambda _line: None,
                                           spill=tracking.unlogged_store(spec.store, spec.run_name))
         if metrics:
             final_logger.log_metrics(int(state["step"]), metrics)
@@ -164,7 +165,7 @@ def _train_on_ray(job: Job) -> dict[str, Any]:
         return load_state(Path(directory))
 
 
-def _train_in_process(job: Job, tmp: Path, *, log: Callable[[str], Any] = print) -> dict[str, Any]:
+def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
     """workers=0: the same rank function in this process, checkpoints under runs/NAME/ in the store."""
     store = open_store(job.spec.store).child(f"runs/{job.spec.run_name}/checkpoints")
     resume_dir = None
@@ -193,9 +194,8 @@ def _train_in_process(job: Job, tmp: Path, *, log: Callable[[str], Any] = print)
             store.put_bytes("latest", step_dir.encode())  # published last: a reader never sees half a checkpoint
 
     run_rank(job, rank=0, world_size=1, device=torch.device("cpu"), resume_dir=resume_dir, report=report)
-    unlogged = logger.close() if logger is not None else ""
-    if unlogged:
-        log(f"[ganpipe] {unlogged}")
+    if logger is not None:
+        logger.close()  # what is still unsent goes to the spill file; the driver reports it once, at the end
     step_dir = store.get_bytes("latest").decode().strip()
     return torch.load(_fetch(store, f"{step_dir}/{STATE_FILE}", tmp), map_location="cpu", weights_only=True)
 
