@@ -18,13 +18,13 @@ from torch import nn
 
 from pipelines.checkpoint import save_rng, save_state
 from pipelines.loop import Report
-from pipelines.tracking import MLFLOW_RETRY_ENV
+from pipelines.tracking import MLFLOW_RETRY_ENV, RETRY_ENV
 from pipelines.worker import Job, run_rank
 
 # Environment a worker needs to reach the store and the tracking server. Credentials travel the way the
 # cluster provides them (instance roles, AWS_* on the nodes), never inside the job's config.
 FORWARDED_ENV = ("GANPIPE_S3_ENDPOINT", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
-                 *MLFLOW_RETRY_ENV)
+                 RETRY_ENV, *MLFLOW_RETRY_ENV)
 
 
 def _has_batch_norm(module: nn.Module) -> bool:

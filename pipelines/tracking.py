@@ -159,6 +159,7 @@ def to_uint8_hwc(grid: torch.Tensor) -> np.ndarray:
 # to one quick retry, and RunLogger retries on its own clock instead. Explicit settings in the environment win.
 MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+RETRY_ENV = "GANPIPE_TRACKING_RETRY_S"  # seconds between RunLogger's tries while the server is down (default 10)
 UNLOGGED_FILE = "unlogged-metrics.jsonl"  # in runs/NAME/ of the store: what MLflow has not received yet
 _MAX_BUFFERED_IMAGES = 16  # sample grids kept while the server is down; older ones are dropped (and counted)
 
@@ -189,10 +190,12 @@ class RunLogger:
     """
 
     def __init__(
-        self, tracking_uri: str, run_id: str, *, spill: Any = None, retry_every_s: float = 10.0,
+        self, tracking_uri: str, run_id: str, *, spill: Any = None, retry_every_s: float | None = None,
         log: Any = None,
     ) -> None:
         bound_mlflow_retries()
+        if retry_every_s is None:
+            retry_every_s = float(os.environ.get(RETRY_ENV, "10"))
         self.mlf = client(tracking_uri)
         self.tracking_uri = tracking_uri
         self.run_id = run_id

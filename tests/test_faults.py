@@ -22,7 +22,7 @@ from pipelines.tracking import RUN_NAME_TAG, UNLOGGED_FILE
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS, CKPT, LOG = 400, 100, 10
+STEPS, CKPT, LOG = 600, 100, 10
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -35,7 +35,7 @@ def _train_cmd(store: str, tracking_uri: str, run_name: str) -> list[str]:
         sys.executable, "-m", "pipelines.cli", "train", "--recipe", "dcgan", "--dataset", "digits", "--workers", "0",
         "--run-name", run_name, "--store", store, "--tracking-uri", tracking_uri, "--no-progress",
         f"loop.steps={STEPS}", f"loop.checkpoint_every={CKPT}", f"loop.log_every={LOG}", "loop.sample_every=100",
-        "loop.eval_every=0", "loop.threads=1", "model.ngf=8", "model.ndf=8", "model.nz=16", "data.batch_size=16",
+        "loop.eval_every=0", "loop.threads=1", "model.ngf=8", "model.ndf=8", "model.nz=16", "data.batch_size=32",
     ]  # fmt: skip
 
 
@@ -112,16 +112,17 @@ def _history(tracking_uri: str, run_name: str, key: str = "loss/D") -> tuple[lis
 def test_mlflow_outage_buffers_then_completes_the_same_run(store, mlflow_server, tmp_path):
     run = "mlflow-outage"
     cmd = _train_cmd(store, mlflow_server.url, run)
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(GANPIPE_TRACKING_RETRY_S="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         # Outage 1 (steps ~100..200): the server comes back while training runs.
         _wait(lambda: _latest_step(store, run) >= 100, proc, "checkpoint 100")
         mlflow_server.stop()
         _wait(lambda: _latest_step(store, run) >= 200, proc, "checkpoint 200 with MLflow down")
         mlflow_server.start()
-        # Outage 2 (from ~step 300): the server never comes back before the job ends.
-        _wait(lambda: _latest_step(store, run) >= 300, proc, "checkpoint 300")
+        # The backlog arrives while training goes on.
+        _wait(lambda: max(_history(mlflow_server.url, run)[1] or [0]) >= 200, proc, "the buffered metrics")
+        # Outage 2: the server never comes back before the job ends.
         mlflow_server.stop()
         out, _ = proc.communicate(timeout=900)
     finally:
