@@ -131,7 +131,9 @@ def test_mlflow_outage_buffers_then_completes_the_same_run(store, mlflow_server,
     assert proc.returncode == 2, out[-4000:]
     # Checkpoints are all there; one warning per outage (not one per step), one recovery line, one error line.
     assert _latest_step(store, run) == STEPS
-    assert out.count("is unreachable") == 2 and out.count("reachable again") == 1, out[-4000:]
+    # Outage 1 spanned >= 10 logged steps and warned once. Outage 2 warns once more if it began before the last
+    # logged step; if training outran the stop, only the final eval metrics miss the server (and the error says so).
+    assert out.count("is unreachable") in (1, 2) and out.count("reachable again") == 1, out[-4000:]
     errors = [line for line in out.splitlines() if line.startswith("ganpipe train: error:")]
     assert len(errors) == 1 and "not logged to MLflow" in errors[0] and UNLOGGED_FILE in errors[0], out[-3000:]
     spill = open_store(store).child(f"runs/{run}")
