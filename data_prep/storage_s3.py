@@ -168,6 +168,7 @@ class S3Store(Store):
     @contextmanager
     def _errors(self, action: str, key: str = "") -> Iterator[None]:
         """Turn botocore failures into a one-line StoreError naming the URL and endpoint, without secrets."""
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, NoCredentialsError
 
         target = f"{self.url}/{key}" if key else self.url
@@ -196,6 +197,9 @@ class S3Store(Store):
             raise StoreError(self._scrub(f"cannot reach {self._conn.where}: {reason} — {_FIX}")) from None
         except BotoCoreError as exn:
             raise StoreError(self._scrub(f"{action} {target} failed at {self._conn.where}: {exn}")) from None
+        except S3UploadFailedError as exn:  # upload_file's wrapper around a failed PutObject / multipart part
+            reason = str(exn).split(": ", 1)[-1]  # drop boto3's "Failed to upload LOCAL_TMP to KEY" prefix
+            raise StoreError(self._scrub(f"{action} {target} failed at {self._conn.where}: {reason}")) from None
 
     def _scrub(self, message: str) -> str:
         for secret in self._conn.secrets():

@@ -16,8 +16,10 @@ def is_user_error(exc: BaseException) -> bool:
     from data_prep.reader import DatasetNotFound
     from data_prep.sources import SourceError
     from data_prep.storage import StoreError
+    from pipelines.tracking import TrackingUnavailable
 
-    return isinstance(exc, (CliError, StoreError, SourceError, DatasetNotFound, ValueError, FileNotFoundError))
+    return isinstance(exc, (CliError, StoreError, SourceError, DatasetNotFound, ValueError, FileNotFoundError,
+                            TrackingUnavailable))
 
 
 def cmd_prep(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ evaluate the final generator, and register it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 import time
@@ -110,7 +111,8 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
             state = _train_in_process(job, Path(tmp)) if spec.scale.workers == 0 else _train_on_ray(job)
     except BaseException:
         # Leave the run visibly failed (not "running" forever); the same --run-name resumes it.
-        tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
+        with contextlib.suppress(Exception):  # the tracking server may be what is down
+            tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
         raise
     generator = family.build(spec.model)[family.generator]
     generator.load_state_dict(state["ema"] if state.get("ema") is not None else state["nets"][family.generator])
@@ -124,13 +126,30 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
         metrics = translation_metrics_fn(family=family, model_cfg=spec.model, dataset_url=dataset_url,
                                          manifest=manifest, evaluator_urls=task_evaluators,
                                          seed=spec.loop.seed)(generator)
-    if metrics:
-        tracking.RunLogger(tracking_uri, run_id).log_metrics(int(state["step"]), metrics)
-    name = spec.track.register_as or f"{spec.family}-{manifest.name}"
-    version = register_generator(spec, family=family, generator=generator, tracking_uri=tracking_uri, run_id=run_id,
-                                 name=name, manifest_digest=manifest.digest)
-    tracking.finish_run(tracking_uri, run_id, summary={"steps": int(state["step"]), **metrics,
-                                                         "model": f"models:/{name}/{version.version}"})
+    # Checkpoints are saved by now; if the tracking server is down, say what is missing and how to complete it.
+    try:
+        # Quiet: an outage is reported once, by the error below (training already warned if it saw one).
+        final_logger = tracking.RunLogger(tracking_uri, run_id, log=lambda _line: None,
+                                          spill=tracking.unlogged_store(spec.store, spec.run_name))
+        if metrics:
+            final_logger.log_metrics(int(state["step"]), metrics)
+        unlogged = final_logger.close()  # also what a worker left unsent (the spill file)
+        if unlogged:
+            raise tracking.TrackingUnavailable(unlogged)
+        name = spec.track.register_as or f"{spec.family}-{manifest.name}"
+        version = register_generator(spec, family=family, generator=generator, tracking_uri=tracking_uri,
+                                     run_id=run_id, name=name, manifest_digest=manifest.digest)
+        tracking.finish_run(tracking_uri, run_id, summary={"steps": int(state["step"]), **metrics,
+                                                             "model": f"models:/{name}/{version.version}"})
+    except Exception as exc:
+        if tracking.reachable(tracking_uri):
+            raise
+        detail = str(exc) if isinstance(exc, tracking.TrackingUnavailable) else (
+            f"MLflow at {tracking_uri} is unreachable ({type(exc).__name__})")
+        raise tracking.TrackingUnavailable(
+            f"run {spec.run_name} trained to step {int(state['step'])} and its checkpoints are saved, but the run is "
+            f"incomplete: {detail}; run the same command again once the server is back"
+        ) from None
     return TrainOutcome(
         run_id=run_id, run_name=spec.run_name, resumed=resumed, steps=int(state["step"]), metrics=metrics,
         model_name=name, model_version=str(version.version), model_uri=f"models:/{name}/{version.version}",
@@ -189,7 +208,10 @@ def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
         resume_dir.mkdir()
         for name in (STATE_FILE, rng_file(0)):
             (resume_dir / name).write_bytes(store.get_bytes(f"{step_dir}/{name}"))
-    logger = tracking.RunLogger(job.tracking_uri, job.run_id) if job.run_id else None
+    logger = None
+    if job.run_id:
+        logger = tracking.RunLogger(job.tracking_uri, job.run_id,
+                                    spill=tracking.unlogged_store(job.spec.store, job.spec.run_name))
 
     def report(r: Report) -> None:
         if logger is not None:
@@ -205,6 +227,8 @@ def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
             store.put_bytes("latest", step_dir.encode())  # published last: a reader never sees half a checkpoint
 
     run_rank(job, rank=0, world_size=1, device=torch.device("cpu"), resume_dir=resume_dir, report=report)
+    if logger is not None:
+        logger.close()  # what is still unsent goes to the spill file; the driver reports it once, at the end
     step_dir = store.get_bytes("latest").decode().strip()
     return torch.load(_fetch(store, f"{step_dir}/{STATE_FILE}", tmp), map_location="cpu", weights_only=True)
 
