@@ -17,11 +17,12 @@ from data_prep.validate import QuarantineEntry, validate
 if TYPE_CHECKING:
     from data_prep.batches import dataset_batches, load_split_arrays
     from data_prep.kinds import prep_dataset
-    from data_prep.reader import DatasetNotFound, image_batches, iter_samples, load_split, read_manifest
+    from data_prep.reader import DatasetNotFound, ReadStats, image_batches, iter_samples, load_split, read_manifest
 
 # Loaded on first use: the reader needs torch and webdataset, prep_dataset the kinds' sources.
 _LAZY = {
     "DatasetNotFound": "reader",
+    "ReadStats": "reader",
     "image_batches": "reader",
     "iter_samples": "reader",
     "load_split": "reader",
@@ -48,6 +49,7 @@ __all__ = [
     "PrepConfig",
     "PrepResult",
     "QuarantineEntry",
+    "ReadStats",
     "RawSample",
     "ShardInfo",
     "Source",

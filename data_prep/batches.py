@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from data_prep.manifest import DOMAINS, Manifest
-from data_prep.reader import decoded_epoch, image_of, open_dataset
+from data_prep.reader import ReadStats, decoded_epoch, image_of, open_dataset
 from data_prep.storage import Store
 
 Sample = dict[str, Any]
@@ -89,25 +89,43 @@ def _collate_paired(batch: list[Sample]) -> dict[str, torch.Tensor]:
 
 
 def _collate_captioned(batch: list[Sample], spare: Sample | None, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """Right and wrong embeddings: the wrong one comes from another sample of the batch (from the previous
-    batch's last sample when this batch has only one)."""
+    """Right and wrong embeddings: the wrong one is a caption of another sample of the batch (of the previous
+    batch's last sample when this batch has only one) that is none of this sample's own captions."""
     size = len(batch)
     right, wrong = [], []
     for i, sample in enumerate(batch):
         right.append(sample["emb"][rng.integers(len(sample["emb"]))])
         if size > 1:
-            other = batch[(i + int(rng.integers(1, size))) % size]  # a shift in [1, size) never lands on i
+            others = [batch[(i + int(k)) % size] for k in rng.permutation(np.arange(1, size))]
         elif spare is not None and spare["key"] != sample["key"]:
-            other = spare
+            others = [spare]
         else:
             raise ValueError("a captioned batch needs a second sample for wrong_emb: use batch_size >= 2")
-        wrong.append(other["emb"][rng.integers(len(other["emb"]))])
+        wrong.append(_mismatched_caption(sample, others, rng))
     return {
         "image": _scaled([s["image"] for s in batch]),
         "emb": torch.from_numpy(np.stack(right).astype(np.float32)),
         "wrong_emb": torch.from_numpy(np.stack(wrong).astype(np.float32)),
         "label": _labels(batch),
     }
+
+
+def _mismatched_caption(sample: Sample, others: list[Sample], rng: np.random.Generator) -> np.ndarray:
+    """A caption embedding of the first of `others` that has one which is not among `sample`'s captions.
+
+    Caption sets repeat word for word across images described alike (templated captions, or two photos of
+    one bird species with stock phrases); the matching-aware D must never be taught that such a pair
+    mismatches. Equal within 1e-5: the same text embedded in two encoder batches can differ in the last bits.
+    """
+    own = np.asarray(sample["emb"], dtype=np.float32)
+    for other in others:
+        theirs = np.asarray(other["emb"], dtype=np.float32)
+        shared = (np.abs(theirs[:, None, :] - own[None, :, :]).max(axis=2) < 1e-5).any(axis=1)
+        differing = np.flatnonzero(~shared)
+        if differing.size:
+            return theirs[differing[rng.integers(differing.size)]]
+    raise ValueError(f"sample {sample['key']}: every caption of the other samples in its batch is one of its own; "
+                     "GAN-CLS needs mismatched captions (use a larger batch or more varied captions)")
 
 
 def _collater(manifest: Manifest, rng: np.random.Generator) -> Callable[[list[Sample]], dict[str, torch.Tensor]]:
@@ -132,10 +150,19 @@ def _collater(manifest: Manifest, rng: np.random.Generator) -> Callable[[list[Sa
 
 
 def _samples(
-    store: Store, manifest: Manifest, *, epoch: int, domain: str | None = None, **kw: Any
+    store: Store, manifest: Manifest, *, epoch: int, domain: str | None = None, stats: ReadStats | None = None,
+    **kw: Any,
 ) -> Iterator[Sample]:
-    for decoded in decoded_epoch(store, manifest, epoch=epoch, domain=domain, **kw):
-        yield to_sample(decoded, manifest)
+    for decoded in decoded_epoch(store, manifest, epoch=epoch, domain=domain, stats=stats, **kw):
+        if stats is None:
+            yield to_sample(decoded, manifest)
+            continue
+        try:
+            sample = to_sample(decoded, manifest)
+        except (ValueError, KeyError) as exn:  # a member its kind needs is missing or malformed
+            stats.skip(f"sample {decoded.get('__key__')} in {decoded.get('__url__')}", exn)
+            continue
+        yield sample
 
 
 def dataset_batches(
@@ -152,8 +179,11 @@ def dataset_batches(
     crop_size: int | None = None,
     flip: bool = False,
     s3_endpoint: str | None = None,
+    stats: ReadStats | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of any kind (the module docstring lists each kind's keys), sharded by rank like image_batches.
+    With `stats` (a reader.ReadStats), undecodable samples and broken shards are skipped and counted there
+    (log `stats.skipped` as a metric) instead of raising.
 
     Each epoch reshuffles shard order and samples (seeded from seed, epoch, rank); repeat=True cycles
     epochs forever. For `unpaired`, repeat=False ends once both domains have been read once (the shorter
@@ -167,7 +197,7 @@ def dataset_batches(
     if crop_size is not None and not 1 <= crop_size <= manifest.image_size:
         raise ValueError(f"crop_size must be in [1, {manifest.image_size}], got {crop_size}")
     rng = np.random.default_rng([seed, rank, 0x6261])  # augmentation and caption choices, per rank
-    kw = dict(split=split, rank=rank, world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer)
+    kw = dict(split=split, rank=rank, world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer, stats=stats)
     if manifest.kind == "unpaired":
         yield from _unpaired_batches(store, manifest, batch_size=batch_size, repeat=repeat, drop_last=drop_last, **kw)
         return

@@ -84,11 +84,11 @@ def _sha256(*payloads: bytes) -> str:
     return digest.hexdigest()
 
 
-def images_encoder(cfg: TransformConfig, *, min_size: int = 8) -> SampleEncoder:
+def images_encoder(cfg: TransformConfig, *, min_size: int = 8, max_aspect: float | None = None) -> SampleEncoder:
     """The `images` kind: `image.{png|jpg}` plus `cls` (ascii int) when labelled."""
 
     def encode(raw: RawSample) -> EncodedSample | QuarantineEntry:
-        valid = validate(raw, channels=cfg.channels, min_size=min_size)
+        valid = validate(raw, channels=cfg.channels, min_size=min_size, max_aspect=max_aspect)
         if isinstance(valid, QuarantineEntry):
             return valid
         try:
@@ -113,6 +113,7 @@ def paired_encoder(
     mode: str,
     direction: str = "AtoB",
     min_size: int = 8,
+    max_aspect: float | None = None,
     superres_factor: int = 4,
     canny_sigma: float = 1.0,
     seed: int = 0,
@@ -128,7 +129,7 @@ def paired_encoder(
         raise ValueError(f"mode must be aligned, ab or one of {DERIVATIONS}, got {mode!r}")
 
     def encode(raw: RawSample) -> EncodedSample | QuarantineEntry:
-        valid = validate(raw, channels=cfg.channels, min_size=min_size)
+        valid = validate(raw, channels=cfg.channels, min_size=min_size, max_aspect=max_aspect)
         if isinstance(valid, QuarantineEntry):
             return valid
         notes, mask = valid.notes, None
@@ -142,7 +143,7 @@ def paired_encoder(
             if raw.pair is None:
                 return _quarantine(raw, "missing_pair", "no B image")
             other = validate(RawSample(key=raw.key, data=raw.pair, label=None, origin=raw.origin),
-                             channels=cfg.channels, min_size=min_size)  # fmt: skip
+                             channels=cfg.channels, min_size=min_size, max_aspect=max_aspect)  # fmt: skip
             if isinstance(other, QuarantineEntry):
                 return _quarantine(raw, other.reason, f"B image: {other.detail}")
             if other.pixels.shape[:2] != valid.pixels.shape[:2]:
@@ -192,7 +193,8 @@ def center_crop(pixels: np.ndarray, side: int) -> np.ndarray:
 
 
 def attributes_encoder(
-    cfg: TransformConfig, *, n_attrs: int, crop: int | None = None, min_size: int = 8
+    cfg: TransformConfig, *, n_attrs: int, crop: int | None = None, min_size: int = 8,
+    max_aspect: float | None = None,
 ) -> SampleEncoder:
     """The `attributes` kind: `image.{ext}`, `attrs.json` (0/1 list over the manifest's attribute names),
     `cls` when labelled; `crop` cuts a centred square before fitting."""
@@ -201,7 +203,7 @@ def attributes_encoder(
         attrs = raw.attrs
         if attrs is None or len(attrs) != n_attrs or any(v not in (0, 1) for v in attrs):
             return _quarantine(raw, "bad_attrs", f"expected {n_attrs} values of 0/1, got {attrs}")
-        valid = validate(raw, channels=cfg.channels, min_size=min_size)
+        valid = validate(raw, channels=cfg.channels, min_size=min_size, max_aspect=max_aspect)
         if isinstance(valid, QuarantineEntry):
             return valid
         pixels = center_crop(valid.pixels, crop) if crop else valid.pixels
@@ -225,8 +227,12 @@ class CaptionedEncoder:
     """The `captioned` kind: `image.{ext}`, `captions.json` (list of str), `emb.npy` (float16, one row per
     caption), `cls` when labelled. Captions of `batch_size` samples are embedded in one encoder call."""
 
-    def __init__(self, cfg: TransformConfig, *, text_encoder: Any, batch_size: int = 64, min_size: int = 8) -> None:
+    def __init__(
+        self, cfg: TransformConfig, *, text_encoder: Any, batch_size: int = 64, min_size: int = 8,
+        max_aspect: float | None = None,
+    ) -> None:
         self.cfg, self.text_encoder, self.batch_size, self.min_size = cfg, text_encoder, batch_size, min_size
+        self.max_aspect = max_aspect
 
     def encode_batch(self, raws: Sequence[RawSample]) -> list[EncodedSample | QuarantineEntry]:
         results: list[EncodedSample | QuarantineEntry | None] = [None] * len(raws)
@@ -238,7 +244,7 @@ class CaptionedEncoder:
                 got = repr(list(raw.captions or ()))[:120]
                 results[i] = _quarantine(raw, "no_captions", f"no non-empty caption (got {got})")
                 continue
-            valid = validate(raw, channels=self.cfg.channels, min_size=self.min_size)
+            valid = validate(raw, channels=self.cfg.channels, min_size=self.min_size, max_aspect=self.max_aspect)
             if isinstance(valid, QuarantineEntry):
                 results[i] = valid
                 continue

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.encoders import CaptionedEncoder, Encoder, attributes_encoder, images_encoder, paired_encoder
-from data_prep.prep import PREP_FORMAT, PrepConfig, PrepResult, prep_images, write_dataset
+from data_prep.prep import PREP_FORMAT, PrepConfig, PrepResult, prep_images, run_options, write_dataset
 from data_prep.sources import BUILTINS, Source, SourceError, get_source, limited
 from data_prep.sources_attrs import (
     CELEBA_ATTRS,
@@ -65,6 +65,7 @@ def _prep_dict(cfg: PrepConfig, spec: str, channels: int, margin: float, section
         "shard_size": cfg.shard_size,
         "image_format": cfg.image_format,
         "min_size": cfg.min_size,
+        "max_aspect": cfg.max_aspect,
         "seed": cfg.seed,
         "margin": margin,
         cfg.kind: section,
@@ -85,6 +86,7 @@ def _write(cfg: PrepConfig, *, progress: bool, name: str, channels: int, prep: d
         seed=cfg.seed,
         extra=extra,
         progress=progress,
+        **run_options(cfg),
         **parts,
     )
 
@@ -114,6 +116,7 @@ def _paired(cfg: PrepConfig, *, progress: bool) -> PrepResult:
         mode=mode,
         direction=opts.direction,
         min_size=cfg.min_size,
+        max_aspect=cfg.max_aspect,
         superres_factor=opts.superres_factor,
         canny_sigma=opts.canny_sigma,
         seed=cfg.seed,
@@ -129,7 +132,8 @@ def _unpaired(cfg: PrepConfig, *, progress: bool) -> PrepResult:
     sources = {domain: limited(src, cfg.inputs.limit) for domain, src in found.items()}
     channels = cfg.channels or (1 if all(s.default_channels == 1 for s in sources.values()) else 3)
     domains: dict[str, tuple[Source, Encoder]] = {
-        domain: (src, images_encoder(_transform(cfg, src, channels), min_size=cfg.min_size))
+        domain: (src, images_encoder(_transform(cfg, src, channels), min_size=cfg.min_size,
+                                     max_aspect=cfg.max_aspect))
         for domain, src in sources.items()
     }
     a, b = sources["domain_a"], sources["domain_b"]
@@ -173,7 +177,7 @@ def _attributes(cfg: PrepConfig, *, progress: bool) -> PrepResult:
     crop = (CELEBA_CROP if is_celeba else 0) if crop is None else crop
     channels = cfg.channels or source.default_channels
     encoder = attributes_encoder(_transform(cfg, source, channels), n_attrs=len(names), crop=crop or None,
-                                 min_size=cfg.min_size)  # fmt: skip
+                                 min_size=cfg.min_size, max_aspect=cfg.max_aspect)  # fmt: skip
     section = {"attrs": names, "center_crop": crop}
     prep = _prep_dict(cfg, source.spec, channels, source.margin, section)
     extra = {
@@ -212,7 +216,8 @@ def _captioned(cfg: PrepConfig, *, progress: bool) -> PrepResult:
     text = load_text_encoder(cfg.captioned.text_encoder)
     channels = cfg.channels or source.default_channels
     encoder = CaptionedEncoder(_transform(cfg, source, channels), text_encoder=text,
-                               batch_size=cfg.captioned.embed_batch, min_size=cfg.min_size)  # fmt: skip
+                               batch_size=cfg.captioned.embed_batch, min_size=cfg.min_size,
+                               max_aspect=cfg.max_aspect)  # fmt: skip
     section = {**dataclasses.asdict(cfg.captioned), "encoder": text.describe()}
     prep = _prep_dict(cfg, source.spec, channels, source.margin, section)
     name = f"{source.name}-captioned" if cfg.source in BUILTINS else source.name

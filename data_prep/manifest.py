@@ -1,8 +1,10 @@
-"""The dataset contract: `manifest.json` (written last), `index.parquet` and `quarantine.json`.
+"""The dataset contract: `manifest.json` (written last), `index.parquet` and `quarantine.parquet`.
 
-Layout under a store: datasets/{name}/ holding manifest.json, index.parquet, quarantine.json and
+Layout under a store: datasets/{name}/ holding manifest.json, index.parquet, quarantine.parquet and
 shards/{split}-{i:06d}.tar; an `unpaired` dataset has one shard set per domain instead:
 domain_a/shards/{split}-{i:06d}.tar and domain_b/shards/... (DESIGN.md section 3).
+Datasets written before quarantine.parquet have quarantine.json instead; `read_quarantine` reads either.
+While prep runs, `_progress/` holds one record per finished shard (stages.py); it is removed at the end.
 `Manifest.digest` is the sha256 of the canonical JSON, the dataset's identity for lineage and caching.
 """
 
@@ -25,7 +27,8 @@ from data_prep.validate import QuarantineEntry
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 INDEX = "index.parquet"
-QUARANTINE = "quarantine.json"
+QUARANTINE = "quarantine.parquet"
+QUARANTINE_JSON = "quarantine.json"  # the format before quarantine.parquet, still read
 SHARDS = "shards"
 
 
@@ -143,14 +146,25 @@ def index_bytes(rows: Sequence[IndexRow]) -> bytes:
     return out.getvalue()
 
 
+_QUARANTINE_SCHEMA = pa.schema(
+    [("key", pa.string()), ("origin", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
+
+
 def quarantine_bytes(entries: Sequence[QuarantineEntry]) -> bytes:
-    """quarantine.json contents: every left-out sample with its reason."""
+    """quarantine.parquet contents: every left-out sample with its reason, sorted by origin."""
     listing = [dataclasses.asdict(e) for e in sorted(entries, key=lambda e: (e.origin, e.key))]
-    return (json.dumps(listing, indent=2) + "\n").encode()
+    out = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(listing, schema=_QUARANTINE_SCHEMA), out)
+    return out.getvalue()
 
 
 def read_quarantine(store: Store) -> list[QuarantineEntry]:
-    """The quarantine list of the dataset rooted at `store` (empty when the file is missing)."""
-    if not store.exists(QUARANTINE):
-        return []
-    return [QuarantineEntry(**e) for e in json.loads(store.get_bytes(QUARANTINE))]
+    """The quarantine list of the dataset rooted at `store`: quarantine.parquet, else an older dataset's
+    quarantine.json, else empty."""
+    if store.exists(QUARANTINE):
+        rows = pq.read_table(io.BytesIO(store.get_bytes(QUARANTINE))).to_pylist()
+        return [QuarantineEntry(**row) for row in rows]
+    if store.exists(QUARANTINE_JSON):
+        return [QuarantineEntry(**e) for e in json.loads(store.get_bytes(QUARANTINE_JSON))]
+    return []

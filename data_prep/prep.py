@@ -1,19 +1,19 @@
 """The prep stage: source -> validate -> transform -> shards + index + quarantine list + manifest (last).
 
-`write_dataset` is kind-independent: it takes one (source, encoder) part, or one per domain for `unpaired`.
-Re-running with the same source fingerprint and prep config changes nothing (`reused=True`); any change
-writes version+1 over the same layout and removes shards the new manifest no longer lists. The kinds other
-than `images` are assembled in kinds.py.
+`write_dataset` is kind-independent: it takes one (source, encoder) part, or one per domain for `unpaired`,
+drops exact duplicates, splits, and runs the per-shard stages (stages.py) in this process or on Ray.
+Re-running with the same source fingerprint and prep config changes nothing (`reused=True`); a re-run after
+a crash writes only the missing shards; any change writes version+1 over the same layout (the old manifest
+is removed before its shards are replaced) and removes shards the new manifest no longer lists. The kinds
+other than `images` are assembled in kinds.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,12 +21,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_prep.encoders import EncodedSample, Encoder, encode_many, images_encoder
+from data_prep.encoders import Encoder, images_encoder
 from data_prep.manifest import (
     INDEX,
     KINDS,
     MANIFEST,
     QUARANTINE,
+    QUARANTINE_JSON,
     SHARDS,
     IndexRow,
     Manifest,
@@ -36,13 +37,14 @@ from data_prep.manifest import (
     read_quarantine,
 )
 from data_prep.options import AttributeOptions, CaptionOptions, PairedOptions, SourceOptions
-from data_prep.shards import LAYOUT_SPLITS, ShardWriter, holdout_count, split_entries
-from data_prep.sources import BadSample, Source, SourceEntry, SourceError, get_source, limited
+from data_prep.shards import LAYOUT_SPLITS, holdout_count, split_entries
+from data_prep.sources import Source, SourceError, get_source, limited
+from data_prep.stages import Chunk, Progress, _in_domain, find_duplicates, plan_chunks, plan_digest, run_chunks
 from data_prep.storage import Store, open_store
 from data_prep.transforms import IMAGE_FORMATS, TransformConfig
-from data_prep.validate import QuarantineEntry
+from data_prep.validate import MODE_CONVERTED, QuarantineEntry
 
-PREP_FORMAT = 1  # bump when the same config would now produce different bytes
+PREP_FORMAT = 2  # bump when the same config would now produce different bytes (2: one shard per chunk)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +54,10 @@ class PrepConfig:
     s3://bucket/prefix); channels: 1 or 3 (default from the source: 1 for grey built-ins, 3 otherwise);
     holdout: test count (int) or fraction (float), stratified by label, unused when the source's layout
     fixes splits; shard_size: samples per shard; image_format: "png" | "jpeg"; min_size: smallest
-    accepted side. The sections below hold each kind's own options."""
+    accepted side; max_aspect: largest accepted long/short side ratio. Not part of the dataset's identity:
+    workers (0: in this process, N: N Ray tasks at a time), overwrite (ignore what exists and start
+    clean), max_bad_frac (fail when more than this share of inputs is quarantined; None: never).
+    The sections below hold each kind's own options."""
 
     source: str
     kind: str = "images"
@@ -64,8 +69,12 @@ class PrepConfig:
     shard_size: int = 1000
     image_format: str = "png"
     min_size: int = 8
+    max_aspect: float = 4.0
     seed: int = 0
     s3_endpoint: str | None = None
+    workers: int = 0
+    overwrite: bool = False
+    max_bad_frac: float | None = 0.05
     inputs: SourceOptions = field(default_factory=SourceOptions)
     paired: PairedOptions = field(default_factory=PairedOptions)
     attributes: AttributeOptions = field(default_factory=AttributeOptions)
@@ -85,6 +94,10 @@ class PrepConfig:
         if self.shard_size < 1 or self.min_size < 1 or self.image_size < 4:
             raise ValueError("shard_size and min_size must be >= 1 and image_size >= 4")
         holdout_count(10**9, self.holdout)  # type/range check only
+        if self.max_aspect < 1 or self.workers < 0:
+            raise ValueError(f"max_aspect must be >= 1 and workers >= 0, got {self.max_aspect}, {self.workers}")
+        if self.max_bad_frac is not None and not 0 <= self.max_bad_frac <= 1:
+            raise ValueError(f"max_bad_frac must be in [0, 1], got {self.max_bad_frac}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,12 +127,13 @@ def prep_images(cfg: PrepConfig, *, progress: bool = True) -> PrepResult:
         "shard_size": cfg.shard_size,
         "image_format": cfg.image_format,
         "min_size": cfg.min_size,
+        "max_aspect": cfg.max_aspect,
         "seed": cfg.seed,
         "margin": source.margin,
     }
     return write_dataset(
         source=source,
-        encoder=images_encoder(transform, min_size=cfg.min_size),
+        encoder=images_encoder(transform, min_size=cfg.min_size, max_aspect=cfg.max_aspect),
         kind="images",
         name=cfg.name or source.name,
         store=open_store(cfg.store, s3_endpoint=cfg.s3_endpoint),
@@ -130,7 +144,17 @@ def prep_images(cfg: PrepConfig, *, progress: bool = True) -> PrepResult:
         shard_size=cfg.shard_size,
         seed=cfg.seed,
         progress=progress,
+        **run_options(cfg),
     )
+
+
+def run_options(cfg: PrepConfig) -> dict[str, Any]:
+    """write_dataset's options that do not change the dataset's bytes."""
+    return {"workers": cfg.workers, "overwrite": cfg.overwrite, "max_bad_frac": cfg.max_bad_frac}
+
+
+class TooManyBad(ValueError):
+    """More inputs than --max-bad-frac allows were quarantined; the report is in quarantine.parquet."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,12 +184,17 @@ def write_dataset(
     seed: int,
     extra: dict[str, Any] | None = None,
     progress: bool = True,
+    workers: int = 0,
+    overwrite: bool = False,
+    max_bad_frac: float | None = None,
 ) -> PrepResult:
-    """Kind-independent prep: split, encode, shard, then index, quarantine list and manifest (last).
+    """Kind-independent prep: dedupe, split, run the stages per chunk, then index, quarantine report and
+    manifest (last).
 
     Give `source` and `encoder`, or `domains` ({"domain_a": (source, encoder), "domain_b": ...}) for a
     dataset with one shard set per domain; then quarantined keys and origins are prefixed with the domain
-    and the manifest's `extra["domains"]` holds each domain's source, counts and class names.
+    and the manifest's `extra["domains"]` holds each domain's source, counts and class names. `workers`,
+    `overwrite` and `max_bad_frac` are PrepConfig's.
     """
     if (source is None) == (domains is None) or (source is not None and encoder is None):
         raise ValueError("give either source and encoder, or domains")
@@ -181,12 +210,15 @@ def write_dataset(
         for domain, (src, _) in parts.items():
             digest.update(f"{domain}\t{src.fingerprint()}\n".encode())
         fingerprint = digest.hexdigest()
-    previous = _read_previous(dataset)
-    if previous and previous.kind != kind:
+    previous = _read_previous(dataset, lenient=overwrite)
+    if previous and previous.kind != kind and not overwrite:
         raise ValueError(
-            f"{dataset.url} already holds a {previous.kind!r} dataset: give another --name for this {kind!r} one"
+            f"{dataset.url} already holds a {previous.kind!r} dataset: give another --name for this {kind!r} one "
+            f"(or --overwrite to replace it)"
         )
-    if previous and (previous.kind, previous.prep, previous.source_fingerprint) == (kind, prep, fingerprint):
+    if not overwrite and previous and (previous.kind, previous.prep, previous.source_fingerprint) == (
+        kind, prep, fingerprint
+    ):
         return PrepResult(
             manifest=previous,
             dataset_url=dataset.url,
@@ -194,26 +226,70 @@ def write_dataset(
             quarantined=read_quarantine(dataset),
             notes=dict(previous.notes),
         )
+    if overwrite:
+        _clear(dataset)
 
-    listed = {domain: src.entries() for domain, (src, _) in parts.items()}
-    total = sum(len(entries) for entries in listed.values())
-    bar = tqdm(total=total, desc=f"prep {name}", unit="img", file=sys.stderr, disable=not progress)
+    plan = plan_digest(kind=kind, prep=prep, fingerprint=fingerprint)
+    record = Progress(dataset, plan)
+    listed: dict[str | None, int] = {}
+    dupes: dict[str | None, list[QuarantineEntry]] = {}
+    chunks: list[Chunk] = []
+    split_names: dict[str | None, list[str]] = {}
+    for domain, (src, _) in parts.items():
+        entries = src.entries()
+        listed[domain] = len(entries)
+        kept, dupes[domain] = find_duplicates(src, entries)
+        splits = split_entries(kept, holdout=holdout, seed=seed)
+        split_names[domain] = list(splits)
+        chunks += plan_chunks(splits, domain=domain, shard_size=shard_size)
+    done = record.done()
+    pending = [c for c in chunks if c.name not in done]
+    version = record.version or (previous.version + 1 if previous else 1)
+    if pending:
+        if dataset.exists(MANIFEST):  # its shards are about to be replaced: the old version stops existing
+            dataset.delete(MANIFEST)
+        version = record.start(version)
+    total = sum(len(c.entries) for c in chunks)
+    bar = tqdm(total=total, desc=f"prep {name}", unit="img", file=sys.stderr, disable=not progress,
+               initial=total - sum(len(c.entries) for c in pending))  # fmt: skip
+    with bar:
+        done.update(run_chunks(pending, parts, dataset, plan, workers=workers, on_sample=bar.update))
+
     written: dict[str | None, _Written] = {}
-    with tempfile.TemporaryDirectory(prefix="ganpipe-prep-") as tmp, bar:
-        for domain, (src, enc) in parts.items():
-            splits = split_entries(listed[domain], holdout=holdout, seed=seed)
-            written[domain] = _write_part(
-                dataset, src, enc, splits=splits, domain=domain, shard_size=shard_size, tmp_dir=tmp, bar=bar
-            )
+    for domain in parts:
+        results = [done[c.name] for c in chunks if c.domain == domain]
+        quarantined = [(_in_domain(q, domain) if domain else q) for q in dupes[domain]]
+        quarantined += [q for r in results for q in r.quarantined]
+        counts: Counter[str] = Counter()
+        for r in results:
+            counts.update({r.shard.split: r.shard.samples} if r.shard else {})
+        written[domain] = _Written(
+            shards=[r.shard for r in results if r.shard is not None],
+            rows=[row for r in results for row in r.rows],
+            counts={split: counts[split] for split in split_names[domain]},
+            quarantined=quarantined,
+            notes=sum((Counter(r.notes) for r in results), Counter()),
+        )
+    quarantined = [q for part in written.values() for q in part.quarantined]
+    n_inputs = sum(listed.values())
     for domain, part in written.items():
-        if part.counts["train"] == 0:
+        if part.counts.get("train", 0) == 0:
+            dataset.put_bytes(QUARANTINE, quarantine_bytes(quarantined))
             reasons = dict(Counter(q.reason for q in part.quarantined))
             spec = parts[domain][0].spec
-            raise SourceError(f"no usable training samples in {spec} (quarantined: {reasons})")
+            raise SourceError(f"no usable training samples in {spec} (quarantined: {reasons}; "
+                              f"report: {dataset.url}/{QUARANTINE})")  # fmt: skip
+    if max_bad_frac is not None and len(quarantined) > max_bad_frac * n_inputs:
+        dataset.put_bytes(QUARANTINE, quarantine_bytes(quarantined))
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(Counter(q.reason for q in quarantined).items()))
+        raise TooManyBad(
+            f"{len(quarantined)} of {n_inputs} inputs ({len(quarantined) / n_inputs:.1%}) were quarantined "
+            f"({reasons}), above --max-bad-frac {max_bad_frac:g}; see {dataset.url}/{QUARANTINE}, then fix the "
+            f"inputs or raise --max-bad-frac (the shards written so far are kept and reused)"
+        )
 
-    quarantined = [q for part in written.values() for q in part.quarantined]
     notes = sum((part.notes for part in written.values()), Counter())
-    counts: Counter[str] = Counter()
+    counts = Counter()
     for part in written.values():
         counts.update(part.counts)
     class_names = [src.class_names for src, _ in parts.values()]
@@ -226,7 +302,7 @@ def write_dataset(
     manifest = Manifest(
         name=name,
         kind=kind,
-        version=previous.version + 1 if previous else 1,
+        version=version,
         image_size=image_size,
         channels=channels,
         counts={split: counts[split] for split in LAYOUT_SPLITS if split in counts},
@@ -240,14 +316,23 @@ def write_dataset(
     )
     dataset.put_bytes(INDEX, index_bytes([row for part in written.values() for row in part.rows]))
     dataset.put_bytes(QUARANTINE, quarantine_bytes(quarantined))
+    dataset.delete(QUARANTINE_JSON)  # an older version's report
     dataset.put_bytes(MANIFEST, manifest.to_json().encode())
     listed_shards = {s.path for s in manifest.shards}
     for key in dataset.list():
         if _is_shard(key) and key not in listed_shards:  # shards of an older, larger version
             dataset.delete(key)
+    record.clear()
     return PrepResult(
         manifest=manifest, dataset_url=dataset.url, reused=False, quarantined=quarantined, notes=dict(notes)
     )
+
+
+def _clear(dataset: Store) -> None:
+    """Remove a dataset folder's contents, manifest first (so it stops existing before anything else goes)."""
+    dataset.delete(MANIFEST)
+    for key in dataset.list():
+        dataset.delete(key)
 
 
 def _is_shard(key: str) -> bool:
@@ -257,75 +342,14 @@ def _is_shard(key: str) -> bool:
     )
 
 
-def _write_part(
-    dataset: Store,
-    source: Source,
-    encoder: Encoder,
-    *,
-    splits: dict[str, list[SourceEntry]],
-    domain: str | None,
-    shard_size: int,
-    tmp_dir: str,
-    bar: tqdm,
-) -> _Written:
-    """Read, encode (in the encoder's batches) and shard every split of one part."""
-    quarantined: list[QuarantineEntry] = []
-    notes: Counter[str] = Counter()
-    batch_size = max(1, getattr(encoder, "batch_size", 1))
-    writers = {}
-    for split, entries in splits.items():
-        writer = writers[split] = ShardWriter(
-            dataset, split=split, shard_size=shard_size, tmp_dir=tmp_dir, domain=domain
-        )
-        for start in range(0, len(entries), batch_size):
-            chunk = entries[start : start + batch_size]
-            results: list[EncodedSample | QuarantineEntry | None] = [None] * len(chunk)
-            raws = []
-            for i, entry in enumerate(chunk):
-                try:
-                    raws.append((i, source.read(entry)))
-                except BadSample as bad:
-                    results[i] = QuarantineEntry(
-                        key=entry.key, origin=entry.origin, reason=bad.reason, detail=bad.detail
-                    )
-                except OSError as exn:
-                    detail = f"cannot read: {exn.strerror or exn}"
-                    results[i] = QuarantineEntry(
-                        key=entry.key, origin=entry.origin, reason="unreadable", detail=detail
-                    )
-            for (i, _), result in zip(raws, encode_many(encoder, [raw for _, raw in raws]), strict=True):
-                results[i] = result
-            for result in results:
-                if isinstance(result, EncodedSample):
-                    writer.add(result)
-                    notes.update(result.notes)
-                elif result is not None:
-                    if domain is not None:
-                        result = dataclasses.replace(
-                            result, key=f"{domain}/{result.key}", origin=f"{domain}/{result.origin}"
-                        )
-                    quarantined.append(result)
-                bar.update()
-        writer.close()
-    rows = [row for w in writers.values() for row in w.rows]
-    if domain is not None:
-        rows = [dataclasses.replace(row, extra={**row.extra, "domain": domain}) for row in rows]
-    counts = {split: len(w.rows) for split, w in writers.items()}
-    return _Written(
-        shards=[s for w in writers.values() for s in w.shards],
-        rows=rows,
-        counts=counts,
-        quarantined=quarantined,
-        notes=notes,
-    )
-
-
-def _read_previous(dataset: Store) -> Manifest | None:
+def _read_previous(dataset: Store, *, lenient: bool = False) -> Manifest | None:
     if not dataset.exists(MANIFEST):
         return None
     try:
         return Manifest.from_json(dataset.get_bytes(MANIFEST))
     except (ValueError, TypeError) as exn:
+        if lenient:  # --overwrite replaces it anyway
+            return None
         raise ValueError(
             f"{dataset.url}/{MANIFEST} is not a valid manifest ({exn}); delete it or choose another name"
         ) from exn
@@ -347,14 +371,20 @@ def format_summary(result: PrepResult) -> str:
         for split in sorted(info["counts"], key=lambda s: (LAYOUT_SPLITS.index(s) if s in LAYOUT_SPLITS else 9, s)):
             count, shards = info["counts"][split], m.split_shards(split, domain=domain)
             lines.append(f"{split:<8}{count:>10,}{len(shards):>8}{sum(s.bytes for s in shards):>14,}")
-    quarantined = ", ".join(f"{reason} {n}" for reason, n in m.quarantine.items()) or "none"
-    lines.append(f"quarantined: {quarantined}")
+    n_bad = sum(m.quarantine.values())
+    quarantined = ", ".join(f"{reason} {n}" for reason, n in m.quarantine.items())
+    lines.append(f"quarantined: {n_bad} ({quarantined})" if n_bad else "quarantined: none")
     shown = 20
     for entry in result.quarantined[:shown]:
         lines.append(f"  {entry.origin}: {entry.reason} ({entry.detail})")
     if len(result.quarantined) > shown:
-        lines.append(f"  ... {len(result.quarantined) - shown} more in quarantine.json")
-    if m.notes:
-        lines.append("notes: " + ", ".join(f"{note} {n}" for note, n in m.notes.items()))
+        lines.append(f"  ... {len(result.quarantined) - shown} more in {QUARANTINE}")
+    converted = m.notes.get(MODE_CONVERTED, 0)
+    if converted:
+        mode = "RGB" if m.channels == 3 else "L"
+        lines.append(f"converted: {converted} (CMYK, palette, LA, 16-bit or alpha images, now {mode})")
+    others = {note: n for note, n in m.notes.items() if note != MODE_CONVERTED}
+    if others:
+        lines.append("notes: " + ", ".join(f"{note} {n}" for note, n in others.items()))
     lines += [f"url:    {result.dataset_url}", f"digest: sha256:{m.digest}"]
     return "\n".join(lines)

@@ -5,14 +5,18 @@ API; batches.py builds every kind's batches and whole-split arrays on `decoded_e
 
 Decoding is secure: only png/jpg (PIL), cls (int), json, txt and npy (allow_pickle=False) are decoded;
 any other member is refused, so nothing is ever unpickled. Tar expansion and grouping are webdataset's.
+A bad sample or shard raises by default; given a `ReadStats`, readers warn, skip it, count it and go on
+(the training loop can log `stats.skipped` as a metric).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,9 +25,33 @@ from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from data_prep.manifest import MANIFEST, Manifest, ShardInfo
-from data_prep.storage import Store, open_store
+from data_prep.storage import Store, StoreError, open_store
 
 _IMAGE_FORMATS = {"png": ["PNG"], "jpg": ["JPEG"], "jpeg": ["JPEG"]}
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReadStats:
+    """What a reader skipped instead of failing: `skipped` samples that did not decode (or lacked a member
+    their kind needs), `bad_shards` shards that could not be opened or ended early, and the last error."""
+
+    skipped: int = 0
+    bad_shards: int = 0
+    last_error: str = ""
+
+    def skip(self, what: str, exn: BaseException, *, shard: bool = False) -> bool:
+        """Count one skipped sample (or shard) and log it (the first 10, then every 100th); True = go on."""
+        if shard:
+            self.bad_shards += 1
+        else:
+            self.skipped += 1
+        self.last_error = f"{what}: {type(exn).__name__}: {str(exn)[:200]}"
+        n = self.skipped + self.bad_shards
+        if n <= 10 or n % 100 == 0:
+            _log.warning("skipped %s (%d skipped samples, %d bad shards so far)", self.last_error,
+                         self.skipped, self.bad_shards)  # fmt: skip
+        return True
 
 
 class DatasetNotFound(Exception):
@@ -76,9 +104,18 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _shard_streams(store: Store, shards: Sequence[ShardInfo]) -> Iterator[dict[str, Any]]:
+def _shard_streams(
+    store: Store, shards: Sequence[ShardInfo], stats: ReadStats | None = None
+) -> Iterator[dict[str, Any]]:
     for shard in shards:
-        with store.open_read(shard.path) as stream:  # closed once the expander asks for the next shard
+        try:
+            stream = store.open_read(shard.path)
+        except StoreError as exn:
+            if stats is None:
+                raise
+            stats.skip(f"shard {shard.path}", exn, shard=True)
+            continue
+        with stream:  # closed once the expander asks for the next shard
             yield {"url": f"{store.url}/{shard.path}", "stream": stream}
 
 
@@ -123,9 +160,11 @@ def decoded_epoch(
     shuffle_buffer: int,
     shuffle: bool = True,
     domain: str | None = None,
+    stats: ReadStats | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One epoch of this rank's decoded samples (member name -> value, plus __key__/__url__) of one split
-    (of one domain, for `unpaired`): the shared core of every kind's reader."""
+    (of one domain, for `unpaired`): the shared core of every kind's reader. With `stats`, a bad sample or
+    shard is skipped and counted there instead of raising."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     if split not in manifest.counts:
@@ -139,13 +178,29 @@ def decoded_epoch(
         random.Random(f"shards:{seed}:{epoch}{tag}").shuffle(shards)
     by_shard = len(shards) >= world_size
     mine = shards[rank::world_size] if by_shard else shards
-    samples = group_by_keys(tar_file_expander(_shard_streams(store, mine)))
+    if stats is None:
+        samples = group_by_keys(tar_file_expander(_shard_streams(store, mine)))
+    else:
+
+        def broken_shard(exn: Exception) -> bool:
+            return stats.skip(f"shard {exn.args[-1] if exn.args else '?'}", exn, shard=True)
+
+        expanded = tar_file_expander(_shard_streams(store, mine, stats), handler=broken_shard)
+        samples = group_by_keys(expanded, handler=lambda exn: stats.skip("sample", exn))
     if not by_shard and world_size > 1:
         samples = (s for i, s in enumerate(samples) if i % world_size == rank)
     if shuffle:
         samples = _shuffled(samples, shuffle_buffer, random.Random(f"samples:{seed}:{epoch}:{rank}{tag}"))
     for sample in samples:
-        yield decode_sample(sample)
+        if stats is None:
+            yield decode_sample(sample)
+            continue
+        try:
+            decoded = decode_sample(sample)
+        except Exception as exn:  # a corrupt member: skip the sample, count it
+            stats.skip(f"sample {sample.get('__key__')} in {sample.get('__url__')}", exn)
+            continue
+        yield decoded
 
 
 def image_of(decoded: dict[str, Any], channels: int, stem: str = "image") -> np.ndarray:
@@ -168,6 +223,7 @@ def _epoch(
     shuffle_buffer: int,
     shuffle: bool = True,
     domain: str | None = None,
+    stats: ReadStats | None = None,
 ) -> Iterator[dict[str, Any]]:
     for decoded in decoded_epoch(
         store,
@@ -180,12 +236,16 @@ def _epoch(
         shuffle_buffer=shuffle_buffer,
         shuffle=shuffle,
         domain=domain,
+        stats=stats,
     ):
-        yield {
-            "key": decoded["__key__"],
-            "image": image_of(decoded, manifest.channels),
-            "label": decoded.get("cls", -1),
-        }
+        try:
+            image = image_of(decoded, manifest.channels)
+        except ValueError as exn:
+            if stats is None:
+                raise
+            stats.skip(f"sample {decoded['__key__']}", exn)
+            continue
+        yield {"key": decoded["__key__"], "image": image, "label": decoded.get("cls", -1)}
 
 
 def iter_samples(
@@ -219,15 +279,6 @@ def iter_samples(
     )
 
 
-def _collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    # Scaled in numpy: torch's intra-op threads make this tiny op ~1000x slower on a busy 2-core machine.
-    images = np.stack([s["image"] for s in batch]).astype(np.float32)
-    images /= 127.5  # 255 / 127.5 is exactly 2.0 in float32, so the range is exactly [-1, 1]
-    images -= 1.0
-    labels = np.asarray([s["label"] for s in batch], dtype=np.int64)
-    return {"image": torch.from_numpy(images), "label": torch.from_numpy(labels)}
-
-
 def image_batches(
     dataset_url: str,
     *,
@@ -240,44 +291,21 @@ def image_batches(
     repeat: bool = True,
     drop_last: bool = True,
     s3_endpoint: str | None = None,
+    stats: ReadStats | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches {"image": float32 (B, C, H, W) in [-1, 1], "label": int64 (B,), -1 when unlabelled}.
+    With `stats`, undecodable samples and broken shards are skipped and counted there instead of raising.
 
     Each epoch reshuffles shard order and samples (seeded from seed, epoch, rank); every sample is read by
     exactly one rank per epoch. repeat=True cycles epochs forever. Ranks may get a few samples more or
     less per epoch, so a DDP loop should count steps rather than exhaust a repeat=False stream.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    store, manifest = _open(dataset_url, s3_endpoint=s3_endpoint)
-    epoch = 0
-    while True:
-        batch: list[dict[str, Any]] = []
-        produced = 0
-        for sample in _epoch(
-            store,
-            manifest,
-            split=split,
-            rank=rank,
-            world_size=world_size,
-            seed=seed,
-            epoch=epoch,
-            shuffle_buffer=shuffle_buffer,
-        ):
-            batch.append(sample)
-            if len(batch) == batch_size:
-                yield _collate(batch)
-                produced, batch = produced + 1, []
-        if batch and not drop_last:
-            yield _collate(batch)
-            produced += 1
-        if not repeat:
-            return
-        if produced == 0:
-            raise ValueError(
-                f"rank {rank} gets fewer than batch_size={batch_size} samples of {split!r} per epoch"
-            )
-        epoch += 1
+    from data_prep.batches import dataset_batches  # batches.py builds on this module: import at call time
+
+    yield from dataset_batches(
+        dataset_url, split=split, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
+        shuffle_buffer=shuffle_buffer, repeat=repeat, drop_last=drop_last, s3_endpoint=s3_endpoint, stats=stats,
+    )
 
 
 def load_split(

@@ -2,7 +2,9 @@
 shards into a store.
 
 A shard is written to a local temp file (deterministic tar headers, so the same samples give the same
-bytes), sha256'd, uploaded as `[{domain}/]shards/{split}-{i:06d}.tar`, then recorded as a ShardInfo.
+bytes), sha256'd, uploaded as `[{domain}/]shards/{split}-{i:06d}.tar`, then described by a ShardInfo.
+Shard i of a split holds the good samples of the i-th chunk of `shard_size` entries of that split
+(stages.py), so shard contents do not depend on how many processes wrote them.
 """
 
 from __future__ import annotations
@@ -83,80 +85,46 @@ def split_entries(
     return out
 
 
-class ShardWriter:
-    """Writes one split's samples into shards of up to `shard_size` samples under `store` (under
-    `{domain}/shards/` for one domain of an `unpaired` dataset)."""
+def shard_path(*, split: str, index: int, domain: str | None = None) -> str:
+    """The key of shard `index` of a split, relative to the dataset root."""
+    prefix = f"{domain}/" if domain else ""
+    return f"{prefix}{SHARDS}/{split}-{index:06d}.tar"
 
-    def __init__(
-        self, store: Store, *, split: str, shard_size: int, tmp_dir: str | Path, domain: str | None = None
-    ) -> None:
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        self.store, self.split, self.shard_size, self.domain = store, split, shard_size, domain
-        self.tmp_dir = Path(tmp_dir)
-        self.shards: list[ShardInfo] = []
-        self.rows: list[IndexRow] = []
-        self._tar: tarfile.TarFile | None = None
-        self._count = 0
 
-    @property
-    def _path(self) -> str:
-        prefix = f"{self.domain}/" if self.domain else ""
-        return f"{prefix}{SHARDS}/{self.split}-{len(self.shards):06d}.tar"
+def write_tar(local: Path, samples: Sequence[EncodedSample]) -> str:
+    """Write `samples` as one tar at `local` with fixed headers (mtime 0, uid 0, mode 0444, members sorted
+    per sample), so the same samples always give the same bytes; returns the file's sha256."""
+    with tarfile.open(local, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for sample in samples:
+            for suffix in sorted(sample.files):
+                payload = sample.files[suffix]
+                info = tarfile.TarInfo(f"{sample.key}.{suffix}")
+                info.size, info.mtime, info.mode = len(payload), 0, 0o444
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(payload))
+    digest = hashlib.sha256()
+    with open(local, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    @property
-    def _local(self) -> Path:
-        return self.tmp_dir / f"{self.domain or 'all'}-{self.split}-{len(self.shards):06d}.tar"
 
-    def add(self, sample: EncodedSample) -> None:
-        """Append one sample; a full shard is finished and uploaded."""
-        if self._tar is None:
-            self._tar = tarfile.open(self._local, mode="w", format=tarfile.PAX_FORMAT)
-        for suffix in sorted(sample.files):
-            payload = sample.files[suffix]
-            info = tarfile.TarInfo(f"{sample.key}.{suffix}")
-            info.size, info.mtime, info.mode = len(payload), 0, 0o444
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(payload))
-        self.rows.append(
-            IndexRow(
-                key=sample.key,
-                shard=self._path,
-                split=self.split,
-                label=sample.label,
-                sha256=sample.sha256,
-                extra=sample.index_extra,
-            )
-        )
-        self._count += 1
-        if self._count >= self.shard_size:
-            self._finish()
-
-    def _finish(self) -> None:
-        assert self._tar is not None
-        self._tar.close()
-        local, path = self._local, self._path
-        digest = hashlib.sha256()
-        with open(local, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        self.store.put_file(path, local)
-        self.shards.append(
-            ShardInfo(
-                path=path,
-                split=self.split,
-                bytes=local.stat().st_size,
-                samples=self._count,
-                sha256=digest.hexdigest(),
-                domain=self.domain,
-            )
-        )
-        local.unlink()
-        self._tar, self._count = None, 0
-
-    def close(self) -> list[ShardInfo]:
-        """Finish the last partial shard; returns every shard written."""
-        if self._tar is not None:
-            self._finish()
-        return self.shards
+def write_shard(
+    store: Store, samples: Sequence[EncodedSample], *, split: str, index: int, domain: str | None, tmp_dir: Path
+) -> tuple[ShardInfo, list[IndexRow]]:
+    """Write one shard of `samples` locally, upload it to its final key, and describe it."""
+    path = shard_path(split=split, index=index, domain=domain)
+    local = tmp_dir / f"{domain or 'all'}-{split}-{index:06d}.tar"
+    sha256 = write_tar(local, samples)
+    try:
+        store.put_file(path, local)
+        size = local.stat().st_size
+    finally:
+        local.unlink(missing_ok=True)
+    info = ShardInfo(path=path, split=split, bytes=size, samples=len(samples), sha256=sha256, domain=domain)
+    rows = [
+        IndexRow(key=s.key, shard=path, split=split, label=s.label, sha256=s.sha256, extra=s.index_extra)
+        for s in samples
+    ]
+    return info, rows

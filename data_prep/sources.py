@@ -3,13 +3,15 @@
 A source lists its entries cheaply (key, label, origin, optional fixed split), reads each one into a
 `RawSample` on demand, and fingerprints its content, so prep can split, skip unchanged inputs and stream large
 folders. A sample that is bad for a reason only the source knows (a missing pair, a malformed attribute row)
-raises `BadSample` from `read`, and prep quarantines it with that reason. The other dataset kinds' sources
-live in sources_paired.py, sources_attrs.py and sources_captions.py.
+raises `BadSample` from `read`, and prep quarantines it with that reason; a file name that leaves the
+source's root (absolute, `..`, or a symlink pointing outside) is "unsafe_path" (`safe_file`). The other
+dataset kinds' sources live in sources_paired.py, sources_attrs.py and sources_captions.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 from abc import ABC, abstractmethod
@@ -101,6 +103,27 @@ def sanitise(part: str) -> str:
     return cleaned or "x"
 
 
+@functools.lru_cache(maxsize=64)
+def _resolved(root: Path) -> Path:
+    return root.resolve()
+
+
+def safe_file(root: Path, rel: str | Path) -> Path:
+    """`root / rel` when `rel` is a relative name without '..' that (symlinks resolved) stays inside `root`;
+    otherwise BadSample("unsafe_path"), so a table or caption file cannot make prep read outside its root."""
+    name = Path(rel)
+    if name.is_absolute() or str(rel).startswith(("/", "\\")) or ".." in re.split(r"[/\\]", str(rel)):
+        raise BadSample("unsafe_path", f"{rel} is not a relative name inside {root}")
+    path = root / name
+    try:
+        inside = path.resolve().is_relative_to(_resolved(root))
+    except (OSError, RuntimeError) as exn:  # a symlink loop
+        raise BadSample("unsafe_path", f"{rel}: cannot resolve ({exn})") from exn
+    if not inside:
+        raise BadSample("unsafe_path", f"{rel} points outside {root} (to {path.resolve()})")
+    return path
+
+
 def list_images(root: Path, *, required: bool = True) -> list[Path]:
     """Image files under `root` (recursive, hidden names skipped) as sorted relative paths; none is a
     SourceError when `required`."""
@@ -178,7 +201,7 @@ class FolderSource(Source):
         ]
 
     def read(self, entry: SourceEntry) -> RawSample:
-        data = (self.root / entry.origin).read_bytes()
+        data = safe_file(self.root, entry.origin).read_bytes()
         return RawSample(key=entry.key, data=data, label=entry.label, origin=entry.origin)
 
     def fingerprint(self) -> str:

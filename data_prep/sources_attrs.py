@@ -28,6 +28,7 @@ from data_prep.sources import (
     SourceEntry,
     SourceError,
     list_images,
+    safe_file,
     sanitise,
     stat_fingerprint,
 )
@@ -101,7 +102,7 @@ class _RowSource(Source):
         file, attrs, problem = row
         if attrs is None:
             raise BadSample("bad_attrs", problem)
-        path = self.images / file
+        path = safe_file(self.images, file)
         if not path.is_file():
             raise BadSample("missing_file", f"{path} does not exist")
         return RawSample(key=entry.key, data=path.read_bytes(), label=None, origin=entry.origin, attrs=attrs)
@@ -109,8 +110,16 @@ class _RowSource(Source):
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.table.read_bytes())
         digest.update(f"{self.attribute_names}\n".encode())
-        files = sorted({Path(f) for f, _, _ in self._rows.values() if (self.images / f).is_file()})
+        files = sorted({Path(f) for f, _, _ in self._rows.values() if _inside(self.images, f)})
         return stat_fingerprint(self.images, [*files, *self._orphans], digest=digest)
+
+
+def _inside(root: Path, file: str) -> bool:
+    """Whether `file` is a safe name of an existing file under `root` (others are quarantined, not hashed)."""
+    try:
+        return safe_file(root, file).is_file()
+    except BadSample:
+        return False
 
 
 def _select(names: list[str], wanted: tuple[str, ...] | None, where: Path) -> list[int]:

@@ -23,6 +23,7 @@ from data_prep.sources import (
     Source,
     SourceEntry,
     SourceError,
+    safe_file,
     sanitise,
     stat_fingerprint,
 )
@@ -90,6 +91,13 @@ class TextFolderSource(FolderSource):
         return stat_fingerprint(self.text_root, rels, digest=digest)
 
 
+def _inside(root: Path, file: str) -> bool:
+    try:
+        return safe_file(root, file).is_file()
+    except BadSample:
+        return False
+
+
 class CocoSource(Source):
     """COCO-style captions JSON ({"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]})
     with image files relative to `images` (default: the JSON's folder)."""
@@ -137,7 +145,7 @@ class CocoSource(Source):
         captions = self._captions.get(self._ids[image_id])
         if not captions:
             raise BadSample("no_captions", f"no annotation for image id {image_id} in {self.path.name}")
-        path = self.images / file
+        path = safe_file(self.images, file)
         if not path.is_file():
             raise BadSample("missing_file", f"{path} does not exist")
         return RawSample(key=entry.key, data=path.read_bytes(), label=None, origin=entry.origin,
@@ -145,7 +153,7 @@ class CocoSource(Source):
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.path.read_bytes())
-        files = sorted({Path(f) for f in self._images.values() if (self.images / f).is_file()})
+        files = sorted({Path(f) for f in self._images.values() if _inside(self.images, f)})
         return stat_fingerprint(self.images, files, digest=digest)
 
 
@@ -203,7 +211,7 @@ class ParquetCaptionSource(Source):
         if isinstance(value, dict):
             value = value.get("bytes") or value.get("path")
         if isinstance(value, str) and value:
-            path = self.images / value
+            path = safe_file(self.images, value)
             if not path.is_file():
                 raise BadSample("missing_file", f"{path} does not exist")
             value = path.read_bytes()
@@ -215,7 +223,7 @@ class ParquetCaptionSource(Source):
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.path.read_bytes())
         values = [r.get(self.image_column) for r in self.records]
-        paths = [Path(v) for v in values if isinstance(v, str) and (self.images / v).is_file()]
+        paths = [Path(v) for v in values if isinstance(v, str) and _inside(self.images, v)]
         return stat_fingerprint(self.images, sorted(set(paths)), digest=digest)
 
 

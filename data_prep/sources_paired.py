@@ -19,6 +19,7 @@ from data_prep.sources import (
     SourceError,
     get_source,
     list_images,
+    safe_file,
     sanitise,
     stat_fingerprint,
 )
@@ -102,8 +103,8 @@ class ABFolderSource(Source):
             if len(sides[side]) > 1:
                 names = ", ".join(f"{side}/{p.as_posix()}" for p in sides[side])
                 raise BadSample("ambiguous_pair", f"several files share one name: {names}")
-        data_a = (self.root / "A" / sides["A"][0]).read_bytes()
-        data_b = (self.root / "B" / sides["B"][0]).read_bytes()
+        data_a = safe_file(self.root / "A", sides["A"][0]).read_bytes()
+        data_b = safe_file(self.root / "B", sides["B"][0]).read_bytes()
         return RawSample(key=entry.key, data=data_a, pair=data_b, label=None, origin=entry.origin)
 
     def fingerprint(self) -> str:

@@ -1,14 +1,18 @@
 """The S3 API store (SeaweedFS, MinIO, AWS) behind `open_store("s3://bucket/prefix")`, via boto3.
 
-Retries are few and timeouts short, so an unreachable endpoint fails in seconds with one clear line.
+Retries are few and timeouts short, so an unreachable endpoint fails in seconds with one clear line; a
+stream that drops mid-read is re-opened at its offset (`_BodyReader`), so a long shard read survives it.
 Error messages never carry credentials: they are scrubbed out of anything the server sends back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,24 +71,67 @@ def _connect(endpoint: str | None) -> _Conn:
     return _Conn(endpoint=endpoint, session=session, client=client)
 
 
-class _BodyReader(io.RawIOBase):
-    """A raw stream over a botocore StreamingBody, so it can sit under an io.BufferedReader."""
+_READ_RETRIES = 4  # re-opens of one stream after a transient error, with backoff 0.5, 1, 2, 4 s
 
-    def __init__(self, body: Any) -> None:
-        self._body = body
+
+class _BodyReader(io.RawIOBase):
+    """A raw stream over a GetObject body that survives transient errors: when a read fails mid-stream
+    (connection reset, read timeout, incomplete body), it re-opens the object at the current offset
+    (Range, If-Match on the first ETag, so a replaced object is never spliced in) and goes on."""
+
+    def __init__(self, store: S3Store, key: str, response: dict[str, Any]) -> None:
+        self._store, self._key = store, key
+        self._body, self._etag = response["Body"], response.get("ETag")
+        self._pos = 0
+        self.reopened = 0  # how many times a transient error was recovered from
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._body.read(len(buffer))
+        attempt = 0
+        while True:
+            try:
+                data = self._body.read(len(buffer))
+                break
+            except Exception as exn:  # botocore/urllib3 raise several unrelated types for a dropped stream
+                if not _transient(exn) or attempt >= _READ_RETRIES:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+                attempt += 1
+                self._reopen()
         buffer[: len(data)] = data
+        self._pos += len(data)
         return len(data)
+
+    def _reopen(self) -> None:
+        with contextlib.suppress(Exception):
+            self._body.close()
+        extra = {"IfMatch": self._etag} if self._etag else {}
+        store = self._store
+        with store._errors("read", self._key):
+            response = store._conn.client.get_object(
+                Bucket=store.bucket, Key=store._key(self._key), Range=f"bytes={self._pos}-", **extra
+            )
+        self._body = response["Body"]
+        self.reopened += 1
 
     def close(self) -> None:
         if not self.closed:
             self._body.close()
         super().close()
+
+
+def _transient(exn: BaseException) -> bool:
+    """A dropped or stalled connection (worth re-opening), as opposed to a real error."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    transient = (BotoConnectionError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError, Urllib3Error,
+                 ConnectionError, TimeoutError, ValueError)  # fmt: skip
+    # ValueError: reading a body whose connection was closed under it ("I/O operation on closed file")
+    return isinstance(exn, transient)
 
 
 class S3Store(Store):
@@ -101,6 +148,11 @@ class S3Store(Store):
         self.prefix = prefix.strip("/")
         self._conn = conn or _connect(endpoint)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (e.g. for Ray prep tasks) as bucket, prefix and endpoint; credentials come from the
+        # unpickling process's own AWS environment, never from the pickle.
+        return (_reopen, (self.bucket, self.prefix, self._conn.endpoint))
+
     @property
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
@@ -116,6 +168,7 @@ class S3Store(Store):
     @contextmanager
     def _errors(self, action: str, key: str = "") -> Iterator[None]:
         """Turn botocore failures into a one-line StoreError naming the URL and endpoint, without secrets."""
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, NoCredentialsError
 
         target = f"{self.url}/{key}" if key else self.url
@@ -144,6 +197,9 @@ class S3Store(Store):
             raise StoreError(self._scrub(f"cannot reach {self._conn.where}: {reason} — {_FIX}")) from None
         except BotoCoreError as exn:
             raise StoreError(self._scrub(f"{action} {target} failed at {self._conn.where}: {exn}")) from None
+        except S3UploadFailedError as exn:  # upload_file's wrapper around a failed PutObject / multipart part
+            reason = str(exn).split(": ", 1)[-1]  # drop boto3's "Failed to upload LOCAL_TMP to KEY" prefix
+            raise StoreError(self._scrub(f"{action} {target} failed at {self._conn.where}: {reason}")) from None
 
     def _scrub(self, message: str) -> str:
         for secret in self._conn.secrets():
@@ -189,8 +245,8 @@ class S3Store(Store):
     def open_read(self, key: str) -> BinaryIO:
         full = self._key(key)
         with self._errors("read", key):
-            body = self._conn.client.get_object(Bucket=self.bucket, Key=full)["Body"]
-        return io.BufferedReader(_BodyReader(body), buffer_size=1 << 20)  # type: ignore[return-value]
+            response = self._conn.client.get_object(Bucket=self.bucket, Key=full)
+        return io.BufferedReader(_BodyReader(self, key, response), buffer_size=1 << 20)  # type: ignore[return-value]
 
     def exists(self, key: str) -> bool:
         full = self._key(key)
@@ -238,6 +294,16 @@ class S3Store(Store):
             parts = urlsplit(self._conn.endpoint)
             kwargs.update(endpoint_override=parts.netloc, scheme=parts.scheme or "https")
         return pyarrow.fs.S3FileSystem(**kwargs), f"{self.bucket}/{self.prefix}".rstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_conn(endpoint: str | None) -> _Conn:
+    return _connect(endpoint)
+
+
+def _reopen(bucket: str, prefix: str, endpoint: str | None) -> S3Store:
+    """An unpickled S3Store: one boto3 client per endpoint and process."""
+    return S3Store(bucket=bucket, prefix=prefix, conn=_shared_conn(endpoint))
 
 
 def _reason(exn: Exception) -> str:

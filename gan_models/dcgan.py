@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from . import losses
 from ._checks import in_unit_interval, one_of, positive
 from .augment import check_policy, diff_augment
-from .family import Batch, Family, Nets, Optimizers
+from .family import Batch, Family, Nets, Optimizers, latent_only_inputs, noise_images_batch
 from .layers import frozen, init_normal_
 
 IMAGE_SIZES = (32, 64)
@@ -132,26 +132,6 @@ def sample_latent(
     return torch.randn(n, cfg.nz, 1, 1, generator=generator, device=device)
 
 
-def example_batch(
-    cfg: Config, n: int, *, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
-) -> dict[str, Tensor]:
-    """A synthetic `images` batch: uniform noise images in [-1, 1] and label 0."""
-    images = torch.rand(n, cfg.channels, cfg.image_size, cfg.image_size, generator=generator, device=device)
-    return {"image": images * 2 - 1, "label": torch.zeros(n, dtype=torch.long, device=device)}
-
-
-def generator_inputs(
-    cfg: Config,
-    batch: Batch | None,
-    n: int,
-    *,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-) -> tuple[Tensor]:
-    """(z,): an unconditional G needs only its latents; `batch` is ignored."""
-    return (sample_latent(cfg, n, generator=generator, device=device),)
-
-
 def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[str, Tensor]:
     """One DCGAN iteration, in the official example's order: update D on a real and a fake batch, then G.
 
@@ -214,7 +194,7 @@ FAMILY = Family(
     build_optimizers=build_optimizers,
     train_step=train_step,
     sample_latent=sample_latent,
-    example_batch=example_batch,
-    generator_inputs=generator_inputs,
+    example_batch=noise_images_batch,
+    generator_inputs=latent_only_inputs(sample_latent),
     generator="G",
 )

@@ -43,6 +43,9 @@ class Family:
                       schedulers); None for families without any. The caller builds it once after the
                       optimizers, saves/restores it with the checkpoint, and hands it to every step: call
                       `Family.step`, which passes it to train_step as `extra=`.
+    reverse_generator: (exported generator) -> the single-input module of the opposite direction, for families
+                      whose generator holds both (CycleGAN: F beside G); registered as a second model named
+                      "<name>-<direction>". None for one-direction families.
     """
 
     name: str
@@ -57,6 +60,7 @@ class Family:
     sample_grid: Callable[..., torch.Tensor] | None = None  # None: a square grid of G(generator_inputs)
     generator: str = "G"
     extra_state: Callable[..., dict[str, Any]] | None = None
+    reverse_generator: Callable[[nn.Module], nn.Module] | None = None
 
     def step(
         self, nets: Nets, opts: Optimizers, batch: Batch, cfg: Any, extra: Mapping[str, Any] | None = None
@@ -79,3 +83,23 @@ def step_schedulers(extra: Mapping[str, Any]) -> None:
                 # The first call precedes any optimizer.step(), exactly as in the official loop.
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
                 obj.step()
+
+
+def noise_images_batch(
+    cfg: Any, n: int, *, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """`example_batch` of the unconditional `images` families: uniform noise images in [-1, 1], label 0."""
+    images = torch.rand(n, cfg.channels, cfg.image_size, cfg.image_size, generator=generator, device=device)
+    return {"image": images * 2 - 1, "label": torch.zeros(n, dtype=torch.long, device=device)}
+
+
+def latent_only_inputs(sample_latent: Callable[..., torch.Tensor]) -> Callable[..., tuple[torch.Tensor]]:
+    """`generator_inputs` of an unconditional family: (z,) from its `sample_latent`; the batch is ignored."""
+
+    def generator_inputs(
+        cfg: Any, batch: Batch | None, n: int, *, generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> tuple[torch.Tensor]:
+        return (sample_latent(cfg, n, generator=generator, device=device),)
+
+    return generator_inputs

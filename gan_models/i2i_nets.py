@@ -16,12 +16,13 @@ import torch
 from torch import Tensor, nn
 from torch.optim import lr_scheduler
 
-G_ARCHS = ("unet_128", "unet_256", "resnet_6blocks", "resnet_9blocks")
+G_ARCHS = ("unet_32", "unet_64", "unet_128", "unet_256", "resnet_6blocks", "resnet_9blocks")
 D_ARCHS = ("basic", "n_layers", "pixel")
 NORMS = ("batch", "instance", "none")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 LR_POLICIES = ("linear", "step", "cosine")
-_UNET_DOWNS = {"unet_128": 7, "unet_256": 8}
+# unet_32/unet_64 are not official names: the official UnetGenerator with num_downs 5/6, for 32/64 px data.
+_UNET_DOWNS = {"unet_32": 5, "unet_64": 6, "unet_128": 7, "unet_256": 8}
 _RESNET_BLOCKS = {"resnet_6blocks": 6, "resnet_9blocks": 9}
 
 NormFactory = Callable[[int], nn.Module]
@@ -90,9 +91,10 @@ class UnetSkipConnectionBlock(nn.Module):
 
 
 class UnetGenerator(nn.Module):
-    """U-Net of `num_downs` stride-2 levels (7: unet_128, 8: unet_256; the image side must be a multiple of
-    2**num_downs). Channels ngf, 2ngf, 4ngf, then 8ngf; Dropout(0.5) in the num_downs - 5 decoder blocks just
-    outside the innermost one (3 for unet_256, 2 for unet_128), as the official builder does."""
+    """U-Net of `num_downs` stride-2 levels (5: unet_32, 6: unet_64, 7: unet_128, 8: unet_256; the image side must
+    be a multiple of 2**num_downs). Channels ngf, 2ngf, 4ngf, then 8ngf; Dropout(0.5) in the num_downs - 5 decoder
+    blocks just outside the innermost one (3 for unet_256, 2 for unet_128, 1 for unet_64, none for unet_32), as
+    the official builder does."""
 
     def __init__(self, input_nc: int, output_nc: int, num_downs: int, *, ngf: int = 64, norm: str = "batch",
                  dropout: bool = False) -> None:

@@ -51,7 +51,7 @@ class Config:
     image_size: int = 256  # [--crop_size] 256 (loaded at 286, randomly cropped: the data reader's job)
     channels: int = 3  # [--input_nc], [--output_nc] (both 3)
     direction: str = "AtoB"  # [--direction] AtoB: G maps batch["a"] to batch["b"]; BtoA the reverse
-    g_arch: str = "unet_256"  # [--netG] unet_256, unet_128, resnet_9blocks, resnet_6blocks
+    g_arch: str = "unet_256"  # [--netG] unet_256, unet_128, resnet_9blocks, resnet_6blocks (+ unet_64, unet_32)
     d_arch: str = "basic"  # [--netD] basic (70x70 PatchGAN), n_layers, pixel
     n_layers_d: int = 3  # [--n_layers_D], used when d_arch="n_layers"
     ngf: int = 64  # [--ngf] G filters in the last conv layer

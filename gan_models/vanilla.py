@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import losses
 from ._checks import in_unit_interval, one_of, positive
-from .family import Batch, Family, Nets, Optimizers
+from .family import Batch, Family, Nets, Optimizers, latent_only_inputs, noise_images_batch
 from .layers import Maxout, frozen
 
 
@@ -148,26 +148,6 @@ def _decay_lr(opt: torch.optim.Optimizer, cfg: Config) -> None:
         group["lr"] = max(group["lr"] / cfg.lr_decay, cfg.min_lr)
 
 
-def example_batch(
-    cfg: Config, n: int, *, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
-) -> dict[str, Tensor]:
-    """A synthetic `images` batch: uniform noise images in [-1, 1] and label 0."""
-    images = torch.rand(n, cfg.channels, cfg.image_size, cfg.image_size, generator=generator, device=device)
-    return {"image": images * 2 - 1, "label": torch.zeros(n, dtype=torch.long, device=device)}
-
-
-def generator_inputs(
-    cfg: Config,
-    batch: Batch | None,
-    n: int,
-    *,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-) -> tuple[Tensor]:
-    """(z,): an unconditional G needs only its latents; `batch` is ignored."""
-    return (sample_latent(cfg, n, generator=generator, device=device),)
-
-
 def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[str, Tensor]:
     """One iteration of Algorithm 1: k discriminator updates, then one generator update.
 
@@ -237,7 +217,7 @@ FAMILY = Family(
     build_optimizers=build_optimizers,
     train_step=train_step,
     sample_latent=sample_latent,
-    example_batch=example_batch,
-    generator_inputs=generator_inputs,
+    example_batch=noise_images_batch,
+    generator_inputs=latent_only_inputs(sample_latent),
     generator="G",
 )

@@ -1,4 +1,4 @@
-"""The `ganpipe` command: prep, train, sample, eval helpers, the MLflow UI, the demo and the benchmark."""
+"""The `ganpipe` command: prep, train, sample, eval helpers, pipelines, the MLflow UI, the demo and the benchmark."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ typical session:
   ganpipe sample --model models:/dcgan-mnist5k@candidate --out samples.png
   ganpipe eval --model models:/dcgan-mnist5k@candidate  # eval/* (+ FID/KID with --inception-weights)
   ganpipe promote dcgan-mnist5k --metric eval/fd --mode min  # champion only if it beats the champion
+  ganpipe sweep --family dcgan --dataset mnist5k --metric eval/fd --mode min  # Ray Tune over the λs / lrs
   ganpipe ui                                  # browse runs and models at http://127.0.0.1:5000
 
 where things live (defaults): datasets and checkpoints in .ganpipe/store (or s3://bucket/prefix with
@@ -71,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prep", help="validate a dataset and write WebDataset shards + manifest to the store",
                        description="Read a source, quarantine bad files (each with a reason, listed in "
-                                   "quarantine.json), write shards, index and manifest. Re-running with the same "
-                                   "source and options changes nothing.",
+                                   "quarantine.parquet), write shards, index and manifest (last). Re-running with "
+                                   "the same source and options changes nothing; after a crash it writes only "
+                                   "the missing shards.",
                        epilog=PREP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="a built-in set or a path; which ones each --format accepts is listed below "
@@ -92,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the hold-out split and of derived data")
     p.add_argument("--limit", type=int, help="use at most N inputs (per domain), evenly spaced: quick trials")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("validation and running")
+    g.add_argument("--min-size", type=int, default=8, help="quarantine images whose shorter side is below this (8)")
+    g.add_argument("--max-aspect", type=float, default=4.0,
+                   help="quarantine images whose long side / short side is above this (default 4)")
+    g.add_argument("--max-bad-frac", type=float, default=0.05,
+                   help="fail when more than this share of inputs is quarantined (default 0.05; the report is "
+                        "still written)")
+    g.add_argument("--workers", type=int, default=0,
+                   help="Ray tasks at a time, one shard each (default 0: in this process, no Ray); on the "
+                        "cluster in $RAY_ADDRESS when set")
+    g.add_argument("--overwrite", action="store_true",
+                   help="delete the dataset and its unfinished progress first, and write everything anew")
     g = p.add_argument_group("inputs beside the source")
     g.add_argument("--images", metavar="DIR",
                    help="folder the file names of a table / COCO JSON / Parquet are relative to "
@@ -157,13 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default="")
 
     p = sub.add_parser("demo", help="the main job: prep mnist5k, train DCGAN on 2 Ray workers, register, "
-                                    "draw pictures, check the digits are recognisable")
+                                    "draw pictures, check the digits are recognisable (--family pix2pix|cyclegan: "
+                                    "the image-to-image demos)")
+    p.add_argument("--family", choices=("dcgan", "pix2pix", "cyclegan"), default="dcgan",
+                   help="dcgan (default); pix2pix: edges -> digits on mnist5k; cyclegan: digits <-> mnist5k")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default 2)")
-    p.add_argument("--out", default=".ganpipe/demo", help="folder for the pictures")
-    p.add_argument("--family", choices=("dcgan", "stargan", "text2img"), default="dcgan",
-                   help="dcgan (default): the main job above; stargan: attribute translation on coloured mnist5k; "
-                        "text2img: GAN-CLS digits from captions")
+    p.add_argument("--out", default=None, help="folder for the pictures (default .ganpipe/demo, or "
+                                               ".ganpipe/demo-FAMILY with --family pix2pix|cyclegan)")
 
     p = sub.add_parser("bench", help="training-step throughput on synthetic data (img/s); writes JSON",
                        description="Median images/s of train_step over repeats after warm-up, on synthetic "
@@ -181,19 +196,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="model config key=value (e.g. ngf=32)")
 
     # Each command group keeps its parser beside its code.
-    from pipelines import conditional_cmd, eval_cmd, jobs, registry, services
+    from pipelines import (
+        conditional_cmd,
+        datasets_cmd,
+        eval_cmd,
+        jobs,
+        lineage,
+        orchestrate,
+        registry,
+        services,
+        sweep,
+        translate_cmd,
+    )
 
+    datasets_cmd.add_parsers(sub)
     eval_cmd.add_parser(sub)
     conditional_cmd.add_parser(sub)
+    orchestrate.add_parser(sub)
+    lineage.add_parsers(sub)
+    translate_cmd.add_parser(sub)
     registry.add_parsers(sub)
     services.add_parser(sub)
     jobs.add_parsers(sub)
+    sweep.add_parser(sub)
     return parser
 
 
 def _add_train_args(p: argparse.ArgumentParser, *, for_config: bool = False) -> None:
-    p.add_argument("--recipe", help="named recipe (dcgan, vanilla, dcgan-mnist5k-demo); default: --family's")
-    p.add_argument("--family", help="GAN family (vanilla, dcgan)")
+    p.add_argument("--recipe", help="named recipe (a family's name for its paper defaults, or dcgan-mnist5k-demo); "
+                   "default: --family's")
+    p.add_argument("--family", help="GAN family: vanilla, dcgan, pix2pix, cyclegan, stargan, text2img")
     p.add_argument("--dataset", help="dataset name in the store, or a dataset URL")
     p.add_argument("--workers", type=int, help="Ray Train workers; 0 trains in this process without Ray")
     p.add_argument("--gpus", action="store_true", help="one GPU per worker (AMP, channels_last, DDP over NCCL)")
@@ -212,10 +244,10 @@ def _add_train_args(p: argparse.ArgumentParser, *, for_config: bool = False) -> 
 def spec_from_args(args: argparse.Namespace):
     from gan_models import get_family
     from pipelines.config import apply_overrides
-    from pipelines.recipes import get_recipe
+    from pipelines.recipes import RECIPES, get_recipe
 
     if args.recipe is None and args.family is None:
-        raise CliError("give --recipe or --family (recipes: dcgan, vanilla, dcgan-mnist5k-demo)")
+        raise CliError(f"give --recipe or --family (recipes: {', '.join(RECIPES)})")
     recipe = args.recipe or args.family
     if args.family:
         get_family(args.family)
@@ -244,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipelines import commands
 
     try:
-        return getattr(commands, f"cmd_{args.command}")(args)
+        handler = getattr(args, "handler", None) or getattr(commands, f"cmd_{args.command}")
+        return handler(args)
     except KeyboardInterrupt:
         print("ganpipe: interrupted", file=sys.stderr)
         return 130

@@ -16,14 +16,25 @@ def is_user_error(exc: BaseException) -> bool:
     from data_prep.reader import DatasetNotFound
     from data_prep.sources import SourceError
     from data_prep.storage import StoreError
+    from pipelines.tracking import TrackingUnavailable
 
-    return isinstance(exc, (CliError, StoreError, SourceError, DatasetNotFound, ValueError, FileNotFoundError))
+    return isinstance(exc, (CliError, StoreError, SourceError, DatasetNotFound, ValueError, FileNotFoundError,
+                            TrackingUnavailable))
 
 
 def cmd_prep(args: argparse.Namespace) -> int:
     from data_prep.kinds import prep_dataset
+    from data_prep.prep import format_summary
+
+    result = prep_dataset(prep_config(args), progress=not args.no_progress)
+    print(format_summary(result))
+    return 0
+
+
+def prep_config(args: argparse.Namespace):
+    """The PrepConfig of `ganpipe prep`'s parsed options (also what a pipeline's prep stage runs)."""
     from data_prep.options import AttributeOptions, CaptionOptions, PairedOptions, SourceOptions
-    from data_prep.prep import PrepConfig, format_summary
+    from data_prep.prep import PrepConfig
 
     if len(args.sources) > 2 or (len(args.sources) == 2 and args.kind != "unpaired"):
         raise CliError(f"give one SOURCE (two only with --format unpaired), got {' '.join(args.sources)}")
@@ -32,7 +43,8 @@ def cmd_prep(args: argparse.Namespace) -> int:
     cfg = PrepConfig(
         source=args.sources[0], kind=args.kind, name=args.name, store=args.store or ".ganpipe/store",
         image_size=args.image_size, channels=args.channels, holdout=holdout, shard_size=args.shard_size,
-        image_format=args.image_format, seed=args.seed, s3_endpoint=args.s3_endpoint,
+        image_format=args.image_format, seed=args.seed, s3_endpoint=args.s3_endpoint, min_size=args.min_size,
+        max_aspect=args.max_aspect, max_bad_frac=args.max_bad_frac, workers=args.workers, overwrite=args.overwrite,
         inputs=SourceOptions(
             source_b=args.sources[1] if len(args.sources) == 2 else None, images=args.images,
             file_column=args.file_column, image_column=args.image_column, caption_column=args.caption_column,
@@ -44,9 +56,7 @@ def cmd_prep(args: argparse.Namespace) -> int:
         captioned=CaptionOptions(text_encoder=args.text_encoder, embed_batch=args.embed_batch,
                                  captions_per_image=args.captions_per_image),
     )
-    result = prep_dataset(cfg, progress=not args.no_progress)
-    print(format_summary(result))
-    return 0
+    return cfg
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -65,8 +75,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     for key, value in sorted(outcome.metrics.items()):
         print(f"  {key:<22} {value:.4f}")
     print(f"registered {outcome.model_uri} (alias {outcome.spec.track.alias})")
-    print(f"sample:    ganpipe sample --model models:/{outcome.model_name}@{outcome.spec.track.alias}")
+    print(f"use it:    {usage_hint(outcome.spec.family, f'models:/{outcome.model_name}@{outcome.spec.track.alias}')}")
     return 0
+
+
+def usage_hint(family: str, model: str) -> str:
+    """The command that puts a freshly registered generator of `family` to use."""
+    from gan_models import get_family
+
+    kind = get_family(family).dataset_kind
+    if kind == "captioned":
+        return f'ganpipe generate --model {model} --prompt "a caption" --out generated.png'
+    if kind == "attributes":
+        return f"ganpipe translate --model {model} --input IMAGES --out OUT --set NAME=1"
+    if kind in ("paired", "unpaired"):
+        return f"ganpipe translate --model {model} --input IMAGES --out OUT"
+    return f"ganpipe sample --model {model}"
 
 
 def load_generator(model: str, tracking_uri: str = ""):
@@ -116,13 +140,25 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.family in ("pix2pix", "cyclegan"):
+        from pipelines.i2i_demo import run_i2i_demo
+
+        out = Path(args.out or f".ganpipe/demo-{args.family}")
+        return run_i2i_demo(family=args.family, steps=args.steps, workers=args.workers, out=out)
     from pipelines.demo import run_demo
 
     if args.family in ("stargan", "text2img"):
         from pipelines.conditional_demo import run_conditional_demo
 
-        return run_conditional_demo(family=args.family, steps=args.steps, workers=args.workers, out=Path(args.out))
-    return run_demo(steps=args.steps, workers=args.workers, out=Path(args.out))
+        out = Path(args.out or f".ganpipe/demo-{args.family}")
+        return run_conditional_demo(family=args.family, steps=args.steps, workers=args.workers, out=out)
+    return run_demo(steps=args.steps, workers=args.workers, out=Path(args.out or ".ganpipe/demo"))
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from pipelines.translate_cmd import cmd_translate as run
+
+    return run(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -177,5 +213,29 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from pipelines.conditional_cmd import cmd_generate as run
+
+    return run(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.orchestrate import cmd_run as run
+
+    return run(args)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pipelines.lineage import cmd_runs as run
+
+    return run(args)
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from pipelines.lineage import cmd_lineage as run
+
+    return run(args)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipelines.sweep import cmd_sweep as run
 
     return run(args)

@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch loads only when a command runs, not for `ganpipe --help`
     import torch
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -89,37 +87,27 @@ def parse_settings(text: str, attr_names: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def image_files(inputs: Sequence[Path]) -> list[Path]:
-    """Files as given, folders expanded to their image files (sorted)."""
-    files: list[Path] = []
-    for path in map(Path, inputs):
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"input {path} does not exist")
-    if not files:
-        raise ValueError(f"no image files in {', '.join(map(str, inputs))}")
-    return files
-
-
-def load_images(files: Sequence[Path], *, size: int, channels: int) -> torch.Tensor:
-    """Images as float (N, C, size, size) in [-1, 1]: centre square crop, bicubic resize, RGB or grey."""
+def read_inputs(inputs: Sequence[Path], *, size: int, channels: int) -> tuple[list[Path], torch.Tensor,
+                                                                             list[tuple[Path, str]]]:
+    """The inputs' images as float (N, C, size, size) in [-1, 1], read and fitted as `ganpipe translate` reads
+    them (folders expanded, not recursively); files that are not images or are corrupt come back as
+    (path, reason) instead."""
     import numpy as np
     import torch
-    from PIL import Image
 
-    out = []
-    for path in files:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
-            side = min(img.size)
-            left, top = (img.width - side) // 2, (img.height - side) // 2
-            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
-            arr = np.asarray(img, dtype=np.float32).reshape(size, size, channels)
-        out.append(torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0)
-    return torch.stack(out)
+    from pipelines.translate_cmd import list_inputs, read_image
+
+    files, images, skipped = [], [], []
+    for path in (f for given in inputs for f in list_inputs(Path(given))):
+        try:
+            images.append(read_image(path, image_size=size, channels=channels))
+        except ValueError as exc:
+            skipped.append((path, str(exc)))
+            continue
+        files.append(path)
+    if not files:
+        raise ValueError(f"no readable image in {', '.join(map(str, inputs))}")
+    return files, torch.from_numpy(np.stack(images)).float() / 127.5 - 1.0, skipped
 
 
 @dataclass
@@ -132,6 +120,7 @@ class TranslateReport:
     outputs: list[Path] = field(default_factory=list)  # one translated image per input, with settings
     grid: Path | None = None  # rows: input, then every single-attribute change
     grid_columns: list[str] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (input, reason): not images, or corrupt
 
 
 def _as_dicts(labels: torch.Tensor, names: Sequence[str]) -> list[dict[str, int]]:
@@ -183,8 +172,7 @@ def translate_attributes(
     generator = _load(info, tracking_uri, "stargan")
     cfg = info.spec.model
     names = list(info.data["attributes"])
-    files = image_files(inputs)
-    x = load_images(files, size=cfg.image_size, channels=cfg.channels)
+    files, x, skipped = read_inputs(inputs, size=cfg.image_size, channels=cfg.channels)
     if source is not None:
         given = parse_settings(",".join(f"{k}={v}" for k, v in source.items()), names) if source else {}
         c_org = stargan.set_attributes(torch.zeros(len(x), len(names)), {k: v for k, v in given.items() if v},
@@ -192,7 +180,7 @@ def translate_attributes(
     else:
         c_org = source_attributes(info, x, s3_endpoint=s3_endpoint)
     report = TranslateReport(inputs=files, attr_names=names, source=_as_dicts(c_org, names),
-                             source_from="given" if source is not None else "evaluator")
+                             source_from="given" if source is not None else "evaluator", skipped=skipped)
     out_dir = Path(out_dir)
     if settings:
         target = stargan.set_attributes(c_org, settings, attr_names=names, cfg=cfg)

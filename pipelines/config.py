@@ -113,17 +113,24 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def apply_overrides(spec: TrainSpec, overrides: list[str]) -> TrainSpec:
     """Apply `section.key=value` strings, parsing each value by the field's declared type.
 
-    A typo is an error that names the valid keys, never a silently ignored setting.
+    A typo is an error that names the valid keys, never a silently ignored setting. All overrides of one
+    section are applied together, so fields that constrain each other (StarGAN's num_iters and
+    num_iters_decay) can change in one go.
     """
+    changes = _Changes()
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form section.key=value (e.g. loop.steps=500)")
         path, raw = item.split("=", 1)
-        spec = _set(spec, path.strip().split("."), raw.strip(), path.strip())
-    return spec
+        _collect(spec, path.strip().split("."), raw.strip(), path.strip(), changes)
+    return _replace(spec, changes)
 
 
-def _set(obj: Any, parts: list[str], raw: str, full: str) -> Any:
+class _Changes(dict):
+    """Parsed override values of one dataclass; a nested _Changes for a section."""
+
+
+def _collect(obj: Any, parts: list[str], raw: str, full: str, changes: _Changes) -> None:
     names = [f.name for f in dataclasses.fields(obj)]
     head = parts[0]
     if head not in names:
@@ -134,10 +141,16 @@ def _set(obj: Any, parts: list[str], raw: str, full: str) -> Any:
             sub = [f.name for f in dataclasses.fields(current)]
             raise ValueError(f"{full!r} is a section; set one of its keys: {', '.join(sub)}")
         tp = typing.get_type_hints(type(obj))[head]
-        return dataclasses.replace(obj, **{head: parse_value(tp, raw, full)})
+        changes[head] = parse_value(tp, raw, full)
+        return
     if not dataclasses.is_dataclass(current):
         raise ValueError(f"{'.'.join(full.split('.')[: -len(parts) + 1])!r} has no sub-keys")
-    return dataclasses.replace(obj, **{head: _set(current, parts[1:], raw, full)})
+    _collect(current, parts[1:], raw, full, changes.setdefault(head, _Changes()))
+
+
+def _replace(obj: Any, changes: _Changes) -> Any:
+    values = {k: _replace(getattr(obj, k), v) if isinstance(v, _Changes) else v for k, v in changes.items()}
+    return dataclasses.replace(obj, **values) if values else obj
 
 
 def parse_value(tp: Any, raw: str, name: str) -> Any:

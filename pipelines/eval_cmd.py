@@ -116,7 +116,7 @@ def evaluate_model(
     )
     from pipelines.inception import WEIGHTS_HELP, load_inception
     from pipelines.loop import generate
-    from pipelines.tracking import client, git_commit, resolve_tracking_uri
+    from pipelines.tracking import client, resolve_tracking_uri
 
     if n < 2:
         raise ValueError(f"--n must be at least 2, got {n}")
@@ -127,10 +127,11 @@ def evaluate_model(
     source = mlf.get_run(ref.run_id)
     config = model_config(mlf, ref, uri)
     family = config.get("family") or source.data.tags.get("ganpipe.family", "")
-    # StarGAN and Text2Img are conditioned on the dataset's held-out attributes or captions: their task metrics
-    # (conditional_eval, via TASK_METRICS) make their own inputs and judge them with an attribute evaluator.
-    conditional = bool(family) and get_family(family).dataset_kind in ("attributes", "captioned")
-    if family and get_family(family).sample_latent is None and not conditional:
+    # Conditional generators: image-to-image ones translate held-out inputs, StarGAN and Text2Img are conditioned
+    # on held-out attributes or captions; their task metrics (TASK_METRICS) make those inputs themselves.
+    conditional = bool(family) and get_family(family).sample_latent is None
+    kind = get_family(family).dataset_kind if family else "images"
+    if conditional and kind not in ("paired", "unpaired", "attributes", "captioned"):
         raise ValueError(f"ganpipe eval draws latents; {family} generators take conditioning inputs, which its "
                          "evaluation does not supply yet")
     store_url = store or config.get("store") or ".ganpipe/store"
@@ -140,6 +141,11 @@ def evaluate_model(
     notes: list[str] = []
     if trained_on and trained_on != manifest.digest:
         notes.append(f"the model was trained on manifest {trained_on[:12]}; evaluating against {manifest.digest[:12]}")
+    if kind in ("paired", "unpaired"):  # image-to-image: translate the held-out inputs instead of drawing latents
+        metrics, eval_set = _translation_metrics(mlf, ref, family=family, url=url, manifest=manifest,
+                                                 store_url=store_url, split=split, n=n, seed=seed, log=log)
+        return _finish(mlf, source=source, ref=ref, family=family, manifest=manifest, url=url, metrics=metrics,
+                       eval_set=eval_set, notes=notes, log=log, extra_params={}, extra_tags={})
     split = split or ("test" if manifest.counts.get("test") else "train")
     real, real_labels = load_split(url, split=split)
     if n_real is not None:  # the first n_real in manifest order: the same images every time
@@ -204,19 +210,59 @@ def evaluate_model(
             n=n)))
 
     eval_set = {"manifest_sha256": manifest.digest, "split": split, "n_real": len(real), "n": n, "seed": seed}
+    return _finish(mlf, source=source, ref=ref, family=family, manifest=manifest, url=url, metrics=metrics,
+                   eval_set=eval_set, notes=notes, log=log,
+                   extra_params={"inception_sha256": inception_sha if inception_weights else "",
+                                 "evaluator_sha256": evaluator_sha, "kid_subsets": kid_subsets,
+                                 "kid_subset_size": kid_subset_size},
+                   extra_tags={EVAL_INCEPTION_TAG: inception_sha, EVAL_EVALUATOR_TAG: evaluator_sha})
+
+
+def _finish(mlf: Any, *, source: Any, ref: ModelRef, family: str, manifest: Any, url: str, metrics: dict[str, float],
+            eval_set: dict[str, Any], notes: list[str], log: Callable[[str], Any], extra_params: dict[str, Any],
+            extra_tags: dict[str, str]) -> EvalOutcome:
+    from pipelines.tracking import git_commit
+
     set_hash = hashlib.sha256(json.dumps(eval_set, sort_keys=True).encode()).hexdigest()[:16]
-    params = {**eval_set, "model": ref.label, "dataset_url": url, "dataset_name": manifest.name,
-              "inception_sha256": inception_sha if inception_weights else "",
-              "evaluator_sha256": evaluator_sha, "kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size}
+    params = {**eval_set, "model": ref.label, "dataset_url": url, "dataset_name": manifest.name, **extra_params}
     run_id = _log_eval_run(mlf, source=source, ref=ref, metrics=metrics, params=params, notes=notes, tags={
-        EVAL_MODEL_TAG: ref.label, EVAL_SET_TAG: set_hash, EVAL_INCEPTION_TAG: inception_sha,
-        EVAL_EVALUATOR_TAG: evaluator_sha, "ganpipe.family": family, "ganpipe.dataset": manifest.name,
+        EVAL_MODEL_TAG: ref.label, EVAL_SET_TAG: set_hash, "ganpipe.family": family, "ganpipe.dataset": manifest.name,
         "ganpipe.manifest_sha256": manifest.digest, "ganpipe.git_commit": git_commit(),
-        "mlflow.parentRunId": ref.run_id,
+        "mlflow.parentRunId": ref.run_id, **extra_tags,
     })
     for note in notes:
         log(f"note: {note}")
     return EvalOutcome(run_id=run_id, model=ref, metrics=metrics, params=params, notes=notes)
+
+
+def _translation_metrics(mlf: Any, ref: ModelRef, *, family: str, url: str, manifest: Any, store_url: str,
+                         split: str | None, n: int, seed: int,
+                         log: Callable[[str], Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """An image-to-image model's task metrics (TASK_METRICS -> pipelines/i2i_eval.py) on the first n held-out
+    samples: the model's own direction and, for CycleGAN, its registered partner of the other direction."""
+    import numpy as np  # noqa: F811
+    import torch  # noqa: F811
+
+    from pipelines.eval_metrics import TASK_METRICS, TaskInputs
+    from pipelines.i2i_eval import eval_split
+    from pipelines.translate_cmd import load_translator
+
+    loaded = load_translator(ref.uri)
+    reverse = None
+    if family == "cyclegan":
+        other = "BtoA" if loaded.direction == "AtoB" else "AtoB"
+        reverse = load_translator(ref.uri, direction=other).module
+    split = split or eval_split(manifest)
+    log(f"model     {ref.label} (run {ref.run_id[:8]}, family {family}, {loaded.direction})")
+    log(f"dataset   {url} ({split} split: up to {n} held-out samples, manifest {manifest.digest[:12]})")
+    metrics = TASK_METRICS[family](TaskInputs(
+        family=family, generator=loaded.module, fake=torch.empty(0), real=np.empty(0, np.uint8),
+        real_labels=np.empty(0, np.int64), fake_probs=None, class_names=None, dataset_url=url, seed=seed,
+        reverse_generator=reverse, direction=loaded.direction, store_url=store_url, split=split, n=n))
+    domains = manifest.extra.get("domains")
+    held = min(d["counts"].get(split, 0) for d in domains.values()) if domains else manifest.counts.get(split, 0)
+    return metrics, {"manifest_sha256": manifest.digest, "split": split, "n_real": min(n, held), "n": n, "seed": seed,
+                     "direction": loaded.direction}
 
 
 def _log_eval_run(mlf: Any, *, source: Any, ref: ModelRef, metrics: dict[str, float], params: dict[str, Any],

@@ -114,8 +114,12 @@ class TaskInputs:
     dataset_url: str
     seed: int
     model_cfg: Any = None  # the family's Config of the model (the conditional families need it)
-    store_url: str = ""  # where evaluator caches live
-    n: int = 0  # samples asked for
+    # Image-to-image families (their hooks read the held-out pairs/domains from `dataset_url`):
+    reverse_generator: nn.Module | None = None  # CycleGAN: the registered model of the other direction
+    direction: str = "AtoB"  # what `generator` maps: dataset a -> b ("AtoB") or b -> a
+    store_url: str = ""  # where evaluator caches live (domain classifiers, attribute evaluators)
+    split: str = ""  # held-out split ("": test, else train)
+    n: int = 0  # samples asked for (0: the hook's default)
 
 
 def class_balance_metrics(inputs: TaskInputs) -> dict[str, float]:
@@ -146,9 +150,20 @@ def conditional_metrics(inputs: TaskInputs) -> dict[str, float]:
 
 
 # Per-family task metrics: family name -> TaskInputs -> eval/* values. Add a family's entry with the family.
+def translation_metrics(inputs: TaskInputs) -> dict[str, float]:
+    """Pix2Pix L1/PSNR/SSIM against targets, CycleGAN cycle L1, class preservation and per-domain Fréchet
+    distance (pipelines/i2i_eval.py; imported here on use, it loads the dataset and trains domain classifiers)."""
+    from pipelines.i2i_eval import registered_task_metrics
+
+    return registered_task_metrics(inputs)
+
+
+# Per-family task metrics: family name -> TaskInputs -> eval/* values. Add a family's entry with the family.
 TASK_METRICS: dict[str, Callable[[TaskInputs], dict[str, float]]] = {
     "dcgan": class_balance_metrics,
     "vanilla": class_balance_metrics,
     "stargan": conditional_metrics,
     "text2img": conditional_metrics,
+    "pix2pix": translation_metrics,
+    "cyclegan": translation_metrics,
 }

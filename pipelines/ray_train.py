@@ -18,11 +18,13 @@ from torch import nn
 
 from pipelines.checkpoint import save_rng, save_state
 from pipelines.loop import Report
+from pipelines.tracking import MLFLOW_RETRY_ENV, RETRY_ENV
 from pipelines.worker import Job, run_rank
 
 # Environment a worker needs to reach the store and the tracking server. Credentials travel the way the
 # cluster provides them (instance roles, AWS_* on the nodes), never inside the job's config.
-FORWARDED_ENV = ("GANPIPE_S3_ENDPOINT", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL")
+FORWARDED_ENV = ("GANPIPE_S3_ENDPOINT", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
+                 RETRY_ENV, *MLFLOW_RETRY_ENV)
 
 
 def _has_batch_norm(module: nn.Module) -> bool:
@@ -53,9 +55,9 @@ def train_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(job.spec.loop.threads or max(1, int(job.spec.scale.cpus_per_worker)))
     logger = None
     if rank == 0 and job.run_id:
-        from pipelines.tracking import RunLogger
+        from pipelines.tracking import RunLogger, unlogged_store
 
-        logger = RunLogger(job.tracking_uri, job.run_id)
+        logger = RunLogger(job.tracking_uri, job.run_id, spill=unlogged_store(job.spec.store, job.spec.run_name))
 
     def prepare(model: nn.Module) -> nn.Module:
         # SyncBatchNorm has only GPU kernels; on CPU each rank keeps its own batch statistics.
@@ -86,6 +88,9 @@ def train_worker(config: dict[str, Any]) -> None:
             job, rank=rank, world_size=world, device=device, prepare_model=prepare,
             resume_dir=Path(resume_dir) if resume_dir else None, report=report,
         )
+    unlogged = logger.close() if logger is not None else ""
+    if unlogged:
+        print(f"[ganpipe] {unlogged}", flush=True)
 
 
 def launch(job: Job, *, storage_fs: Any, storage_path: str, max_failures: int = 2):

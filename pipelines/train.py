@@ -3,6 +3,7 @@ evaluate the final generator, and register it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 import time
@@ -21,8 +22,11 @@ from pipelines import tracking
 from pipelines.checkpoint import STATE_FILE, load_state, rng_file, save_rng, save_state
 from pipelines.config import TrainSpec
 from pipelines.evaluator import Evaluator, ensure_evaluator
+from pipelines.i2i_eval import ensure_domain_evaluators
 from pipelines.loop import Report
 from pipelines.worker import Job, evaluation_fn, run_rank
+
+PARTNER_TAG = "ganpipe.partner"  # on a model version: NAME/VERSION of the other direction (CycleGAN)
 
 
 @dataclass
@@ -94,6 +98,7 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     tracking_uri = tracking.resolve_tracking_uri(spec.track.tracking_uri)
     log(f"dataset   {dataset_url} ({manifest.counts.get('train', 0)} train images, manifest {manifest.digest[:12]})")
     evaluator_url = None
+    task_evaluators: dict[str, str] = {}
     if manifest.kind == "images":  # the other kinds' task metrics are the families' own (pipelines/evaluation)
         evaluator_url = ensure_evaluator(
             store_url=spec.store, dataset_url=dataset_url, manifest=manifest, progress=progress
@@ -103,19 +108,24 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
 
         evaluator_url = ensure_attr_evaluator(store_url=spec.store, dataset_url=dataset_url, manifest=manifest,
                                               log=log)
+    elif manifest.kind == "unpaired":  # CycleGAN's class preservation: one classifier per domain
+        task_evaluators = ensure_domain_evaluators(
+            store_url=spec.store, dataset_url=dataset_url, manifest=manifest, progress=progress
+        )
     run_id, resumed = tracking.start_run(
         spec, tracking_uri=tracking_uri, dataset_name=manifest.name, dataset_url=dataset_url,
         manifest_digest=manifest.digest,
     )
     log(f"run       {spec.run_name} (MLflow run {run_id}{', resuming' if resumed else ''})")
     job = Job(spec=spec, dataset_url=dataset_url, run_id=run_id, tracking_uri=tracking_uri,
-              evaluator_url=evaluator_url or "")
+              evaluator_url=evaluator_url or "", task_evaluators=task_evaluators)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             state = _train_in_process(job, Path(tmp)) if spec.scale.workers == 0 else _train_on_ray(job)
     except BaseException:
         # Leave the run visibly failed (not "running" forever); the same --run-name resumes it.
-        tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
+        with contextlib.suppress(Exception):  # the tracking server may be what is down
+            tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
         raise
     generator = family.build(spec.model)[family.generator]
     generator.load_state_dict(state["ema"] if state.get("ema") is not None else state["nets"][family.generator])
@@ -123,27 +133,71 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
 
     metrics: dict[str, float] = {}
     evaluator = Evaluator.load(evaluator_url) if evaluator_url and manifest.kind == "images" else None
-    if evaluator_url:
-        metrics = evaluation_fn(job, device=torch.device("cpu"))(generator)
-        tracking.RunLogger(tracking_uri, run_id).log_metrics(int(state["step"]), metrics)
-    name = spec.track.register_as or f"{spec.family}-{manifest.name}"
-    seeded = torch.Generator().manual_seed(0)
-    example = family.generator_inputs(spec.model, family.example_batch(spec.model, 2, generator=seeded), 2,
-                                      generator=seeded)
-    version = tracking.log_generator(
-        tracking_uri=tracking_uri, run_id=run_id, generator=generator, example_inputs=example,
-        registered_name=name, alias=spec.track.alias,
-        tags={"ganpipe.run_name": spec.run_name, "ganpipe.manifest_sha256": manifest.digest,
-              "ganpipe.git_commit": tracking.git_commit()},
-        config=spec.to_dict(), data=data_info(manifest),
-    )
-    tracking.finish_run(tracking_uri, run_id, summary={"steps": int(state["step"]), **metrics,
-                                                         "model": f"models:/{name}/{version.version}"})
+    final_metrics = evaluation_fn(job, manifest=manifest, device=torch.device("cpu"))
+    if final_metrics is not None:
+        metrics = final_metrics(generator)
+    # Checkpoints are saved by now; if the tracking server is down, say what is missing and how to complete it.
+    try:
+        # Quiet: an outage is reported once, by the error below (training already warned if it saw one).
+        final_logger = tracking.RunLogger(tracking_uri, run_id, log=lambda _line: None,
+                                          spill=tracking.unlogged_store(spec.store, spec.run_name))
+        if metrics:
+            final_logger.log_metrics(int(state["step"]), metrics)
+        unlogged = final_logger.close()  # also what a worker left unsent (the spill file)
+        if unlogged:
+            raise tracking.TrackingUnavailable(unlogged)
+        name = spec.track.register_as or f"{spec.family}-{manifest.name}"
+        version = register_generator(spec, family=family, generator=generator, tracking_uri=tracking_uri,
+                                     run_id=run_id, name=name, manifest_digest=manifest.digest,
+                                     data=data_info(manifest))
+        tracking.finish_run(tracking_uri, run_id, summary={"steps": int(state["step"]), **metrics,
+                                                             "model": f"models:/{name}/{version.version}"})
+    except Exception as exc:
+        if tracking.reachable(tracking_uri):
+            raise
+        detail = str(exc) if isinstance(exc, tracking.TrackingUnavailable) else (
+            f"MLflow at {tracking_uri} is unreachable ({type(exc).__name__})")
+        raise tracking.TrackingUnavailable(
+            f"run {spec.run_name} trained to step {int(state['step'])} and its checkpoints are saved, but the run is "
+            f"incomplete: {detail}; run the same command again once the server is back"
+        ) from None
     return TrainOutcome(
         run_id=run_id, run_name=spec.run_name, resumed=resumed, steps=int(state["step"]), metrics=metrics,
         model_name=name, model_version=str(version.version), model_uri=f"models:/{name}/{version.version}",
         generator=generator, evaluator=evaluator, spec=spec,
     )
+
+
+def register_generator(spec: TrainSpec, *, family: Any, generator: nn.Module, tracking_uri: str, run_id: str,
+                       name: str, manifest_digest: str, data: dict[str, Any] | None = None) -> Any:
+    """Log and register the generator as `name` with the run's alias; returns the model version.
+
+    Image-to-image generators record their direction (dataset a -> b is "AtoB") in the MLmodel metadata. A
+    family with a `reverse_generator` (CycleGAN) also registers the other direction as `name-<direction>`,
+    and each of the two versions names the other in its tag `ganpipe.partner` (NAME/VERSION). `data`
+    (data_info) travels as metadata["ganpipe"]["data"]: what using the model needs to know of its dataset.
+    """
+    seeded = torch.Generator().manual_seed(0)
+    example = family.generator_inputs(spec.model, family.example_batch(spec.model, 2, generator=seeded), 2,
+                                      generator=seeded)
+    tags = {"ganpipe.run_name": spec.run_name, "ganpipe.manifest_sha256": manifest_digest,
+            "ganpipe.git_commit": tracking.git_commit()}
+    direction = getattr(spec.model, "direction", None)
+    common = dict(tracking_uri=tracking_uri, run_id=run_id, alias=spec.track.alias, tags=tags, config=spec.to_dict())
+    about_data = {"data": data} if data else {}
+    version = tracking.log_generator(generator=generator, example_inputs=example, registered_name=name,
+                                     metadata={**about_data, **({"direction": direction} if direction else {})},
+                                     **common)  # fmt: skip
+    if family.reverse_generator is None:
+        return version
+    other = "BtoA" if direction == "AtoB" else "AtoB"
+    reverse = tracking.log_generator(generator=family.reverse_generator(generator), example_inputs=example,
+                                     registered_name=f"{name}-{other}", metadata={**about_data, "direction": other},
+                                     artifact=f"generator_{other}", **common)
+    mlf = tracking.client(tracking_uri)
+    mlf.set_model_version_tag(version.name, version.version, PARTNER_TAG, f"{reverse.name}/{reverse.version}")
+    mlf.set_model_version_tag(reverse.name, reverse.version, PARTNER_TAG, f"{version.name}/{version.version}")
+    return version
 
 
 def _train_on_ray(job: Job) -> dict[str, Any]:
@@ -168,7 +222,10 @@ def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
         resume_dir.mkdir()
         for name in (STATE_FILE, rng_file(0)):
             (resume_dir / name).write_bytes(store.get_bytes(f"{step_dir}/{name}"))
-    logger = tracking.RunLogger(job.tracking_uri, job.run_id) if job.run_id else None
+    logger = None
+    if job.run_id:
+        logger = tracking.RunLogger(job.tracking_uri, job.run_id,
+                                    spill=tracking.unlogged_store(job.spec.store, job.spec.run_name))
 
     def report(r: Report) -> None:
         if logger is not None:
@@ -184,6 +241,8 @@ def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
             store.put_bytes("latest", step_dir.encode())  # published last: a reader never sees half a checkpoint
 
     run_rank(job, rank=0, world_size=1, device=torch.device("cpu"), resume_dir=resume_dir, report=report)
+    if logger is not None:
+        logger.close()  # what is still unsent goes to the spill file; the driver reports it once, at the end
     step_dir = store.get_bytes("latest").decode().strip()
     return torch.load(_fetch(store, f"{step_dir}/{STATE_FILE}", tmp), map_location="cpu", weights_only=True)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from data_prep.batches import dataset_batches
+from data_prep.manifest import Manifest
 from data_prep.reader import read_manifest
 from gan_models import get_family
 from pipelines.checkpoint import load_state, restore, restore_rng, training_state
@@ -28,6 +29,9 @@ class Job:
     tracking_uri: str = ""
     evaluator_url: str = ""  # store URL of the offline evaluator's weights ("" disables eval/*)
     s3_endpoint: str | None = None
+    # Image-to-image families: domain -> URL of that domain's offline classifier (i2i_eval); the task metrics
+    # (L1/PSNR/SSIM, cycle L1) need none, class preservation and per-domain Fréchet distance do.
+    task_evaluators: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "spec": self.spec.to_dict()}
@@ -79,17 +83,28 @@ def _figure_fn(
     return lambda generator: sample_grid(generator, inputs)
 
 
-def evaluation_fn(job: Job, *, device: torch.device) -> Callable[[nn.Module], dict[str, float]]:
-    """G -> eval/* with the evaluator at job.evaluator_url: the offline evaluator's image metrics for the
-    images kind, the conditional families' task metrics (pipelines.conditional_eval) for the others."""
+def evaluation_fn(
+    job: Job, *, manifest: Manifest, device: torch.device
+) -> Callable[[nn.Module], dict[str, float]] | None:
+    """G -> eval/* for the job's dataset kind, or None where there is nothing to evaluate with: the offline
+    evaluator's image metrics (images), the conditional families' task metrics (attributes, captioned:
+    pipelines.conditional_eval), translation metrics against held-out pairs/domains (paired, unpaired)."""
     spec = job.spec
     family = get_family(spec.family)
-    if family.dataset_kind in ("attributes", "captioned"):
+    if manifest.kind in ("paired", "unpaired"):
+        from pipelines.i2i_eval import translation_metrics_fn
+
+        return translation_metrics_fn(family=family, model_cfg=spec.model, dataset_url=job.dataset_url,
+                                      manifest=manifest, evaluator_urls=job.task_evaluators, device=device,
+                                      seed=spec.loop.seed, s3_endpoint=job.s3_endpoint)  # fmt: skip
+    if not job.evaluator_url:
+        return None
+    if manifest.kind in ("attributes", "captioned"):
         from pipelines.conditional_eval import metrics_fn
 
         return metrics_fn(evaluator_url=job.evaluator_url, family=spec.family, model_cfg=spec.model,
                           dataset_url=job.dataset_url, seed=spec.loop.seed, s3_endpoint=job.s3_endpoint,
-                          device=device)
+                          device=device)  # fmt: skip
     from pipelines.evaluator import Evaluator
 
     evaluator = Evaluator.load(job.evaluator_url, s3_endpoint=job.s3_endpoint, device=device)
@@ -146,10 +161,12 @@ def run_rank(
     )
     # What conditions G in figures and the EMA's BN calibration: fixed, so grids compare across steps and runs.
     sample_batch = None if family.sample_latent is not None and manifest.kind == "images" else (
-        _fixed_batch(job, manifest, n=64)
+        {k: v.to(device) for k, v in _fixed_batch(job, manifest, n=64).items()}
     )
     is_rank0 = rank == 0
-    evaluate = evaluation_fn(job, device=device) if is_rank0 and job.evaluator_url else None
+    # i2i metrics read the held-out set on each call: only when the loop asks for them (eval_every).
+    wants_eval = spec.loop.eval_every or manifest.kind not in ("paired", "unpaired")
+    evaluate = evaluation_fn(job, manifest=manifest, device=device) if is_rank0 and wants_eval else None
     figure = None
     if is_rank0:
         figure = _figure_fn(family, spec.model, sample_batch, seed=spec.loop.seed, device=device)

@@ -63,6 +63,7 @@ def _tar_members(dataset_url: str, shard: str) -> dict[str, bytes]:
 
 
 def _prep(tmp_path: Path, source: str, kind: str, **kw) -> object:
+    kw.setdefault("max_bad_frac", None)  # these fixtures are mostly bad inputs on purpose
     return prep_dataset(PrepConfig(source=source, kind=kind, store=str(tmp_path / "store"), **kw), progress=False)
 
 
@@ -180,7 +181,7 @@ def test_cyclegan_layout_two_domains_under_one_manifest(tmp_path: Path) -> None:
     assert m.extra["domains"]["domain_b"]["counts"] == {"train": 5, "test": 2}
     assert {s.path.split("/")[0] for s in m.shards} == {"domain_a", "domain_b"}
     assert all(s.path.startswith(f"{s.domain}/shards/") for s in m.shards)
-    assert _reasons(result) == {"domain_b/train/broken.png": "unreadable"}
+    assert _reasons(result) == {"domain_b/train/broken.png": "not_image"}
     arrays = load_split_arrays(result.dataset_url, split="train")
     for side, folder in (("a", "trainA"), ("b", "trainB")):
         for key, image in zip(arrays[f"key_{side}"], arrays[side], strict=True):
@@ -188,13 +189,10 @@ def test_cyclegan_layout_two_domains_under_one_manifest(tmp_path: Path) -> None:
     # one pass covers the longer domain (5); the shorter restarts meanwhile
     batches = list(dataset_batches(result.dataset_url, batch_size=2, repeat=False, drop_last=False))
     assert [len(b["a"]) for b in batches] == [2, 2, 1] and set(batches[0]) == {"a", "b", "label_a", "label_b"}
-    assert prep_dataset(PrepConfig(source=str(root), kind="unpaired", store=str(tmp_path / "store"), image_size=8),
-                        progress=False).reused  # fmt: skip
-    smaller = prep_dataset(PrepConfig(source=str(root), kind="unpaired", store=str(tmp_path / "store"), image_size=8,
-                                      shard_size=2), progress=False)  # fmt: skip
+    assert _prep(tmp_path, str(root), "unpaired", image_size=8).reused
+    smaller = _prep(tmp_path, str(root), "unpaired", image_size=8, shard_size=2)
     assert smaller.manifest.version == 2 and len(smaller.manifest.split_shards("train", domain="domain_b")) == 3
-    again = prep_dataset(PrepConfig(source=str(root), kind="unpaired", store=str(tmp_path / "store"), image_size=8),
-                         progress=False)  # fmt: skip
+    again = _prep(tmp_path, str(root), "unpaired", image_size=8)
     shard_keys = [k for k in open_store(again.dataset_url).list() if k.endswith(".tar")]
     # v2 wrote train-000001/2 per domain; v3 (one shard per split) must have removed them
     assert len(shard_keys) == 4 and sorted(shard_keys) == sorted(s.path for s in again.manifest.shards)
@@ -444,6 +442,25 @@ def test_mnist5k_captions_and_wrong_embeddings(tmp_path: Path, minilm) -> None:
         for i in range(3):
             assert among(batch["emb"][i], embs[i])  # one of its own captions
             assert any(among(batch["wrong_emb"][i], embs[j]) for j in range(3) if j != i)  # another sample's
+
+
+def test_wrong_caption_is_never_one_of_the_samples_own() -> None:
+    from data_prep.batches import _collate_captioned
+
+    def sample(key: str, captions: list[int]) -> dict:
+        emb = np.eye(8, dtype=np.float32)[captions]  # caption i -> one-hot embedding i
+        return {"key": key, "image": np.zeros((1, 4, 4), np.uint8), "label": 0, "emb": emb}
+
+    # a and b are described alike (the same caption set, as templated captions are); c shares one caption.
+    batch = [sample("a", [0, 1]), sample("b", [1, 0]), sample("c", [1, 2])]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        out = _collate_captioned(batch, None, rng)
+        wrong = out["wrong_emb"].argmax(1).tolist()
+        assert wrong[0] == 2 and wrong[1] == 2  # c's caption that a and b do not have
+        assert wrong[2] == 0  # a's or b's caption 0; their caption 1 is c's own
+    with pytest.raises(ValueError, match="sample a: every caption of the other samples"):
+        _collate_captioned(batch[:2], None, rng)
 
 
 # ---------------------------------------------------------------- store, CLI, reuse

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import tarfile
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from data_prep import (
     prep_images,
     read_manifest,
 )
+from data_prep.manifest import read_quarantine
 from data_prep.reader import decode_sample
 from data_prep.shards import split_entries
 from data_prep.sources import RawSample, SourceEntry
@@ -74,7 +74,7 @@ def test_digits_dataset_is_consistent(digits: tuple[Path, str]) -> None:
     assert {r["shard"] for r in rows} == {s.path for s in manifest.shards}
     assert Manifest.from_json(manifest.to_json()) == manifest
     assert Manifest.from_json(store.get_bytes("manifest.json")).digest == manifest.digest
-    assert json.loads(store.get_bytes("quarantine.json")) == []
+    assert read_quarantine(store) == [] and store.exists("quarantine.parquet")
 
 
 def test_rerun_is_reused_and_changes_nothing(digits: tuple[Path, str]) -> None:
@@ -141,7 +141,7 @@ def test_folder_with_bad_files_quarantines_exactly_them(tmp_path: Path) -> None:
     (src / "README.txt").write_text("ignored: not an image extension")
 
     result = prep_images(
-        PrepConfig(source=str(src), store=str(tmp_path / "store"), image_size=16), progress=False
+        PrepConfig(source=str(src), store=str(tmp_path / "store"), image_size=16, max_bad_frac=None), progress=False
     )
     manifest = result.manifest
     assert manifest.name == "pets" and manifest.channels == 3 and manifest.class_names == ["cats", "dogs"]
@@ -151,15 +151,15 @@ def test_folder_with_bad_files_quarantines_exactly_them(tmp_path: Path) -> None:
     assert all(r["label"] == (0 if r["key"].startswith("cats/") else 1) for r in rows)
     expected = {
         "cats/corrupt.png": "truncated",
-        "cats/notes.jpg": "unreadable",
+        "cats/notes.jpg": "not_image",
         "dogs/empty.png": "empty",
         "dogs/tiny.png": "too_small",
     }
-    listed = json.loads(open_store(result.dataset_url).get_bytes("quarantine.json"))
-    assert {e["origin"]: e["reason"] for e in listed} == expected
-    assert all(e["detail"] and e["key"] for e in listed)
+    listed = read_quarantine(open_store(result.dataset_url))
+    assert {e.origin: e.reason for e in listed} == expected
+    assert all(e.detail and e.key for e in listed)
     assert {q.origin: q.reason for q in result.quarantined} == expected
-    assert manifest.quarantine == {"empty": 1, "too_small": 1, "truncated": 1, "unreadable": 1}
+    assert manifest.quarantine == {"empty": 1, "not_image": 1, "too_small": 1, "truncated": 1}
     assert manifest.notes == {"mode_converted": 2} == result.notes
     images = np.concatenate([load_split(result.dataset_url, split=s)[0] for s in ("train", "test")])
     assert images.shape == (6, 3, 16, 16)

@@ -49,8 +49,10 @@ def test_workers_and_gpus_become_the_train_commands_settings() -> None:
     assert words == ["train", "--recipe", "dcgan", "loop.steps=5", "scale.workers=4", "scale.use_gpu=true"]
     assert jobs.inner_command(["config", "--recipe", "dcgan"], workers=3, gpus=None)[-1] == "scale.workers=3"
     assert jobs.inner_command(["demo"], workers=2, gpus=None) == ["demo", "--workers", "2"]
+    # prep's --workers is its number of parallel Ray tasks
+    assert jobs.inner_command(["prep", "mnist5k"], workers=2, gpus=None) == ["prep", "mnist5k", "--workers", "2"]
     with pytest.raises(CliError, match="do not apply"):
-        jobs.inner_command(["prep", "mnist5k"], workers=2, gpus=None)
+        jobs.inner_command(["models", "ls"], workers=2, gpus=None)
     with pytest.raises(CliError, match="contradicts"):
         jobs.inner_command(["train", "--recipe", "dcgan"], workers=2, gpus=4)
     with pytest.raises(CliError, match="unknown ganpipe command"):

@@ -134,3 +134,14 @@ def test_window_averages_each_metric_over_the_steps_that_returned_it():
     metrics = window.summary(world_size=1)
     assert metrics["loss/D"] == 1.0
     assert metrics["loss/G"] == 3.0
+
+
+def test_overrides_of_one_section_apply_together():
+    from pipelines.recipes import get_recipe
+
+    spec = get_recipe("stargan")()
+    # Each alone would make an invalid Config (num_iters_decay > num_iters); together they are valid.
+    spec = apply_overrides(spec, ["model.num_iters=3000", "model.num_iters_decay=1500", "loop.steps=3000"])
+    assert (spec.model.num_iters, spec.model.num_iters_decay, spec.loop.steps) == (3000, 1500, 3000)
+    with pytest.raises(ValueError, match="num_iters_decay"):
+        apply_overrides(get_recipe("stargan")(), ["model.num_iters=3000"])

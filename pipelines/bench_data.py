@@ -1,0 +1,191 @@
+"""`ganpipe bench-data`: data throughput on this machine — prep (in-process, 1 and 2 Ray workers) against a bare
+decode -> resize -> PNG encode -> tar loop, and reading shards into batches from local disk and from SeaweedFS.
+
+Inputs are JPEGs made from scikit-image's bundled photos (seeded random crops), in a temp folder; nothing is
+downloaded. Ray start-up is outside the timings (a warm-up prep starts the workers first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def make_jpegs(folder: Path, *, n: int, side: int = 256, seed: int = 0) -> list[Path]:
+    """`n` side x side JPEGs (quality 90): random square crops of the photos, resized."""
+    import skimage.data
+
+    photos = [np.asarray(getattr(skimage.data, name)(), dtype=np.uint8) for name in PHOTOS]
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        height, width = photo.shape[:2]
+        crop = int(rng.integers(min(height, width) // 3, min(height, width) + 1))
+        top, left = int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
+        patch = Image.fromarray(photo[top : top + crop, left : left + crop])
+        patch = patch.resize((side, side), Image.Resampling.LANCZOS)
+        path = folder / f"{i:06d}.jpg"
+        patch.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def bare_loop(paths: list[Path], *, size: int, out: Path) -> float:
+    """images/s of the least work prep must do: PIL decode -> resize -> PNG encode -> tar write, one process."""
+    t0 = time.perf_counter()
+    with tarfile.open(out, "w") as tar:
+        for path in paths:
+            with Image.open(path) as image:
+                fitted = image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+            buffer = io.BytesIO()
+            fitted.save(buffer, format="PNG", compress_level=6)
+            info = tarfile.TarInfo(f"{path.stem}.image.png")
+            info.size = buffer.tell()
+            buffer.seek(0)
+            tar.addfile(info, buffer)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def prep_rate(folder: Path, *, store: str, size: int, workers: int, shard_size: int) -> float:
+    """images/s of `ganpipe prep` over the folder (listing, fingerprint, duplicate pass, stages, manifest)."""
+    from data_prep.prep import PrepConfig, prep_images
+
+    cfg = PrepConfig(source=str(folder), store=store, image_size=size, holdout=0, shard_size=shard_size,
+                     workers=workers, max_bad_frac=None, overwrite=True)  # fmt: skip
+    t0 = time.perf_counter()
+    result = prep_images(cfg, progress=False)
+    rate = sum(result.manifest.counts.values()) / (time.perf_counter() - t0)
+    return rate
+
+
+def read_rate(dataset_url: str, *, batch: int, passes: int = 2) -> float:
+    """images/s decoded and batched by dataset_batches over one epoch (the best of `passes`)."""
+    from data_prep.batches import dataset_batches
+
+    best = 0.0
+    for _ in range(passes):
+        t0, n = time.perf_counter(), 0
+        for b in dataset_batches(dataset_url, batch_size=batch, repeat=False, drop_last=False, shuffle_buffer=256):
+            n += len(b["image"])
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+@contextlib.contextmanager
+def seaweedfs(root: Path) -> Iterator[str]:
+    """A throw-away SeaweedFS (pipelines.seaweedfs) on 127.0.0.1; sets the AWS_* and GANPIPE_S3_ENDPOINT
+    variables while it runs and yields the endpoint URL."""
+    from pipelines import seaweedfs as weed
+
+    key, secret = weed.new_credentials()
+    identity = root / "s3.json"
+    weed.write_identity(identity, access_key=key, secret_key=secret, name="bench")
+    ports = weed.allocate_ports()
+    server = weed.S3Server(endpoint=f"http://127.0.0.1:{ports['s3']}", access_key=key, secret_key=secret,
+                           region="us-east-1", data_dir=root / "data", log=root / "weed.log")
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "GANPIPE_S3_ENDPOINT")}  # fmt: skip
+    os.environ.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, AWS_DEFAULT_REGION=server.region,
+                      GANPIPE_S3_ENDPOINT=server.endpoint)  # fmt: skip
+    proc = weed.start(data_dir=server.data_dir, identity=identity, ports=ports, log=server.log)
+    try:
+        weed.wait_ready(server, proc, timeout_s=90)
+        yield server.endpoint
+    finally:
+        weed.stop(proc, ports)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def run_all(*, images: int, size: int, workers: list[int], shard_size: int, read_sizes: list[int], batch: int,
+            s3: bool, repeats: int = 3) -> list[dict[str, Any]]:  # fmt: skip
+    """Every measurement, as rows {"what", "img_per_s", "load" (1/5/15-min load average at the time), ...}."""
+    from data_prep.prep import PrepConfig, prep_images
+    from data_prep.stages import ensure_ray
+
+    rows: list[dict[str, Any]] = []
+    common = {"machine": f"{platform.machine()} {os.cpu_count()} cpus", "date": time.strftime("%Y-%m-%d %H:%M")}
+
+    def row(what: str, rate: float, **extra: Any) -> None:
+        rows.append({"what": what, "img_per_s": rate, "load": _load(), **common, **extra})
+        print(f"  {what:<44} {rate:>9.1f} img/s   load {rows[-1]['load']}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="ganpipe-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        inputs = tmp / "jpegs"
+        paths = make_jpegs(inputs, n=images)
+        if workers:
+            ensure_ray(max(workers))
+            warm = tmp / "warm"
+            make_jpegs(warm, n=max(workers) * 2, seed=1)
+            prep_rate(warm, store=str(tmp / "warm-store"), size=32, workers=max(workers), shard_size=1)
+        # Interleaved rounds, medians reported: on a shared machine the load moves between measurements.
+        runs: dict[str, list[float]] = {}
+        for _ in range(repeats):
+            runs.setdefault("bare", []).append(bare_loop(paths, size=size, out=tmp / "bare.tar"))
+            for w in [0, *workers]:
+                rate = prep_rate(inputs, store=str(tmp / f"s{w}"), size=size, workers=w, shard_size=shard_size)
+                runs.setdefault(f"w{w}", []).append(rate)
+        bare = statistics.median(runs["bare"])
+        row(f"bare loop {size}px (decode-resize-png-tar)", bare, images=images, runs=runs["bare"])
+        for w in [0, *workers]:
+            rate = statistics.median(runs[f"w{w}"])
+            what = f"prep {size}px in-process (--workers 0)" if w == 0 else f"prep {size}px Ray --workers {w}"
+            row(what, rate, images=images, ratio_to_bare=rate / bare, runs=runs[f"w{w}"])
+        for side in read_sizes:
+            cfg = PrepConfig(source=str(inputs), store=str(tmp / f"r{side}"), image_size=side, holdout=0,
+                             shard_size=shard_size, max_bad_frac=None)  # fmt: skip
+            local = prep_images(cfg, progress=False)
+            row(f"read {side}px local disk, batch {batch}", read_rate(local.dataset_url, batch=batch), images=images)
+        if s3:
+            with seaweedfs(tmp / "weed"):
+                for side in read_sizes:
+                    remote = prep_images(PrepConfig(source=str(inputs), store="s3://bench-data/b", image_size=side,
+                                                    holdout=0, shard_size=shard_size, max_bad_frac=None),
+                                         progress=False)  # fmt: skip
+                    rate = read_rate(remote.dataset_url, batch=batch)
+                    row(f"read {side}px SeaweedFS loopback, batch {batch}", rate, images=images)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'measurement':<46} {'img/s':>9}  {'vs bare':>7}  load (1/5/15 min)"]
+    for r in rows:
+        ratio = f"{r['ratio_to_bare']:.2f}" if "ratio_to_bare" in r else ""
+        lines.append(f"{r['what']:<46} {r['img_per_s']:>9.1f}  {ratio:>7}  {r['load']}")
+    return "\n".join(lines)
+
+
+def write_json(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2))
+    return path
