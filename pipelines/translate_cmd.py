@@ -226,9 +226,13 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def _family(model: str, tracking_uri: str) -> str:
-    from pipelines.conditional_cmd import model_info
+    from pipelines.eval_cmd import model_config
+    from pipelines.registry import resolve_model
+    from pipelines.tracking import client, resolve_tracking_uri
 
-    return model_info(model, tracking_uri).spec.family
+    uri = resolve_tracking_uri(tracking_uri)
+    mlf = client(uri)
+    return model_config(mlf, resolve_model(mlf, model), uri).get("family", "")
 
 
 def _translate_attributes(args: argparse.Namespace) -> int:
@@ -238,7 +242,7 @@ def _translate_attributes(args: argparse.Namespace) -> int:
     settings = parse_settings(args.set, names) if args.set else None
     source = parse_settings(args.source, names) if args.source else None
     report = translate_attributes(args.model, [Path(args.input)], Path(args.out), settings,
-                                  tracking_uri=args.tracking_uri, source=source)
+                                  tracking_uri=args.tracking_uri, source=source, scale=1)
     for path, reason in report.skipped:
         print(f"ganpipe translate: skipped {path}: {reason}", file=sys.stderr)
     if settings:

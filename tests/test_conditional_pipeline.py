@@ -164,7 +164,9 @@ def _spec(recipe: str, store: str, dataset: str, tracking_uri: str, *overrides: 
         "loop.checkpoint_every=100", "loop.sample_every=0", *overrides])
 
 
-def test_stargan_on_two_ray_workers_from_s3_registers_and_translates(s3_server, tmp_path, ray_runtime, monkeypatch):
+def test_stargan_on_two_ray_workers_from_s3_registers_and_translates(
+    s3_server, tmp_path, ray_runtime, monkeypatch, capsys
+):
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server.endpoint)
     store = f"s3://bucket-{uuid.uuid4().hex[:16]}/prefix"
     prep = prep_dataset(PrepConfig(source="mnist5k", kind="attributes", image_size=16, store=store, holdout=16,
@@ -201,6 +203,21 @@ def test_stargan_on_two_ray_workers_from_s3_registers_and_translates(s3_server, 
                                  source={"green": 1, "inverted": 1}, tracking_uri=tracking_uri, grid=False)
     assert given.source == [{"red": 0, "green": 1, "blue": 0, "thick": 0, "thin": 0, "inverted": 1}]
     assert given.target[0]["thick"] == 1 and given.grid is None
+
+    # The same through `ganpipe translate --set`: a file that is no image is listed and skipped (exit status 1).
+    from pipelines.cli import main
+
+    (inputs / "notes.txt").write_text("not an image")
+    rc = main(["translate", "--model", model, "--input", str(inputs), "--out", str(tmp_path / "cli"),
+               "--set", "blue=1", "--tracking-uri", tracking_uri])
+    captured = capsys.readouterr()
+    assert rc == 1, captured
+    assert "notes.txt: not an image" in captured.err and "translated 3 files" in captured.out
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["attribute-grid.png", "d0.png", "d1.png", "d2.png"]
+    assert main(["translate", "--model", model, "--input", str(inputs), "--out", str(tmp_path / "cli2"),
+                 "--set", "purple=1", "--tracking-uri", tracking_uri]) == 2
+    valid = "valid: red, green, blue, thick, thin, inverted"
+    assert f"unknown attribute 'purple' in --set; {valid}" in capsys.readouterr().err
 
     # `ganpipe eval` scores it through TASK_METRICS.
     from pipelines.eval_cmd import evaluate_model
