@@ -126,8 +126,10 @@ def _load() -> str:
 
 
 def run_all(*, images: int, size: int, workers: list[int], shard_size: int, read_sizes: list[int], batch: int,
-            s3: bool, repeats: int = 3) -> list[dict[str, Any]]:  # fmt: skip
-    """Every measurement, as rows {"what", "img_per_s", "load" (1/5/15-min load average at the time), ...}."""
+            s3: bool, repeats: int = 3, read_images: int = 3000) -> list[dict[str, Any]]:  # fmt: skip
+    """Every measurement, as rows {"what", "img_per_s", "load" (1/5/15-min load average at the time), ...}.
+    Reads use their own `read_images` inputs: opening a dataset costs a fixed ~0.1 s (manifest, S3 client),
+    which would dominate an epoch of a few hundred small images and say nothing about a training run."""
     from data_prep.prep import PrepConfig, prep_images
     from data_prep.stages import ensure_ray
 
@@ -160,19 +162,22 @@ def run_all(*, images: int, size: int, workers: list[int], shard_size: int, read
             rate = statistics.median(runs[f"w{w}"])
             what = f"prep {size}px in-process (--workers 0)" if w == 0 else f"prep {size}px Ray --workers {w}"
             row(what, rate, images=images, ratio_to_bare=rate / bare, runs=runs[f"w{w}"])
+        read_inputs = {side: make_jpegs(tmp / f"read{side}", n=read_images, side=side, seed=2) for side in read_sizes}
+
+        def read_cfg(side: int, store: str) -> PrepConfig:
+            return PrepConfig(source=str(tmp / f"read{side}"), store=store, image_size=side, holdout=0,
+                              shard_size=shard_size * 10, max_bad_frac=None)  # fmt: skip
+
         for side in read_sizes:
-            cfg = PrepConfig(source=str(inputs), store=str(tmp / f"r{side}"), image_size=side, holdout=0,
-                             shard_size=shard_size, max_bad_frac=None)  # fmt: skip
-            local = prep_images(cfg, progress=False)
-            row(f"read {side}px local disk, batch {batch}", read_rate(local.dataset_url, batch=batch), images=images)
+            local = prep_images(read_cfg(side, str(tmp / f"r{side}")), progress=False)
+            rate = read_rate(local.dataset_url, batch=batch)
+            row(f"read {side}px local disk, batch {batch}", rate, images=len(read_inputs[side]))
         if s3:
             with seaweedfs(tmp / "weed"):
                 for side in read_sizes:
-                    remote = prep_images(PrepConfig(source=str(inputs), store="s3://bench-data/b", image_size=side,
-                                                    holdout=0, shard_size=shard_size, max_bad_frac=None),
-                                         progress=False)  # fmt: skip
+                    remote = prep_images(read_cfg(side, f"s3://bench-data/r{side}"), progress=False)
                     rate = read_rate(remote.dataset_url, batch=batch)
-                    row(f"read {side}px SeaweedFS loopback, batch {batch}", rate, images=images)
+                    row(f"read {side}px SeaweedFS loopback, batch {batch}", rate, images=len(read_inputs[side]))
     return rows
 
 

@@ -48,6 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts (default 1 2)")
     p.add_argument("--shard-size", type=int, default=50, help="samples per shard (default 50)")
     p.add_argument("--read-sizes", type=int, nargs="+", default=[64, 256], help="read benchmark sides (64 256)")
+    p.add_argument("--read-images", type=int, default=3000, help="images in each read benchmark dataset (3000)")
     p.add_argument("--batch", type=int, default=64, help="read batch size (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved prep rounds; medians reported (default 3)")
     p.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS read benchmark")
@@ -127,7 +128,7 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
 
     results = run_all(images=args.images, size=args.size, workers=args.workers, shard_size=args.shard_size,
                       read_sizes=args.read_sizes, batch=args.batch, s3=not args.no_s3,
-                      repeats=args.repeats)  # fmt: skip
+                      repeats=args.repeats, read_images=args.read_images)  # fmt: skip
     print(format_table(results))
     print(f"wrote {write_json(results, args.out)}")
     return 0
