@@ -402,12 +402,10 @@ def _record_on_parent(outcome: SweepOutcome, *, mlf: Any, cfg: SweepConfig, para
 def register_best(outcome: SweepOutcome, *, grid: Any, spec: TrainSpec, params: list[Param], cfg: SweepConfig,
                   tracking_uri: str, manifest: Any) -> str:
     """Load the best trial's latest checkpoint and register its generator (in the trial's run) as `candidate`."""
-    import torch
-
     from gan_models import get_family
-    from pipelines import tracking
     from pipelines.checkpoint import load_state
     from pipelines.sweep_space import apply_params
+    from pipelines.train import data_info, register_generator
 
     best = outcome.best
     assert best is not None
@@ -417,18 +415,13 @@ def register_best(outcome: SweepOutcome, *, grid: Any, spec: TrainSpec, params: 
     family = get_family(spec.family)
     generator = family.build(trial_spec.model)[family.generator]
     generator.load_state_dict(state["ema"] if state.get("ema") is not None else state["nets"][family.generator])
-    seeded = torch.Generator().manual_seed(0)
-    example = family.generator_inputs(trial_spec.model, family.example_batch(trial_spec.model, 2, generator=seeded),
-                                      2, generator=seeded)
     name = spec.track.register_as or f"{spec.family}-{manifest.name}"
-    version = tracking.log_generator(
-        tracking_uri=tracking_uri, run_id=best.run_id, generator=generator.eval(), example_inputs=example,
-        registered_name=name, alias=spec.track.alias,
+    version = register_generator(
+        dataclasses.replace(trial_spec, run_name=f"{cfg.name}-{best.trial_id}"), family=family,
+        generator=generator.eval(), tracking_uri=tracking_uri, run_id=best.run_id, name=name,
+        manifest_digest=manifest.digest, data=data_info(manifest),
         tags={"ganpipe.sweep": cfg.name, "ganpipe.sweep_parent_run": outcome.parent_run_id,
-              "ganpipe.sweep_trial": best.trial_id, "ganpipe.sweep_metric": f"{cfg.metric}={best.value:.6g}",
-              "ganpipe.run_name": f"{cfg.name}-{best.trial_id}",
-              "ganpipe.manifest_sha256": manifest.digest, "ganpipe.git_commit": tracking.git_commit()},
-        config=dataclasses.replace(trial_spec, run_name=f"{cfg.name}-{best.trial_id}").to_dict(),
+              "ganpipe.sweep_trial": best.trial_id, "ganpipe.sweep_metric": f"{cfg.metric}={best.value:.6g}"},
     )
     return f"models:/{name}/{version.version}"
 

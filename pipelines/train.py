@@ -169,19 +169,21 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
 
 
 def register_generator(spec: TrainSpec, *, family: Any, generator: nn.Module, tracking_uri: str, run_id: str,
-                       name: str, manifest_digest: str, data: dict[str, Any] | None = None) -> Any:
+                       name: str, manifest_digest: str, data: dict[str, Any] | None = None,
+                       tags: dict[str, str] | None = None) -> Any:
     """Log and register the generator as `name` with the run's alias; returns the model version.
 
     Image-to-image generators record their direction (dataset a -> b is "AtoB") in the MLmodel metadata. A
     family with a `reverse_generator` (CycleGAN) also registers the other direction as `name-<direction>`,
     and each of the two versions names the other in its tag `ganpipe.partner` (NAME/VERSION). `data`
     (data_info) travels as metadata["ganpipe"]["data"]: what using the model needs to know of its dataset.
+    `tags` are added to the version's own (run name, manifest digest, git commit).
     """
     seeded = torch.Generator().manual_seed(0)
     example = family.generator_inputs(spec.model, family.example_batch(spec.model, 2, generator=seeded), 2,
                                       generator=seeded)
     tags = {"ganpipe.run_name": spec.run_name, "ganpipe.manifest_sha256": manifest_digest,
-            "ganpipe.git_commit": tracking.git_commit()}
+            "ganpipe.git_commit": tracking.git_commit(), **(tags or {})}
     direction = getattr(spec.model, "direction", None)
     common = dict(tracking_uri=tracking_uri, run_id=run_id, alias=spec.track.alias, tags=tags, config=spec.to_dict())
     about_data = {"data": data} if data else {}
