@@ -265,8 +265,17 @@ def spec_from_args(args: argparse.Namespace):
     return spec
 
 
+def _bench_overrides_last(argv: list[str]) -> list[str]:
+    """`bench --batch 1 ngf=32` would read ngf=32 as a second batch size (--image-size and --batch take several
+    values): the KEY=VALUE words go after `--`, where they can only be overrides."""
+    if not argv or argv[0] != "bench" or "--" in argv:
+        return argv
+    overrides = [w for w in argv[1:] if "=" in w and not w.startswith("-")]
+    return [w for w in argv if w not in overrides] + (["--", *overrides] if overrides else [])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_bench_overrides_last(list(sys.argv[1:] if argv is None else argv)))
     if args.command != "services":  # the local services' settings, unless the environment says otherwise
         from pipelines.services import load_env_file
 

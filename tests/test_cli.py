@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -91,3 +92,12 @@ def test_ui_serves_the_tracking_store_on_loopback(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_bench_overrides_may_follow_the_multi_value_flags(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--family", "dcgan", "--image-size", "32", "--batch", "4", "ngf=8", "ndf=8",
+                 "--channels", "1", "--steps", "1", "--repeats", "1", "--warmup", "1", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["image_size"] == 32 and row["batch"] == 4 and row["img_per_s_median"] > 0
+    assert row["config"]["ngf"] == 8 and row["config"]["ndf"] == 8
