@@ -245,6 +245,12 @@ def test_text2img_in_process_from_s3_generates_from_prompts(s3_server, tmp_path,
                                   tracking_uri=tracking_uri)
     assert strip.shape == (3, 2 + 2 * 34, 2 + 5 * 34)
 
+    # `ganpipe eval` feeds it held-out captions (not latents alone) and scores it through TASK_METRICS.
+    from pipelines.eval_cmd import evaluate_model
+
+    ev = evaluate_model(model=model, tracking_uri=tracking_uri, n=8, log=lambda _: None)
+    assert {"eval/text_consistency", "eval/text_consistency_mismatched", "eval/fd"} <= set(ev.metrics)
+
     from pipelines.cli import main
 
     out = tmp_path / "seven.png"
