@@ -41,6 +41,15 @@ def _quiet_report_logs() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def reaches_ray(r: Report, *, eval_every: int) -> bool:
+    """Whether a report goes to Ray Train: checkpoints, evaluation steps (Tune schedules trials on them) and
+    the last step. Plain loss reports reach MLflow through rank 0's RunLogger only: Ray Train V2 holds one
+    report per worker and its controller collects it every 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so a
+    report every log_every steps would cap training at log_every steps per 2 s. Decided by step, never by
+    rank-0-only metrics: every rank must make the same number of report calls."""
+    return r.checkpoint is not None or r.final or bool(eval_every and r.step % eval_every == 0)
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """The function every Ray Train worker runs."""
     import ray.train
@@ -68,6 +77,8 @@ def train_worker(config: dict[str, Any]) -> None:
     def report(r: Report) -> None:
         if logger is not None:
             logger.log_report(r)
+        if not reaches_ray(r, eval_every=job.spec.loop.eval_every):
+            return
         metrics = {**r.metrics, "step": r.step}
         if r.checkpoint is None:
             ray.train.report(metrics)

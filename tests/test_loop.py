@@ -47,6 +47,19 @@ def test_fit_updates_both_networks_and_reports_every_log_every():
             assert not torch.equal(p0, p1), f"a parameter of {name} did not move"
 
 
+def test_only_checkpoints_evaluations_and_the_end_reach_ray_train():
+    from pipelines.ray_train import reaches_ray
+
+    fam, nets, opts = _build()
+    reports: list[Report] = []
+    loop = LoopConfig(steps=12, log_every=1, checkpoint_every=8, eval_every=3, sample_every=0)
+    fit(family=fam, model_cfg=TINY, nets=nets, opts=opts, batches=_batches(), loop=loop, report=reports.append,
+        make_checkpoint=lambda step: {})  # what ranks other than 0 hand over: an empty checkpoint
+    assert [r.step for r in reports] == list(range(1, 13))  # MLflow still gets every step
+    assert [r.step for r in reports if reaches_ray(r, eval_every=loop.eval_every)] == [3, 6, 8, 9, 12]
+    assert [r.step for r in reports if reaches_ray(r, eval_every=0)] == [8, 12]
+
+
 def test_checkpoint_round_trip_restores_identical_outputs(tmp_path):
     fam, nets, opts = _build()
     ema = GeneratorEMA.of(nets["G"], decay=0.9)
