@@ -4,8 +4,11 @@ that keep secrets out of what a job carries."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -14,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,13 +173,15 @@ def ray_head() -> Iterator[RayHead]:
     log = open(temp_dir / "head.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(ray_start_args(ports=ports, temp_dir=temp_dir, head=True), stdout=log,
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    head = RayHead(address=address, gcs=gcs, env=env, temp_dir=temp_dir)
     try:
         deadline = time.monotonic() + 120
-        while not _dashboard_up(address, token):
+        # Up means the Jobs API answers and the state API lists the head node (it can lag the dashboard).
+        while not (_dashboard_up(address, token) and _nodes(head, retry=True)):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ray head did not come up:\n{(temp_dir / 'head.log').read_text()[-3000:]}")
             time.sleep(1)
-        yield RayHead(address=address, gcs=gcs, env=env, temp_dir=temp_dir)
+        yield head
     finally:
         stop_ray(proc)
         log.close()
@@ -245,30 +251,65 @@ def test_plain_ray_job_submit_runs_ganpipe(ray_head: RayHead, tmp_path: Path) ->
     assert "succeeded" in proc.stdout.lower()
 
 
-@pytest.fixture
-def second_node(ray_head: RayHead) -> Iterator[None]:
-    """A second Ray node on 127.0.0.1 joining the head (token auth alike); it leaves after the test.
+@dataclass(frozen=True)
+class RayNode:
+    """A worker node: its `ray start --block` process (a session of its own) and its private temp dir."""
+
+    proc: subprocess.Popen
+    temp_dir: Path
+    node_id: str
+
+    def raylet_pid(self) -> int:
+        """The pid of this node's raylet (a child of its `ray start`; no other node's)."""
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # not a process, or one that just ended
+                continue
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis.
+            comm, ppid = stat[stat.index("(") + 1 : stat.rindex(")")], int(stat[stat.rindex(")") + 2 :].split()[1])
+            if comm == "raylet" and ppid == self.proc.pid:
+                return int(entry.name)
+        raise AssertionError(f"no raylet under `ray start` pid {self.proc.pid}:\n{self.log()}")
+
+    def log(self) -> str:
+        return (self.temp_dir / "worker.log").read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        stop_ray(self.proc)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _join_node(head: RayHead, *, known: set[str]) -> RayNode:
+    """Start a node of 1 CPU joining `head` and wait until the cluster lists it: an ALIVE node not in `known`.
 
     It gets its own temp dir: nodes sharing one also share runtime_resources/, and one node's cleanup of a
     job's working_dir then deletes the directory the other node's job driver runs in."""
     temp_dir = Path(tempfile.mkdtemp(prefix="gpray-w-", dir="/tmp"))
-    log_path = temp_dir / "worker.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        ray_start_args(ports=free_ports(6), temp_dir=temp_dir, head=False, gcs=ray_head.gcs),
-        stdout=log, stderr=subprocess.STDOUT, env=ray_head.env, start_new_session=True,
-    )
+    with open(temp_dir / "worker.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            ray_start_args(ports=free_ports(6), temp_dir=temp_dir, head=False, gcs=head.gcs),
+            stdout=log, stderr=subprocess.STDOUT, env=head.env, start_new_session=True,
+        )
+    node = RayNode(proc=proc, temp_dir=temp_dir, node_id="")
+    deadline = time.monotonic() + 120
+    while not (new := set(_nodes(head, retry=True)) - known):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log = node.log()
+            node.stop()
+            pytest.fail(f"a node did not join:\n{log}")
+        time.sleep(1)
+    return dataclasses.replace(node, node_id=new.pop())
+
+
+@pytest.fixture
+def second_node(ray_head: RayHead) -> Iterator[RayNode]:
+    """A second Ray node on 127.0.0.1 joining the head (token auth alike); it leaves after the test."""
+    node = _join_node(ray_head, known=set(_nodes(ray_head)))
     try:
-        deadline = time.monotonic() + 120
-        while len(_nodes(ray_head, retry=True)) < 2:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"second node did not join:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield
+        yield node
     finally:
-        stop_ray(proc)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        node.stop()
 
 
 def _ray_list(head: RayHead, *what: str) -> list[dict]:
@@ -287,35 +328,64 @@ def _nodes(head: RayHead, *, retry: bool = False) -> list[str]:
         return []
 
 
+TINY_DCGAN = ("model.ngf=8", "model.ndf=8", "model.nz=16", "data.batch_size=16")
+
+
+def _prep_digits(root: Path) -> Path:
+    from data_prep.prep import PrepConfig, prep_images
+
+    store = root / "store"  # one machine: every node sees this folder
+    prep_images(PrepConfig(source="digits", store=str(store), holdout=100, shard_size=400), progress=False)
+    return store
+
+
+def _submit_training(head: RayHead, *settings: str, store: Path, tracking: str, job_id: str, run_name: str,
+                     cwd: Path, follow: bool) -> subprocess.CompletedProcess:
+    """`ganpipe submit --workers 2 -- train` (DCGAN on digits) as a user runs it, AWS secret planted."""
+    env = {**head.env, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": tracking, "AWS_SECRET_ACCESS_KEY": PLANTED}
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "submit", "--address", head.address, "--workers", "2",
+         "--submission-id", job_id, *(["--follow"] if follow else []), "--",
+         "train", "--recipe", "dcgan", "--dataset", "digits", "--store", str(store), "--run-name", run_name,
+         "--no-progress", *settings],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
+    )
+
+
+def _jobs_api(head: RayHead, path: str, *, method: str = "GET") -> dict:
+    """What the Jobs API answers at /api/jobs/PATH (token auth, as every client here uses)."""
+    token = Path(head.env["RAY_AUTH_TOKEN_PATH"]).read_text()
+    req = urllib.request.Request(f"{head.address}/api/jobs/{path}", method=method,
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read().decode())
+
+
+def _train_workers(head: RayHead, job_id: str) -> list[dict]:
+    """The Ray Train worker actors (dead ones too) of the job submitted as `job_id`."""
+    ray_job = _jobs_api(head, job_id)["job_id"]  # the driver's Ray job id, which its actors carry
+    return [a for a in _ray_list(head, "actors") if a["class_name"].endswith("TrainWorker") and a["job_id"] == ray_job]
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_training_job_spreads_its_workers_over_two_nodes(ray_head: RayHead, second_node, tmp_path: Path) -> None:
     """Stretch: 2 Ray nodes (1 CPU each) on 127.0.0.1; a training job submitted through the Jobs API runs its
     2 Ray Train workers one per node, tracks into MLflow and registers the generator."""
-    from data_prep.prep import PrepConfig, prep_images
-
-    store = tmp_path / "store"  # one machine: both nodes see this folder
-    prep_images(PrepConfig(source="digits", store=str(store), holdout=100, shard_size=400), progress=False)
+    store = _prep_digits(tmp_path)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     nodes = set(_nodes(ray_head))
     assert len(nodes) == 2
 
-    env = {**ray_head.env, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": tracking,
-           "AWS_SECRET_ACCESS_KEY": PLANTED}
     job_id = f"multinode-{secrets.token_hex(4)}"
-    sub = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "submit", "--address", ray_head.address, "--workers", "2",
-         "--submission-id", job_id, "--follow", "--",
-         "train", "--recipe", "dcgan", "--dataset", "digits", "--store", str(store), "--run-name", "two-nodes",
-         "--no-progress", "loop.steps=4", "loop.log_every=2", "loop.checkpoint_every=4", "loop.sample_every=4",
-         "model.ngf=8", "model.ndf=8", "model.nz=16", "data.batch_size=16"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
-    )
+    sub = _submit_training(ray_head, "loop.steps=4", "loop.log_every=2", "loop.checkpoint_every=4",
+                           "loop.sample_every=4", *TINY_DCGAN, store=store, tracking=tracking, job_id=job_id,
+                           run_name="two-nodes", cwd=tmp_path, follow=True)
     assert sub.returncode == 0, sub.stdout[-4000:] + sub.stderr[-2000:]
     assert PLANTED not in sub.stdout + sub.stderr
     assert "registered models:/dcgan-digits/1" in sub.stdout, sub.stdout[-3000:]
 
-    workers = [a for a in _ray_list(ray_head, "actors") if a["class_name"].endswith("TrainWorker")]
+    workers = _train_workers(ray_head, job_id)
     assert len(workers) == 2, [a["class_name"] for a in workers]
     assert {a["node_id"] for a in workers} == nodes  # one worker on each node
 
@@ -325,3 +395,142 @@ def test_training_job_spreads_its_workers_over_two_nodes(ray_head: RayHead, seco
     run = client.search_runs([client.get_experiment_by_name("dcgan-digits").experiment_id])[0]
     assert run.data.tags["ganpipe.ray_job_id"] == job_id and run.info.status == "FINISHED"
     assert "loss/D" in run.data.metrics
+
+
+# ---- issue 7: a worker node lost mid-training ---------------------------------------------------------------
+
+
+def _registered_checkpoint(experiment_dir: Path) -> int:
+    """The step of the latest checkpoint Ray Train has registered (what a restart resumes from), 0 before one.
+
+    Ray Train V2 keeps that record in checkpoint_manager_snapshot.json; a checkpoint folder alone is not enough
+    (it exists, partly written, before every rank has reported it). The file is rewritten in place, so a read
+    can catch it half-written: that reads as "not yet"."""
+    try:
+        snapshot = json.loads((experiment_dir / "checkpoint_manager_snapshot.json").read_text())
+        latest = snapshot["latest_checkpoint_result"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return int(latest["metrics"]["step"]) if latest else 0
+
+
+def _metric_history(tracking: str, key: str = "loss/D") -> tuple[list, list]:
+    """(runs, `key`'s history of the first run in logging order) across the tracking store's experiments."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    history = client.get_metric_history(runs[0].info.run_id, key) if runs else []
+    return runs, sorted(history, key=lambda m: (m.timestamp, m.step))
+
+
+def _strike_point(experiment_dir: Path, tracking: str, *, every: int) -> int | None:
+    """The registered checkpoint when training is in the first half of the interval after it (past the first
+    checkpoint), else None. Striking there keeps the kill clear of the next checkpoint's report, which the
+    controller registers a poll after the ranks made it: a kill inside that gap may cost one more interval."""
+    checkpoint = _registered_checkpoint(experiment_dir)
+    if checkpoint < every:  # also: MLflow's database is not opened before the driver has created it
+        return None
+    logged = max((m.step for m in _metric_history(tracking)[1]), default=0)
+    return checkpoint if checkpoint < logged <= checkpoint + every // 2 else None
+
+
+def _node_state(head: RayHead, node_id: str) -> str:
+    """ALIVE or DEAD as the cluster lists the node ("" while the state API answers with a warning, not JSON)."""
+    try:
+        return next((n["state"] for n in _ray_list(head, "nodes") if n["node_id"] == node_id), "")
+    except (AssertionError, ValueError):
+        return ""
+
+
+def _job_failure(head: RayHead, job_id: str, what: str) -> str:
+    info = _jobs_api(head, job_id)
+    return f"job {job_id} is {info['status']} ({what}):\n{_jobs_api(head, f'{job_id}/logs')['logs'][-6000:]}"
+
+
+def _wait_job(head: RayHead, job_id: str, cond, what: str, *, timeout: float) -> None:
+    """Poll `cond` while the job runs; fail with the job's logs if it ends or the deadline passes first."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if _jobs_api(head, job_id)["status"] in jobs.TERMINAL or time.monotonic() > deadline:
+            pytest.fail(_job_failure(head, job_id, f"waiting for {what}"))
+        time.sleep(0.2)
+
+
+def _job_end(head: RayHead, job_id: str, *, timeout: float) -> str:
+    """The job's final status; fails with its logs if it has not ended by the deadline."""
+    deadline = time.monotonic() + timeout
+    while (status := _jobs_api(head, job_id)["status"]) not in jobs.TERMINAL:
+        if time.monotonic() > deadline:
+            pytest.fail(_job_failure(head, job_id, "waiting for it to end"))
+        time.sleep(1)
+    return status
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_worker_node_lost_resumes_from_checkpoint_in_the_same_run(
+    ray_head: RayHead, second_node: RayNode, tmp_path: Path
+) -> None:
+    """Issue 7: mid-training, the second node's raylet is killed (its Train worker dies with the node). With
+    FailureConfig(max_failures >= 1) the job waits for capacity; once a node joins again Ray Train restarts the
+    worker group from the latest checkpoint, in the same MLflow run: the job reaches the final step, redoes at
+    most the one checkpoint interval after that checkpoint, and every step is logged (repeats only there)."""
+    # Ray Train V2 takes one report per controller poll (every 2 s; a worker's result queue holds one report):
+    # with a report every 2nd step, 40 steps take ~40 s however small the model.
+    steps, every, log = 40, 8, 2
+    store = _prep_digits(tmp_path)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_name, job_id = "node-lost", f"node-lost-{secrets.token_hex(4)}"
+    experiment_dir = store / "ray" / run_name  # Ray Train's storage for the run (train.py: the store's ray/)
+    nodes_before = set(_nodes(ray_head))
+    raylet = second_node.raylet_pid()
+    sub = _submit_training(ray_head, f"loop.steps={steps}", f"loop.checkpoint_every={every}", f"loop.log_every={log}",
+                           f"loop.sample_every={steps}", *TINY_DCGAN, store=store, tracking=tracking, job_id=job_id,
+                           run_name=run_name, cwd=tmp_path, follow=False)
+    assert sub.returncode == 0, sub.stdout[-4000:] + sub.stderr[-2000:]
+    replacement = None
+    try:
+        _wait_job(ray_head, job_id, lambda: _strike_point(experiment_dir, tracking, every=every) is not None,
+                  "a checkpoint to strike after", timeout=600)
+        checkpoint = _registered_checkpoint(experiment_dir)
+        os.kill(raylet, signal.SIGKILL)  # its `ray start --block` then takes the node's other processes down
+
+        # The cluster sees the node die, and the job waits for capacity rather than failing.
+        _wait_job(ray_head, job_id, lambda: _node_state(ray_head, second_node.node_id) == "DEAD",
+                  "the cluster to mark the killed node dead", timeout=300)
+        assert _jobs_api(ray_head, job_id)["status"] == "RUNNING"
+        replacement = _join_node(ray_head, known=nodes_before)
+        assert _job_end(ray_head, job_id, timeout=900) == "SUCCEEDED", _job_failure(ray_head, job_id, "at its end")
+    finally:
+        with contextlib.suppress(OSError):  # a job left running would hold the CPUs the next test needs
+            if _jobs_api(ray_head, job_id)["status"] not in jobs.TERMINAL:
+                _jobs_api(ray_head, f"{job_id}/stop", method="POST")
+        if replacement is not None:
+            replacement.stop()
+
+    # It restarted, from the checkpoint registered before the kill (or a later one), on the new node too.
+    logs = _jobs_api(ray_head, f"{job_id}/logs")["logs"]
+    resumed = {int(s) for s in re.findall(rf"\[ganpipe\] resuming {run_name} from step (\d+)", logs)}
+    assert len(resumed) == 1, logs[-6000:]  # a set: Ray Train's print patch may show a worker's line twice
+    start = resumed.pop()
+    assert start >= checkpoint and start % every == 0, (start, checkpoint)
+    workers = _train_workers(ray_head, job_id)
+    assert len(workers) >= 4, workers  # the first group of 2 and the restarted one
+    assert {second_node.node_id, replacement.node_id} <= {a["node_id"] for a in workers}
+    assert _registered_checkpoint(experiment_dir) == steps
+    assert "registered models:/dcgan-digits/1" in logs, logs[-3000:]
+
+    # One MLflow run, this job's, finished; every step logged, repeats only in the interval redone after `start`.
+    import mlflow
+
+    runs, history = _metric_history(tracking)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["ganpipe.ray_job_id"] == job_id and run.info.status == "FINISHED"
+    counts = Counter(m.step for m in history)
+    assert sorted(counts) == list(range(log, steps + 1, log)), sorted(counts)
+    repeated = {s: n for s, n in counts.items() if n > 1}
+    assert set(repeated) <= set(range(start + 1, start + every + 1)) and set(repeated.values()) <= {2}, repeated
+    version = mlflow.MlflowClient(tracking_uri=tracking).get_model_version("dcgan-digits", "1")
+    assert version.run_id == run.info.run_id
