@@ -23,6 +23,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, CKPT, LOG = 600, 100, 10
+# Wide enough that a step takes tens of ms: the faults below strike between checkpoints, and a tiny net can
+# run 100 steps in the time it takes to stop or start a server (on an idle machine its run printed neither the
+# first outage's warning nor its recovery line).
+PACED_MODEL = ("model.ngf=32", "model.ndf=32", "model.nz=64", "data.batch_size=64")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -35,7 +39,7 @@ def _train_cmd(store: str, tracking_uri: str, run_name: str) -> list[str]:
         sys.executable, "-m", "pipelines.cli", "train", "--recipe", "dcgan", "--dataset", "digits", "--workers", "0",
         "--run-name", run_name, "--store", store, "--tracking-uri", tracking_uri, "--no-progress",
         f"loop.steps={STEPS}", f"loop.checkpoint_every={CKPT}", f"loop.log_every={LOG}", "loop.sample_every=100",
-        "loop.eval_every=0", "loop.threads=1", "model.ngf=8", "model.ndf=8", "model.nz=16", "data.batch_size=32",
+        "loop.eval_every=0", "loop.threads=1", *PACED_MODEL,
     ]  # fmt: skip
 
 

@@ -534,5 +534,5 @@ def test_worker_node_lost_resumes_from_checkpoint_in_the_same_run(
     assert sorted(counts) == list(range(log, steps + 1, log)), sorted(counts)
     repeated = {s: n for s, n in counts.items() if n > 1}
     assert set(repeated) <= set(range(start + 1, start + every + 1)) and set(repeated.values()) <= {2}, repeated
-    version = mlflow.MlflowClient(tracking_uri=tracking).get_model_version("dcgan-digits", "1")
+    version = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking).get_model_version("dcgan-digits", "1")
     assert version.run_id == run.info.run_id

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -178,16 +179,25 @@ def test_csv_plot_and_best_skip_diverged_trials(tmp_path):
 # ---------------------------------------------------------------- real sweeps (Ray Tune + mlflow server)
 
 
-@pytest.fixture(scope="module")
-def digits_store(tmp_path_factory):
+def _digits_with_evaluator(store: str) -> str:
     """digits prepared once, with a quickly trained evaluator cached beside it (the sweeps reuse the cache)."""
     from data_prep.prep import PrepConfig, prep_images
     from pipelines.evaluator import ensure_evaluator
 
-    store = tmp_path_factory.mktemp("sweep-store")
-    result = prep_images(PrepConfig(source="digits", store=str(store), shard_size=400), progress=False)
-    ensure_evaluator(store_url=str(store), dataset_url=result.dataset_url, manifest=result.manifest, epochs=1)
-    return str(store)
+    result = prep_images(PrepConfig(source="digits", store=store, shard_size=400), progress=False)
+    ensure_evaluator(store_url=store, dataset_url=result.dataset_url, manifest=result.manifest, epochs=1)
+    return store
+
+
+@pytest.fixture(scope="module")
+def digits_store(tmp_path_factory):
+    return _digits_with_evaluator(str(tmp_path_factory.mktemp("sweep-store")))
+
+
+@pytest.fixture(scope="module")
+def digits_s3_store(s3_server):
+    """The same in a bucket of the session's SeaweedFS: trials read shards and write checkpoints there."""
+    return _digits_with_evaluator(f"s3://sweep-{uuid.uuid4().hex[:12]}/store")
 
 
 @pytest.fixture(scope="module")
@@ -240,12 +250,12 @@ def _children(client, name: str):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_asha_sweep_with_a_diverging_trial_registers_the_best(digits_store, mlflow_server, tmp_path):
+def test_asha_sweep_with_a_diverging_trial_registers_the_best(digits_s3_store, mlflow_server, tmp_path):
     import mlflow
 
     space = tmp_path / "lr.yaml"
     space.write_text("model.lr_g: {grid: [1.0e-4, 4.0e-4, 1.0e-3, 1.0e+30]}\n")  # 1e30: NaN within two steps
-    cmd = _sweep_cmd(digits_store, mlflow_server, "asha4", "--space", str(space), "--num-samples", "1",
+    cmd = _sweep_cmd(digits_s3_store, mlflow_server, "asha4", "--space", str(space), "--num-samples", "1",
                      "--steps", "8", "--report-every", "4", "--max-concurrent", "2", "--scheduler", "asha")
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
