@@ -250,9 +250,12 @@ def _children(client, name: str):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_asha_sweep_with_a_diverging_trial_registers_the_best(digits_s3_store, mlflow_server, tmp_path):
+def test_asha_sweep_with_a_diverging_trial_registers_the_best(digits_s3_store, mlflow_server, s3_server, tmp_path,
+                                                              monkeypatch):
     import mlflow
 
+    # The run's artifacts (trials.csv, the plot) live in the S3 store, as on a cluster; this process reads them.
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server.endpoint)
     space = tmp_path / "lr.yaml"
     space.write_text("model.lr_g: {grid: [1.0e-4, 4.0e-4, 1.0e-3, 1.0e+30]}\n")  # 1e30: NaN within two steps
     cmd = _sweep_cmd(digits_s3_store, mlflow_server, "asha4", "--space", str(space), "--num-samples", "1",
