@@ -73,6 +73,16 @@ class Family:
         return self.train_step(nets, opts, batch, cfg, extra=extra)
 
 
+def adam_g_and_d(cfg: Any, nets: Nets) -> Optimizers:
+    """One Adam per network with the config's lr_g, lr_d and (beta1, beta2): DCGAN's optimisers, which GAN-CLS
+    (Reed et al. 2016) trains with too."""
+    betas = (cfg.beta1, cfg.beta2)
+    return {
+        "G": torch.optim.Adam(nets["G"].parameters(), lr=cfg.lr_g, betas=betas),
+        "D": torch.optim.Adam(nets["D"].parameters(), lr=cfg.lr_d, betas=betas),
+    }
+
+
 def step_schedulers(extra: Mapping[str, Any]) -> None:
     """Advance every LR scheduler in `extra` by one epoch: the official `update_learning_rate`, which the
     pix2pix/CycleGAN train.py calls at the start of every epoch (so epoch e trains at the rate after e steps).

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from . import losses
 from ._checks import in_unit_interval, one_of, positive
-from .family import Batch, Family, Nets, Optimizers
+from .family import Batch, Family, Nets, Optimizers, adam_g_and_d
 from .latent import make_grid
 from .layers import frozen, init_normal_
 
@@ -149,13 +149,7 @@ def build(cfg: Config) -> Nets:
     return {"G": g, "D": d}
 
 
-def build_optimizers(cfg: Config, nets: Nets) -> Optimizers:
-    """Adam for each network, lr 2e-4, betas (0.5, 0.999)."""
-    betas = (cfg.beta1, cfg.beta2)
-    return {
-        "G": torch.optim.Adam(nets["G"].parameters(), lr=cfg.lr_g, betas=betas),
-        "D": torch.optim.Adam(nets["D"].parameters(), lr=cfg.lr_d, betas=betas),
-    }
+build_optimizers = adam_g_and_d  # Adam for each network (paper: lr 2e-4, betas (0.5, 0.999))
 
 
 def sample_latent(

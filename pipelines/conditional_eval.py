@@ -27,7 +27,7 @@ from torch import nn
 
 from data_prep import render
 from data_prep.storage import open_store
-from pipelines.evaluator import _random_shift, feature_stats, frechet_distance, to_unit_range
+from pipelines.evaluator import _random_shift, feature_stats, frechet_distance, read_url, to_unit_range
 from pipelines.loop import generate
 
 FEATURES = 64
@@ -122,8 +122,7 @@ class AttrEvaluator:
 
     @classmethod
     def load(cls, url: str, *, s3_endpoint: str | None = None, device: torch.device | str = "cpu") -> AttrEvaluator:
-        parent, key = url.rstrip("/").rsplit("/", 1)
-        return cls.from_bytes(open_store(parent, s3_endpoint=s3_endpoint).get_bytes(key), device=device)
+        return cls.from_bytes(read_url(url, s3_endpoint=s3_endpoint), device=device)
 
 
 # --- labels of the real data --------------------------------------------------------------------------------

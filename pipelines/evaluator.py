@@ -85,6 +85,12 @@ def to_unit_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return images.float()
 
 
+def read_url(url: str, *, s3_endpoint: str | None = None) -> bytes:
+    """The bytes of one object named by its full URL (a store URL and a key), as cached evaluators are."""
+    parent, key = url.rstrip("/").rsplit("/", 1)
+    return open_store(parent, s3_endpoint=s3_endpoint).get_bytes(key)
+
+
 @dataclass
 class Evaluator:
     net: EvalNet
@@ -146,8 +152,7 @@ class Evaluator:
 
     @classmethod
     def load(cls, url: str, *, s3_endpoint: str | None = None, device: torch.device | str = "cpu") -> Evaluator:
-        parent, key = url.rstrip("/").rsplit("/", 1)
-        return cls.from_bytes(open_store(parent, s3_endpoint=s3_endpoint).get_bytes(key), device=device)
+        return cls.from_bytes(read_url(url, s3_endpoint=s3_endpoint), device=device)
 
 
 def train_evaluator(

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pipelines import seaweedfs
 from pipelines.seaweedfs import S3Server, free_ports
 
-__all__ = ["S3Server", "free_ports"]
+__all__ = ["MlflowServer", "S3Server", "free_ports"]
 
 _START_TIMEOUT_S = 60.0
 
@@ -56,3 +61,40 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def bucket_url(s3_server: S3Server) -> str:
     """A fresh s3://bucket-<uuid>/prefix on the session's SeaweedFS (the bucket is created on first write)."""
     return f"s3://bucket-{uuid.uuid4().hex[:16]}/prefix"
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend, artifacts under `root`), its log in root/mlflow.log.
+    stop() and start() keep the port and the database, so a test can take the server away and bring it back."""
+
+    def __init__(self, root: Path, *, backend_uri: str = "") -> None:
+        self.root, self.port = Path(root), free_ports(1)[0]
+        self.backend_uri = backend_uri or f"sqlite:///{self.root / 'mlflow.db'}"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, *, timeout: float = 180) -> None:
+        from pipelines.services import mlflow_healthy
+
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_uri,
+               "--artifacts-destination", (self.root / "artifacts").as_uri(), "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1"]
+        # The test's own MLflow settings are not the server's.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        log_path = self.root / "mlflow.log"
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not mlflow_healthy(self.url):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log_tail = log_path.read_text(errors="replace")[-3000:]
+                pytest.fail(f"mlflow server did not answer on {self.url}:\n{log_tail}")
+            time.sleep(0.3)
+
+    def stop(self, *, crash: bool = False) -> None:
+        """SIGTERM, or SIGKILL with `crash` (no clean shutdown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL if crash else signal.SIGTERM)
+            self.proc.wait(timeout=30)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MlflowServer
 from scipy import linalg
 from torch import nn
 
@@ -350,35 +351,13 @@ def test_models_ls_lists_versions_aliases_dataset_and_metrics(registry, capsys):
 
 def test_models_ls_and_promote_through_an_mlflow_server(registry, tmp_path):
     """The same registry served by `mlflow server` (sqlite backend) on 127.0.0.1, used over HTTP."""
-    import os
-    import signal
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", registry.tracking_uri, "--host",
-         "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    server = MlflowServer(tmp_path, backend_uri=registry.tracking_uri)
+    server.start()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                out = server.stdout.read().decode(errors="replace") if server.stdout else ""
-                pytest.fail(f"mlflow server did not answer on 127.0.0.1:{port}:\n{out[-3000:]}")
-            time.sleep(0.5)
-        uri = f"http://127.0.0.1:{port}"
+        uri = server.url
         ls = subprocess.run([sys.executable, "-m", "pipelines.cli", "models", "ls", registry.name, "--tracking-uri",
                              uri], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert ls.returncode == 0, ls.stderr[-2000:]
@@ -392,5 +371,4 @@ def test_models_ls_and_promote_through_an_mlflow_server(registry, tmp_path):
             cwd=tmp_path)
         assert promote.returncode == 0 and f"v{champion} already is champion" in promote.stdout, promote.stderr
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        server.stop()

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import MlflowServer
 
 from data_prep.prep import PrepConfig, prep_images
 from data_prep.storage import open_store
 from pipelines import seaweedfs
-from pipelines.seaweedfs import S3Server, free_ports
+from pipelines.seaweedfs import S3Server
 from pipelines.tracking import RUN_NAME_TAG, UNLOGGED_FILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -66,38 +67,12 @@ def _wait(cond: Callable[[], bool], proc: subprocess.Popen | None, what: str, ti
         time.sleep(0.3)
 
 
-class MlflowServer:
-    """A real `mlflow server` on 127.0.0.1 (sqlite backend); stop() and start() keep the port and the database."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_ports(1)[0]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", (self.root / "artifacts").as_uri(), "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", "1"]
-        env = {**_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with open(self.root / "mlflow.log", "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
-                                         start_new_session=True)
-        from pipelines.services import mlflow_healthy
-
-        _wait(lambda: mlflow_healthy(self.url), self.proc, "the MLflow server", timeout=180)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # a crash, not a clean shutdown
-            self.proc.wait(timeout=30)
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
     server = MlflowServer(tmp_path)
     server.start()
     yield server
-    server.stop()
+    server.stop(crash=True)
 
 
 def _history(tracking_uri: str, run_name: str, key: str = "loss/D") -> tuple[list, list[int]]:
@@ -121,13 +96,13 @@ def test_mlflow_outage_buffers_then_completes_the_same_run(store, mlflow_server,
     try:
         # Outage 1 (steps ~100..200): the server comes back while training runs.
         _wait(lambda: _latest_step(store, run) >= 100, proc, "checkpoint 100")
-        mlflow_server.stop()
+        mlflow_server.stop(crash=True)
         _wait(lambda: _latest_step(store, run) >= 200, proc, "checkpoint 200 with MLflow down")
         mlflow_server.start()
         # The backlog arrives while training goes on.
         _wait(lambda: max(_history(mlflow_server.url, run)[1] or [0]) >= 200, proc, "the buffered metrics")
         # Outage 2: the server never comes back before the job ends.
-        mlflow_server.stop()
+        mlflow_server.stop(crash=True)
         out, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
