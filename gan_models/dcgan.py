@@ -14,7 +14,17 @@ from torch import Tensor, nn
 from . import losses
 from ._checks import in_unit_interval, one_of, positive
 from .augment import check_policy, diff_augment
-from .family import Batch, Family, Nets, Optimizers, adam_g_and_d, latent_only_inputs, noise_images_batch
+from .family import (
+    ITERATION_KEY,
+    Batch,
+    Family,
+    Nets,
+    Optimizers,
+    adam_g_and_d,
+    iterations_done,
+    latent_only_inputs,
+    noise_images_batch,
+)
 from .layers import frozen, init_normal_
 
 IMAGE_SIZES = (32, 64)
@@ -39,6 +49,8 @@ class Config:
     d_norm: str = "batch"  # "batch" (paper) or "spectral" (Miyato et al. 2018: SN on every D conv, no BN)
     augment: str = ""  # DiffAugment policy for D's inputs, e.g. "translation,cutout" (not in the paper: "")
     g_topk: float = 1.0  # share of fakes, those D scores highest, that G's loss uses (Sinha et al. 2020; paper: 1)
+    r1_gamma: float = 0.0  # γ of the R1 penalty γ/2·E||∇_x D(x)||² on D's real inputs (Mescheder et al. 2018; paper: 0)
+    r1_every: int = 1  # lazy R1: the penalty on every k-th D step only, scaled by k (Karras et al. 2020)
 
     def __post_init__(self) -> None:
         one_of("image_size", self.image_size, IMAGE_SIZES)
@@ -46,7 +58,9 @@ class Config:
         one_of("loss", self.loss, LOSSES)
         check_policy(self.augment)
         one_of("d_norm", self.d_norm, ("batch", "spectral"))
-        positive(nz=self.nz, ngf=self.ngf, ndf=self.ndf, lr_g=self.lr_g, lr_d=self.lr_d)
+        positive(nz=self.nz, ngf=self.ngf, ndf=self.ndf, lr_g=self.lr_g, lr_d=self.lr_d, r1_every=self.r1_every)
+        if self.r1_gamma < 0:
+            raise ValueError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
         in_unit_interval(beta1=self.beta1, beta2=self.beta2)
         if not 0.0 < self.g_topk <= 1.0:
             raise ValueError(f"g_topk must be in (0, 1], got {self.g_topk}")
@@ -132,8 +146,9 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     Paper -> code: G (generator) = nets["G"], D (discriminator) = nets["D"], x = batch["image"] (B, C, H, W)
     in [-1, 1], z = `z` ~ N(0, I) of size nz=100 (fresh each step, global RNG, on the batch's device),
     G(z) = `fake`. Hyperparameters (paper defaults): Adam lr 0.0002, β1 0.5, batch 128 (the loop's), weights
-    N(0, 0.02), LeakyReLU slope 0.2; no λ weights. With loss="bce" D maximises log D(x) + log(1 - D(G(z)))
-    and G maximises log D(G(z)); "lsgan"/"hinge" swap both halves.
+    N(0, 0.02), LeakyReLU slope 0.2; no λ weights
+    (the optional R1 penalty's γ, `r1_gamma`, is 0 in the paper). With loss="bce" D maximises
+    log D(x) + log(1 - D(G(z))) and G maximises log D(G(z)); "lsgan"/"hinge" swap both halves.
 
     D(real) and D(fake) run as two forward+backward passes, as in the official code: each forward is followed
     by its own backward, which DDP requires, and BatchNorm sees all-real and all-fake batches. In the G step
@@ -149,10 +164,18 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
 
     # (1) Update D: maximise log D(x) + log(1 - D(G(z))).
     opt_d.zero_grad(set_to_none=True)
-    # (1a) ... on a real batch.
-    real_logits = d_net(diff_augment(real, cfg.augment))
+    # (1a) ... on a real batch (+ the R1 penalty, when one is configured and due).
+    it = iterations_done(opts)
+    real_in = diff_augment(real, cfg.augment)
+    real_logits = d_net(real_in)
     err_d_real = d_real_loss(real_logits)
-    err_d_real.backward()
+    r1 = None
+    if cfg.r1_gamma > 0 and it % cfg.r1_every == 0:
+        # Through D's inner module, as StarGAN's gradient penalty: DDP supports only one forward per backward.
+        r1 = losses.r1_penalty(getattr(d_net, "module", d_net), real_in)
+        (err_d_real + cfg.r1_gamma / 2 * cfg.r1_every * r1).backward()
+    else:
+        err_d_real.backward()
     # (1b) ... on a fake batch; G(z) is detached so this backward stops at D.
     z = torch.randn(real.shape[0], cfg.nz, 1, 1, device=real.device)
     fake = g_net(z)
@@ -160,6 +183,7 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     err_d_fake = d_fake_loss(fake_logits)
     err_d_fake.backward()
     opt_d.step()
+    opt_d.param_groups[0][ITERATION_KEY] = it + 1
 
     # (2) Update G: maximise log D(G(z)) (non-saturating), through the just-updated D.
     opt_g.zero_grad(set_to_none=True)
@@ -171,13 +195,16 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     err_g.backward()
     opt_g.step()
 
-    return {
+    out = {
         "loss/D": (err_d_real + err_d_fake).detach(),
         "loss/G": err_g.detach(),
         # sigmoid(logit) is D's probability for bce; for lsgan/hinge it is only a monotone score.
         "d/real_score": torch.sigmoid(real_logits.detach().float()).mean(),
         "d/fake_score": torch.sigmoid(fake_logits.detach().float()).mean(),
     }
+    if r1 is not None:
+        out["loss/D_r1"] = r1.detach()  # E||∇_x D(x)||², averaged by the loop over the steps that computed it
+    return out
 
 
 FAMILY = Family(

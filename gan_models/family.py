@@ -83,6 +83,16 @@ def adam_g_and_d(cfg: Any, nets: Nets) -> Optimizers:
     }
 
 
+ITERATION_KEY = "iteration"  # D optimizer param_groups[0][ITERATION_KEY]: iterations done
+
+
+def iterations_done(opts: Optimizers) -> int:
+    """Iterations (D steps) taken so far, for what runs every k-th step (StarGAN's G steps and lr schedule,
+    lazy R1). It lives in the D optimizer's first param group, so `opt.state_dict()` saves it and
+    `load_state_dict` restores it: a resumed run keeps its rhythm without any extra state."""
+    return int(opts["D"].param_groups[0].get(ITERATION_KEY, 0))
+
+
 def step_schedulers(extra: Mapping[str, Any]) -> None:
     """Advance every LR scheduler in `extra` by one epoch: the official `update_learning_rate`, which the
     pix2pix/CycleGAN train.py calls at the start of every epoch (so epoch e trains at the rate after e steps).

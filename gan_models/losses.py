@@ -166,6 +166,18 @@ def gradient_penalty(
     return (norm - 1.0).square().mean()
 
 
+def r1_penalty(critic: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
+    """E[||∇_x D(x)||_2^2] on real samples only (Mescheder et al. 2018; the R1 term is γ/2 times this).
+
+    Pushes D's gradient to zero on the data, which makes the non-saturating GAN converge locally instead of
+    circling. Per sample over all non-batch dims; `real` is detached here (the penalty trains D only) and the
+    graph is kept (create_graph=True) for the caller's backward. γ is the caller's.
+    """
+    x = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(outputs=critic(x).sum(), inputs=x, create_graph=True)
+    return _f32(grad).flatten(1).square().sum(1).mean()
+
+
 # --- the image-to-image families' criterion: the official junyanz GANLoss(gan_mode)(prediction, is_real) ----
 # Means over every element, so a PatchGAN's (N, 1, h, w) logits average over patches too. Each entry is
 # (D term for real inputs, D term for fake inputs, G term on fakes). Scales are the official ones, which differ

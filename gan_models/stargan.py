@@ -18,14 +18,11 @@ from torch import Tensor, nn
 
 from . import losses
 from ._checks import in_unit_interval, one_of, positive
-from .family import Batch, Family, Nets, Optimizers
+from .family import ITERATION_KEY, Batch, Family, Nets, Optimizers, iterations_done
 from .latent import make_grid
 from .layers import frozen
 
 LABEL_MODES = ("multi", "exclusive")
-ITERATION_KEY = "iteration"  # D optimizer param_groups[0][ITERATION_KEY]: iterations done (see train_step)
-
-
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """StarGAN hyperparameters; defaults are the official CelebA run's (main.py), 128x128, 5 attributes."""
@@ -195,15 +192,6 @@ def build_optimizers(cfg: Config, nets: Nets) -> Optimizers:
     opt_d = torch.optim.Adam(nets["D"].parameters(), lr=cfg.d_lr, betas=betas, fused=True)
     opt_d.param_groups[0][ITERATION_KEY] = 0
     return {"G": torch.optim.Adam(nets["G"].parameters(), lr=cfg.g_lr, betas=betas, fused=True), "D": opt_d}
-
-
-def iterations_done(opts: Optimizers) -> int:
-    """Iterations (D steps) taken so far: the counter that decides G steps and the lr schedule.
-
-    It lives in the D optimizer's first param group, so `opt.state_dict()` saves it and `load_state_dict`
-    restores it: a resumed run continues the n_critic rhythm and the schedule without any extra state.
-    """
-    return int(opts["D"].param_groups[0].get(ITERATION_KEY, 0))
 
 
 # --- labels --------------------------------------------------------------------------------------------

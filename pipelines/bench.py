@@ -18,6 +18,7 @@ import torch
 
 from gan_models import get_family
 from pipelines.config import parse_value
+from pipelines.precision import wants_channels_last
 
 
 def _sync(device: torch.device) -> None:
@@ -50,14 +51,15 @@ def bench(
         raise ValueError(f"steps={steps} must be a multiple of {family}'s n_critic={n_critic}")
     torch.manual_seed(seed)
     nets = {k: v.to(dev) for k, v in fam.build(cfg).items()}
+    amp_dtype = torch.bfloat16 if amp else None
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if wants_channels_last(dev, amp_dtype):  # the layout training uses for this device and precision
         for net in nets.values():
             net.to(memory_format=torch.channels_last)
     opts = fam.build_optimizers(cfg, nets)
     extra = fam.extra_state(cfg, opts, seed=seed) if fam.extra_state is not None else None
     batch_data = fam.example_batch(cfg, batch, generator=torch.Generator(dev).manual_seed(seed), device=dev)
-    amp_dtype = torch.bfloat16 if amp else None
 
     def run(n: int) -> None:
         for _ in range(n):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gan_models import get_family
+from pipelines.precision import PRECISIONS
 
 DEFAULT_HOME = ".ganpipe"
 
@@ -32,6 +33,12 @@ class LoopConfig:
     ema_decay: float = 0.0  # exponential moving average of G's weights (0 disables); the EMA is exported
     ema_start: int = 0  # step after which the EMA starts tracking (before it, it copies G)
     threads: int = 0  # torch intra-op threads per process (0: Ray workers use cpus_per_worker, else torch's default)
+    precision: str = "auto"  # "fp32"; "bf16": autocast where native (GPUs, AVX512-BF16/AMX CPUs), else fp32;
+    #                          "auto": bf16 on GPUs that have it, fp32 on CPUs
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"loop.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -72,7 +72,9 @@ def train_worker(config: dict[str, Any]) -> None:
         # SyncBatchNorm has only GPU kernels; on CPU each rank keeps its own batch statistics.
         if world > 1 and job.spec.scale.use_gpu and _has_batch_norm(model):
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return ray.train.torch.prepare_model(model)
+        # No buffer broadcast before every forward: it only copies rank 0's BN running statistics to ranks whose
+        # own are never saved (checkpoints hold rank 0's), and costs ~9% of a small model's CPU step.
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
 
     def report(r: Report) -> None:
         if logger is not None:

@@ -17,6 +17,7 @@ from gan_models import get_family
 from pipelines.checkpoint import load_state, restore, restore_rng, training_state
 from pipelines.config import TrainSpec
 from pipelines.loop import GeneratorEMA, Report, fit, sample_grid
+from pipelines.precision import autocast_dtype, wants_channels_last
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,9 +129,10 @@ def run_rank(
         torch.set_num_threads(spec.loop.threads)
     seed_everything(spec.loop.seed, 0)  # identical initial weights on every rank
     nets = family.build(spec.model)
+    amp_dtype = autocast_dtype(spec.loop.precision, device)
     for net in nets.values():
         net.to(device)
-        if device.type == "cuda":
+        if wants_channels_last(device, amp_dtype):
             net.to(memory_format=torch.channels_last)
     ema = None
     if spec.loop.ema_decay > 0:
@@ -182,7 +184,6 @@ def run_rank(
             return {}
         return training_state(spec=spec.to_dict(), step=step, nets=nets, opts=opts, ema=ema, extra=extra)
 
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return fit(
@@ -203,5 +204,5 @@ def run_rank(
         start_step=start_step,
         world_size=world_size,
         device=device,
-        amp_dtype=torch.bfloat16 if use_bf16 else None,
+        amp_dtype=amp_dtype,
     )

@@ -11,6 +11,7 @@ from gan_models import dcgan, get_family
 from pipelines.checkpoint import load_state, restore, save_state, training_state
 from pipelines.config import LoopConfig, TrainSpec, apply_overrides
 from pipelines.loop import GeneratorEMA, Report, fit
+from pipelines.precision import autocast_dtype, native_bf16, wants_channels_last
 from pipelines.recipes import dcgan_paper
 
 TINY = dcgan.Config(image_size=32, channels=1, nz=8, ngf=4, ndf=4)
@@ -158,3 +159,30 @@ def test_overrides_of_one_section_apply_together():
     assert (spec.model.num_iters, spec.model.num_iters_decay, spec.loop.steps) == (3000, 1500, 3000)
     with pytest.raises(ValueError, match="num_iters_decay"):
         apply_overrides(get_recipe("stargan")(), ["model.num_iters=3000"])
+
+
+def test_precision_resolves_per_device_and_rejects_unknown_names():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("auto", cpu) is None  # CPUs keep float32 unless a recipe asks for bf16
+    if native_bf16(cpu):
+        assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    else:  # emulated bf16 would only be slower: float32, and a warning that says so
+        with pytest.warns(UserWarning, match="no native bf16"):
+            assert autocast_dtype("bf16", cpu) is None
+    assert wants_channels_last(cpu, torch.bfloat16) and not wants_channels_last(cpu, None)
+    with pytest.raises(ValueError, match="loop.precision must be one of auto, fp32, bf16; got 'fp16'"):
+        apply_overrides(dcgan_paper(), ["loop.precision=fp16"])
+
+
+def test_a_bf16_step_on_cpu_keeps_float32_weights_and_moves_them():
+    fam, nets, opts = _build()
+    for net in nets.values():
+        net.to(memory_format=torch.channels_last)
+    before = [p.detach().clone() for p in nets["G"].parameters()]
+    reports: list[Report] = []
+    fit(family=fam, model_cfg=TINY, nets=nets, opts=opts, batches=_batches(), loop=LoopConfig(steps=2, log_every=1),
+        report=reports.append, amp_dtype=torch.bfloat16)
+    assert all(torch.isfinite(torch.tensor(r.metrics["loss/G"])) for r in reports)
+    assert all(p.dtype == torch.float32 for net in nets.values() for p in net.parameters())
+    assert any(not torch.equal(p0, p1) for p0, p1 in zip(before, nets["G"].parameters(), strict=True))

@@ -110,6 +110,19 @@ def test_gradient_penalty_norm_is_per_sample_over_all_non_batch_dims():
     assert_close(gp, mean([(1.0 - 1) ** 2, (5.0 - 1) ** 2]))
 
 
+def test_r1_penalty_is_the_mean_squared_input_gradient_norm_and_trains_d():
+    # D(x) = <w, x>: ∇_x D = w, so R1 = ||w||^2 for every sample; d/dw = 2w.
+    w = torch.tensor([3.0, 0.0, 4.0, 1.0], dtype=torch.float64, requires_grad=True)
+    real = torch.randn(5, 2, 2, dtype=torch.float64)
+    r1 = losses.r1_penalty(lambda x: x.flatten(1) @ w, real)
+    assert_close(r1, torch.tensor(26.0, dtype=torch.float64))
+    r1.backward()
+    assert_close(w.grad, 2 * w.detach())
+    # D(x) = sum(x^2) / 2 per sample: ∇ = x, so R1 = mean of ||x||^2 over samples (1 and 25).
+    x = torch.tensor([[1.0, 0.0], [3.0, 4.0]], dtype=torch.float64)
+    assert_close(losses.r1_penalty(lambda v: 0.5 * v.square().sum(1), x), mean([1.0, 25.0]))
+
+
 def test_gradient_penalty_draws_eps_from_the_given_generator():
     real, fake = torch.randn(4, 3), torch.randn(4, 3)
 
