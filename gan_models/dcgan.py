@@ -49,6 +49,8 @@ class Config:
     d_norm: str = "batch"  # "batch" (paper) or "spectral" (Miyato et al. 2018: SN on every D conv, no BN)
     augment: str = ""  # DiffAugment policy for D's inputs, e.g. "translation,cutout" (not in the paper: "")
     g_topk: float = 1.0  # share of fakes, those D scores highest, that G's loss uses (Sinha et al. 2020; paper: 1)
+    real_label: float = 1.0  # D's target for real images with loss="bce"; 0.9 = one-sided label smoothing
+    #                          (Salimans et al. 2016; paper: 1)
     r1_gamma: float = 0.0  # γ of the R1 penalty γ/2·E||∇_x D(x)||² on D's real inputs (Mescheder et al. 2018; paper: 0)
     r1_every: int = 1  # lazy R1: the penalty on every k-th D step only, scaled by k (Karras et al. 2020)
 
@@ -59,6 +61,8 @@ class Config:
         check_policy(self.augment)
         one_of("d_norm", self.d_norm, ("batch", "spectral"))
         positive(nz=self.nz, ngf=self.ngf, ndf=self.ndf, lr_g=self.lr_g, lr_d=self.lr_d, r1_every=self.r1_every)
+        if not 0.5 < self.real_label <= 1.0 or (self.real_label < 1.0 and self.loss != "bce"):
+            raise ValueError(f"real_label must be in (0.5, 1] and below 1 only with loss='bce', got {self.real_label}")
         if self.r1_gamma < 0:
             raise ValueError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
         in_unit_interval(beta1=self.beta1, beta2=self.beta2)
@@ -169,6 +173,8 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     real_in = diff_augment(real, cfg.augment)
     real_logits = d_net(real_in)
     err_d_real = d_real_loss(real_logits)
+    if cfg.real_label < 1.0:  # BCE against the target real_label: -(t log D(x) + (1 - t) log(1 - D(x)))
+        err_d_real = cfg.real_label * err_d_real + (1.0 - cfg.real_label) * d_fake_loss(real_logits)
     r1 = None
     if cfg.r1_gamma > 0 and it % cfg.r1_every == 0:
         # Through D's inner module, as StarGAN's gradient penalty: DDP supports only one forward per backward.

@@ -18,7 +18,7 @@ import torch
 
 from gan_models import get_family
 from pipelines.config import parse_value
-from pipelines.precision import wants_channels_last
+from pipelines.precision import to_channels_last, wants_channels_last
 
 
 def _sync(device: torch.device) -> None:
@@ -56,7 +56,7 @@ def bench(
         torch.backends.cudnn.benchmark = True
     if wants_channels_last(dev, amp_dtype):  # the layout training uses for this device and precision
         for net in nets.values():
-            net.to(memory_format=torch.channels_last)
+            to_channels_last(net)
     opts = fam.build_optimizers(cfg, nets)
     extra = fam.extra_state(cfg, opts, seed=seed) if fam.extra_state is not None else None
     batch_data = fam.example_batch(cfg, batch, generator=torch.Generator(dev).manual_seed(seed), device=dev)

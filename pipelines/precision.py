@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch import nn
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -48,3 +49,14 @@ def wants_channels_last(device: torch.device, amp_dtype: torch.dtype | None) -> 
     """NHWC weights and activations: cuDNN's fast layout, and on CPUs the layout oneDNN's bf16 convolutions
     run fastest in (measured on DCGAN, BENCHMARKS.md)."""
     return device.type == "cuda" or amp_dtype is not None
+
+
+def to_channels_last(net: nn.Module) -> nn.Module:
+    """`net` in channels_last, except weights with a single channel in dim 1 (a grey image's first conv, a last
+    transposed conv to one channel): those are the same memory either way, but their channels_last strides
+    differ from the plain ones autograd gives their gradients, which makes DDP warn and copy at every step."""
+    net.to(memory_format=torch.channels_last)
+    for p in net.parameters():
+        if p.dim() == 4 and p.shape[1] == 1:
+            p.data = p.data.clone(memory_format=torch.contiguous_format)  # .contiguous() keeps these strides
+    return net

@@ -6,6 +6,7 @@ upload through `ray.train.report`, and resume through `ray.train.get_checkpoint`
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import tempfile
@@ -41,6 +42,17 @@ def _quiet_report_logs() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+# No buffer broadcast before every forward: it only copies rank 0's BN running statistics to ranks whose own are
+# never saved (checkpoints hold rank 0's), and costs ~9% of a small model's CPU step. torch 2.13 names it
+# forward_sync_buffers and deprecates broadcast_buffers (which also skips the sync at wrap time: harmless, as
+# every rank builds or restores the same buffers).
+NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
+
+
 def reaches_ray(r: Report, *, eval_every: int) -> bool:
     """Whether a report goes to Ray Train: checkpoints, evaluation steps (Tune schedules trials on them) and
     the last step. Plain loss reports reach MLflow through rank 0's RunLogger only: Ray Train V2 holds one
@@ -72,9 +84,7 @@ def train_worker(config: dict[str, Any]) -> None:
         # SyncBatchNorm has only GPU kernels; on CPU each rank keeps its own batch statistics.
         if world > 1 and job.spec.scale.use_gpu and _has_batch_norm(model):
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        # No buffer broadcast before every forward: it only copies rank 0's BN running statistics to ranks whose
-        # own are never saved (checkpoints hold rank 0's), and costs ~9% of a small model's CPU step.
-        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=NO_FORWARD_BUFFER_SYNC)
 
     def report(r: Report) -> None:
         if logger is not None:

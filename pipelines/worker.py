@@ -17,7 +17,7 @@ from gan_models import get_family
 from pipelines.checkpoint import load_state, restore, restore_rng, training_state
 from pipelines.config import TrainSpec
 from pipelines.loop import GeneratorEMA, Report, fit, sample_grid
-from pipelines.precision import autocast_dtype, wants_channels_last
+from pipelines.precision import autocast_dtype, to_channels_last, wants_channels_last
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,7 +133,7 @@ def run_rank(
     for net in nets.values():
         net.to(device)
         if wants_channels_last(device, amp_dtype):
-            net.to(memory_format=torch.channels_last)
+            to_channels_last(net)
     ema = None
     if spec.loop.ema_decay > 0:
         ema = GeneratorEMA.of(nets[family.generator], decay=spec.loop.ema_decay, start=spec.loop.ema_start)

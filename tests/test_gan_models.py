@@ -8,9 +8,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import gan_models
-from gan_models import FAMILIES, dcgan, get_family, interpolate, lerp, make_grid, slerp, vanilla
+from gan_models import FAMILIES, dcgan, get_family, interpolate, lerp, losses, make_grid, slerp, vanilla
 from gan_models.layers import Maxout, count_parameters, init_normal_
 
 # Every registered family needs a tiny config here (a new family fails test_every_family_has_a_tiny_config).
@@ -290,3 +291,19 @@ def test_dcgan_lazy_r1_runs_every_kth_d_step_and_survives_an_optimizer_restore()
     assert "loss/D_r1" not in dcgan.train_step(nets, restored, batch, cfg)  # step 3: 3 % 2 != 0
     with pytest.raises(ValueError, match="r1_gamma"):
         dcgan.Config(r1_gamma=-1.0)
+
+
+def test_dcgan_one_sided_label_smoothing_is_bce_against_the_smoothed_target():
+    # The step's real term is t * (-log D(x)) + (1 - t) * (-log(1 - D(x))): BCE against target t.
+    logits = torch.tensor([-2.0, 0.0, 0.5, 3.0])
+    t = 0.9
+    smoothed = t * losses._bce_real(logits) + (1 - t) * losses._bce_fake(logits)
+    assert torch.allclose(smoothed, F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, t)))
+    cfg = dcgan.Config(image_size=32, channels=1, nz=8, ngf=4, ndf=4, real_label=0.9)
+    torch.manual_seed(0)
+    nets = dcgan.build(cfg)
+    out = dcgan.train_step(nets, dcgan.build_optimizers(cfg, nets), {"image": torch.rand(4, 1, 32, 32) * 2 - 1}, cfg)
+    assert all(torch.isfinite(v) for v in out.values())
+    for bad in ({"real_label": 0.4}, {"real_label": 1.1}, {"real_label": 0.9, "loss": "hinge"}):
+        with pytest.raises(ValueError, match="real_label"):
+            dcgan.Config(**bad)
