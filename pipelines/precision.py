@@ -52,11 +52,9 @@ def wants_channels_last(device: torch.device, amp_dtype: torch.dtype | None) -> 
 
 
 def to_channels_last(net: nn.Module) -> nn.Module:
-    """`net` in channels_last, except weights with a single channel in dim 1 (a grey image's first conv, a last
-    transposed conv to one channel): those are the same memory either way, but their channels_last strides
-    differ from the plain ones autograd gives their gradients, which makes DDP warn and copy at every step."""
-    net.to(memory_format=torch.channels_last)
-    for p in net.parameters():
-        if p.dim() == 4 and p.shape[1] == 1:
-            p.data = p.data.clone(memory_format=torch.contiguous_format)  # .contiguous() keeps these strides
-    return net
+    """`net`'s weights in channels_last, and a filter for DDP's warning about them: a weight with one channel in
+    dim 1 (a grey image's first conv, a last transposed conv to one channel) is the same memory in either
+    layout, but the strides autograd gives its gradient differ from the parameter's whichever one it has, so
+    DDP warns that "grad strides do not match bucket view strides" and copies 512 numbers. Harmless."""
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return net.to(memory_format=torch.channels_last)

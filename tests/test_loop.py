@@ -11,7 +11,7 @@ from gan_models import dcgan, get_family
 from pipelines.checkpoint import load_state, restore, save_state, training_state
 from pipelines.config import LoopConfig, TrainSpec, apply_overrides
 from pipelines.loop import GeneratorEMA, Report, fit
-from pipelines.precision import autocast_dtype, native_bf16, to_channels_last, wants_channels_last
+from pipelines.precision import autocast_dtype, native_bf16, wants_channels_last
 from pipelines.recipes import dcgan_paper
 
 TINY = dcgan.Config(image_size=32, channels=1, nz=8, ngf=4, ndf=4)
@@ -186,10 +186,3 @@ def test_a_bf16_step_on_cpu_keeps_float32_weights_and_moves_them():
     assert all(torch.isfinite(torch.tensor(r.metrics["loss/G"])) for r in reports)
     assert all(p.dtype == torch.float32 for net in nets.values() for p in net.parameters())
     assert any(not torch.equal(p0, p1) for p0, p1 in zip(before, nets["G"].parameters(), strict=True))
-
-
-def test_channels_last_leaves_single_channel_weights_with_the_strides_of_their_gradients():
-    net = to_channels_last(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 4), torch.nn.Conv2d(8, 4, 3)))
-    first, second = net[0].weight, net[1].weight
-    assert first.stride() == torch.empty(first.shape).stride()  # what autograd gives its gradient (DDP checks)
-    assert second.is_contiguous(memory_format=torch.channels_last) and not second.is_contiguous()
