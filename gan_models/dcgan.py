@@ -150,9 +150,9 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     Paper -> code: G (generator) = nets["G"], D (discriminator) = nets["D"], x = batch["image"] (B, C, H, W)
     in [-1, 1], z = `z` ~ N(0, I) of size nz=100 (fresh each step, global RNG, on the batch's device),
     G(z) = `fake`. Hyperparameters (paper defaults): Adam lr 0.0002, β1 0.5, batch 128 (the loop's), weights
-    N(0, 0.02), LeakyReLU slope 0.2; no λ weights
-    (the optional R1 penalty's γ, `r1_gamma`, is 0 in the paper). With loss="bce" D maximises
-    log D(x) + log(1 - D(G(z))) and G maximises log D(G(z)); "lsgan"/"hinge" swap both halves.
+    N(0, 0.02), LeakyReLU slope 0.2; no λ weights (the optional R1 penalty's γ, `r1_gamma`, is 0 in the
+    paper). With loss="bce" D maximises log D(x) + log(1 - D(G(z))) and G maximises log D(G(z)) (with
+    `real_label` < 1, D's target for x is that instead of 1); "lsgan"/"hinge" swap both halves.
 
     D(real) and D(fake) run as two forward+backward passes, as in the official code: each forward is followed
     by its own backward, which DDP requires, and BatchNorm sees all-real and all-fake batches. In the G step

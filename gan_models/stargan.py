@@ -23,6 +23,8 @@ from .latent import make_grid
 from .layers import frozen
 
 LABEL_MODES = ("multi", "exclusive")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """StarGAN hyperparameters; defaults are the official CelebA run's (main.py), 128x128, 5 attributes."""

@@ -55,6 +55,6 @@ def to_channels_last(net: nn.Module) -> nn.Module:
     """`net`'s weights in channels_last, and a filter for DDP's warning about them: a weight with one channel in
     dim 1 (a grey image's first conv, a last transposed conv to one channel) is the same memory in either
     layout, but the strides autograd gives its gradient differ from the parameter's whichever one it has, so
-    DDP warns that "grad strides do not match bucket view strides" and copies 512 numbers. Harmless."""
+    DDP warns that "grad strides do not match bucket view strides" and copies that small gradient. Harmless."""
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     return net.to(memory_format=torch.channels_last)
