@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from . import losses
 from ._checks import in_unit_interval, one_of, positive
-from .family import Batch, Family, Nets, Optimizers, adam_g_and_d
+from .family import ITERATION_KEY, Batch, Family, Nets, Optimizers, adam_g_and_d, iterations_done
 from .latent import make_grid
 from .layers import frozen, init_normal_
 
@@ -48,13 +48,19 @@ class Config:
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    # Beyond the paper: γ of an R1 penalty γ/2·E||∇_x D(x, h)||² on <real, right text> (Mescheder et al. 2018),
+    # on every r1_every-th D step, scaled by r1_every (0: off, as the paper).
+    r1_gamma: float = 0.0
+    r1_every: int = 1
     check_wrong: bool = True  # refuse a batch whose wrong_emb equals emb in some row (one sync per step)
 
     def __post_init__(self) -> None:
         one_of("image_size", self.image_size, IMAGE_SIZES)
         one_of("channels", self.channels, (1, 3))
         positive(nz=self.nz, emb_dim=self.emb_dim, proj_dim=self.proj_dim, ngf=self.ngf, ndf=self.ndf,
-                 lr_g=self.lr_g, lr_d=self.lr_d)
+                 lr_g=self.lr_g, lr_d=self.lr_d, r1_every=self.r1_every)
+        if self.r1_gamma < 0:
+            raise ValueError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
         in_unit_interval(wrong_weight=self.wrong_weight, beta1=self.beta1, beta2=self.beta2)
         if not 0.0 <= self.int_beta <= 1.0 or self.int_weight < 0:
             raise ValueError(f"need 0 <= int_beta <= 1 and int_weight >= 0, got {self.int_beta}, {self.int_weight}")
@@ -241,10 +247,18 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
 
     # (1) D step: maximise L_D = log s_r + w log(1 - s_w) + (1 - w) log(1 - s_f) (paper: w = 1/2).
     opt_d.zero_grad(set_to_none=True)
-    # (1a) <real image, right text>.
+    # (1a) <real image, right text> (+ the optional R1 penalty on this pair, through D's inner module: DDP
+    #      allows one forward per backward).
+    it = iterations_done(opts)
     s_r = d_net(real, emb)
     d_real = losses._bce_real(s_r)
-    d_real.backward()
+    r1 = None
+    if cfg.r1_gamma > 0 and it % cfg.r1_every == 0:
+        d_inner = getattr(d_net, "module", d_net)
+        r1 = losses.r1_penalty(lambda x: d_inner(x, emb), real)
+        (d_real + cfg.r1_gamma / 2 * cfg.r1_every * r1).backward()
+    else:
+        d_real.backward()
     # (1b) <real image, wrong text>: the matching-aware term (GAN-CLS).
     d_wrong = torch.zeros((), device=real.device)
     if cfg.cls:
@@ -258,6 +272,7 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     d_fake = fake_weight * losses._bce_fake(s_f)
     d_fake.backward()
     opt_d.step()
+    opt_d.param_groups[0][ITERATION_KEY] = it + 1
 
     # (2) G step: maximise log D(G(z, h), h) (non-saturating), and with GAN-INT also
     #     int_weight * log D(G(z, t), t) at t = β h1 + (1 - β) h2, h2 = the next caption in the batch.
@@ -288,6 +303,8 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
         out["d/wrong_score"] = torch.sigmoid(s_w.detach().float()).mean()
     if cfg.interp:
         out["loss/G_int"] = g_int.detach()
+    if r1 is not None:
+        out["loss/D_r1"] = r1.detach()
     return out
 
 
