@@ -267,30 +267,31 @@ def test_dcgan_spectral_norm_discriminator_trains_and_has_no_batch_norm():
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_dcgan_lazy_r1_runs_every_kth_d_step_and_survives_an_optimizer_restore():
-    cfg = dcgan.Config(image_size=32, channels=1, nz=8, ngf=4, ndf=4, r1_gamma=10.0, r1_every=2)
-    batch = {"image": torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1}
+@pytest.mark.parametrize("name", ["dcgan", "text2img"])
+def test_lazy_r1_runs_every_kth_d_step_reaches_d_and_survives_an_optimizer_restore(name: str):
+    family = get_family(name)
+    cfg = family.config(**TINY[name], r1_gamma=10.0, r1_every=2)
+    batch = tiny_batch(family, cfg)
 
-    def first_step(gamma: float) -> list[torch.Tensor]:
+    def first_d(gamma: float) -> list[torch.Tensor]:
         torch.manual_seed(0)
         c = dataclasses.replace(cfg, r1_gamma=gamma)
-        nets = dcgan.build(c)
-        dcgan.train_step(nets, dcgan.build_optimizers(c, nets), batch, c)
+        nets = family.build(c)
+        family.step(nets, family.build_optimizers(c, nets), batch, c)
         return [p.detach().clone() for p in nets["D"].parameters()]
 
     # The penalty reaches D's update: same seed and batch, different γ, different D after one step.
-    assert any(not torch.equal(a, b) for a, b in zip(first_step(0.0), first_step(10.0), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(first_d(0.0), first_d(10.0), strict=True))
     torch.manual_seed(0)
-    nets = dcgan.build(cfg)
-    opts = dcgan.build_optimizers(cfg, nets)
-    due = ["loss/D_r1" in dcgan.train_step(nets, opts, batch, cfg) for _ in range(3)]
-    assert due == [True, False, True]
-    restored = dcgan.build_optimizers(cfg, nets)
-    for name, opt in restored.items():
-        opt.load_state_dict(opts[name].state_dict())
-    assert "loss/D_r1" not in dcgan.train_step(nets, restored, batch, cfg)  # step 3: 3 % 2 != 0
+    nets = family.build(cfg)
+    opts = family.build_optimizers(cfg, nets)
+    assert ["loss/D_r1" in family.step(nets, opts, batch, cfg) for _ in range(3)] == [True, False, True]
+    restored = family.build_optimizers(cfg, nets)
+    for key, opt in restored.items():
+        opt.load_state_dict(opts[key].state_dict())
+    assert "loss/D_r1" not in family.step(nets, restored, batch, cfg)  # step 3: 3 % 2 != 0
     with pytest.raises(ValueError, match="r1_gamma"):
-        dcgan.Config(r1_gamma=-1.0)
+        family.config(r1_gamma=-1.0)
 
 
 def test_dcgan_one_sided_label_smoothing_is_bce_against_the_smoothed_target():
