@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from . import losses
 from ._checks import in_unit_interval, one_of, positive
+from .augment import check_policy, diff_augment
 from .family import ITERATION_KEY, Batch, Family, Nets, Optimizers, adam_g_and_d, iterations_done
 from .latent import make_grid
 from .layers import frozen, init_normal_
@@ -52,6 +53,7 @@ class Config:
     # on every r1_every-th D step, scaled by r1_every (0: off, as the paper).
     r1_gamma: float = 0.0
     r1_every: int = 1
+    augment: str = ""  # beyond the paper: DiffAugment policy for every image D sees, e.g. "translation" ("": off)
     check_wrong: bool = True  # refuse a batch whose wrong_emb equals emb in some row (one sync per step)
 
     def __post_init__(self) -> None:
@@ -61,6 +63,7 @@ class Config:
                  lr_g=self.lr_g, lr_d=self.lr_d, r1_every=self.r1_every)
         if self.r1_gamma < 0:
             raise ValueError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
+        check_policy(self.augment)
         in_unit_interval(wrong_weight=self.wrong_weight, beta1=self.beta1, beta2=self.beta2)
         if not 0.0 <= self.int_beta <= 1.0 or self.int_weight < 0:
             raise ValueError(f"need 0 <= int_beta <= 1 and int_weight >= 0, got {self.int_beta}, {self.int_weight}")
@@ -250,25 +253,26 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     # (1a) <real image, right text> (+ the optional R1 penalty on this pair, through D's inner module: DDP
     #      allows one forward per backward).
     it = iterations_done(opts)
-    s_r = d_net(real, emb)
+    real_in = diff_augment(real, cfg.augment)
+    s_r = d_net(real_in, emb)
     d_real = losses._bce_real(s_r)
     r1 = None
     if cfg.r1_gamma > 0 and it % cfg.r1_every == 0:
         d_inner = getattr(d_net, "module", d_net)
-        r1 = losses.r1_penalty(lambda x: d_inner(x, emb), real)
+        r1 = losses.r1_penalty(lambda x: d_inner(x, emb), real_in)
         (d_real + cfg.r1_gamma / 2 * cfg.r1_every * r1).backward()
     else:
         d_real.backward()
     # (1b) <real image, wrong text>: the matching-aware term (GAN-CLS).
     d_wrong = torch.zeros((), device=real.device)
     if cfg.cls:
-        s_w = d_net(real, _wrong_text(batch, cfg))
+        s_w = d_net(diff_augment(real, cfg.augment), _wrong_text(batch, cfg))
         d_wrong = cfg.wrong_weight * losses._bce_fake(s_w)
         d_wrong.backward()
     # (1c) <fake image, right text>, x̂ = G(z, h) without a graph through G.
     with torch.no_grad():
         fake = g_net(sample_latent(cfg, n, device=real.device), emb)
-    s_f = d_net(fake, emb)
+    s_f = d_net(diff_augment(fake, cfg.augment), emb)
     d_fake = fake_weight * losses._bce_fake(s_f)
     d_fake.backward()
     opt_d.step()
@@ -282,7 +286,7 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
         cond = torch.cat([emb, cfg.int_beta * emb + (1.0 - cfg.int_beta) * emb.roll(1, dims=0)])
     images = g_net(sample_latent(cfg, cond.shape[0], device=real.device), cond)
     with frozen(d_net) as d_fixed:  # D's weights get no gradient here (and no DDP sync)
-        scores = d_fixed(images, cond)
+        scores = d_fixed(diff_augment(images, cfg.augment), cond)
     g_right = losses.g_loss_nonsaturating(scores[:n])
     g_int = losses.g_loss_nonsaturating(scores[n:]) if cfg.interp else torch.zeros((), device=real.device)
     g_loss = g_right + cfg.int_weight * g_int

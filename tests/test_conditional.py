@@ -400,6 +400,24 @@ def test_every_text2img_variant_trains(variant: str):
         assert all(not torch.equal(a, b) for a, b in zip(before[k], net.parameters(), strict=True)), k
 
 
+def test_text2img_diff_augment_reaches_every_d_input_and_rejects_unknown_policies():
+    cfg = text2img.Config(**TINY_T2I, augment="translation")
+    batch = text2img.example_batch(cfg, 4, generator=torch.Generator().manual_seed(1))
+
+    def step(c: text2img.Config) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        nets = text2img.build(c)
+        return text2img.train_step(nets, text2img.build_optimizers(c, nets), batch, c)
+
+    plain, augmented = step(dataclasses.replace(cfg, augment="")), step(cfg)
+    assert all(torch.isfinite(v) for v in augmented.values())
+    # Same weights and batch: D's first two passes (<real, right>, <real, wrong>) differ only by the shift.
+    for key in ("d/real_score", "d/wrong_score"):
+        assert not torch.equal(plain[key], augmented[key]), key
+    with pytest.raises(ValueError, match="rotate"):
+        text2img.Config(**TINY_T2I, augment="rotate")
+
+
 def test_text2img_64px_and_generator_inputs():
     cfg = text2img.Config(**{**TINY_T2I, "image_size": 64})
     nets = text2img.build(cfg)
