@@ -15,7 +15,6 @@ from . import losses
 from ._checks import in_unit_interval, one_of, positive
 from .augment import check_policy, diff_augment
 from .family import (
-    ITERATION_KEY,
     Batch,
     Family,
     Nets,
@@ -24,6 +23,7 @@ from .family import (
     iterations_done,
     latent_only_inputs,
     noise_images_batch,
+    set_iterations_done,
 )
 from .layers import frozen, init_normal_
 
@@ -175,13 +175,10 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     err_d_real = d_real_loss(real_logits)
     if cfg.real_label < 1.0:  # BCE against the target real_label: -(t log D(x) + (1 - t) log(1 - D(x)))
         err_d_real = cfg.real_label * err_d_real + (1.0 - cfg.real_label) * d_fake_loss(real_logits)
-    r1 = None
-    if cfg.r1_gamma > 0 and it % cfg.r1_every == 0:
-        # Through D's inner module, as StarGAN's gradient penalty: DDP supports only one forward per backward.
-        r1 = losses.r1_penalty(getattr(d_net, "module", d_net), real_in)
-        (err_d_real + cfg.r1_gamma / 2 * cfg.r1_every * r1).backward()
-    else:
-        err_d_real.backward()
+    # R1 through D's inner module, as StarGAN's gradient penalty: DDP supports only one forward per backward.
+    r1 = losses.lazy_r1(getattr(d_net, "module", d_net), real_in, gamma=cfg.r1_gamma, every=cfg.r1_every,
+                        iteration=it)
+    (err_d_real if r1 is None else err_d_real + r1[0]).backward()
     # (1b) ... on a fake batch; G(z) is detached so this backward stops at D.
     z = torch.randn(real.shape[0], cfg.nz, 1, 1, device=real.device)
     fake = g_net(z)
@@ -189,7 +186,7 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     err_d_fake = d_fake_loss(fake_logits)
     err_d_fake.backward()
     opt_d.step()
-    opt_d.param_groups[0][ITERATION_KEY] = it + 1
+    set_iterations_done(opts, it + 1)
 
     # (2) Update G: maximise log D(G(z)) (non-saturating), through the just-updated D.
     opt_g.zero_grad(set_to_none=True)
@@ -209,7 +206,7 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
         "d/fake_score": torch.sigmoid(fake_logits.detach().float()).mean(),
     }
     if r1 is not None:
-        out["loss/D_r1"] = r1.detach()  # E||∇_x D(x)||², averaged by the loop over the steps that computed it
+        out["loss/D_r1"] = r1[1].detach()  # E||∇_x D(x)||², averaged by the loop over the steps that computed it
     return out
 
 

@@ -93,6 +93,10 @@ def iterations_done(opts: Optimizers) -> int:
     return int(opts["D"].param_groups[0].get(ITERATION_KEY, 0))
 
 
+def set_iterations_done(opts: Optimizers, n: int) -> None:
+    opts["D"].param_groups[0][ITERATION_KEY] = n
+
+
 def step_schedulers(extra: Mapping[str, Any]) -> None:
     """Advance every LR scheduler in `extra` by one epoch: the official `update_learning_rate`, which the
     pix2pix/CycleGAN train.py calls at the start of every epoch (so epoch e trains at the rate after e steps).

@@ -178,6 +178,16 @@ def r1_penalty(critic: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
     return _f32(grad).flatten(1).square().sum(1).mean()
 
 
+def lazy_r1(critic: Callable[[Tensor], Tensor], real: Tensor, *, gamma: float, every: int,
+            iteration: int) -> tuple[Tensor, Tensor] | None:
+    """(γ/2 · every · R1, R1) on iterations that are multiples of `every`, None on the others and when γ is 0:
+    lazy regularisation (Karras et al. 2020), which scales the penalty up by the interval it skips."""
+    if gamma <= 0 or iteration % every:
+        return None
+    r1 = r1_penalty(critic, real)
+    return gamma / 2 * every * r1, r1
+
+
 # --- the image-to-image families' criterion: the official junyanz GANLoss(gan_mode)(prediction, is_real) ----
 # Means over every element, so a PatchGAN's (N, 1, h, w) logits average over patches too. Each entry is
 # (D term for real inputs, D term for fake inputs, G term on fakes). Scales are the official ones, which differ

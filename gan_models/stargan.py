@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import losses
 from ._checks import in_unit_interval, one_of, positive
-from .family import ITERATION_KEY, Batch, Family, Nets, Optimizers, iterations_done
+from .family import ITERATION_KEY, Batch, Family, Nets, Optimizers, iterations_done, set_iterations_done
 from .latent import make_grid
 from .layers import frozen
 
@@ -405,7 +405,7 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     d_loss.backward()
     opt_d.step()
     it += 1
-    opt_d.param_groups[0][ITERATION_KEY] = it
+    set_iterations_done(opts, it)
 
     out = {
         "loss/D": d_loss.detach(),

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from . import losses
 from ._checks import in_unit_interval, one_of, positive
 from .augment import check_policy, diff_augment
-from .family import ITERATION_KEY, Batch, Family, Nets, Optimizers, adam_g_and_d, iterations_done
+from .family import Batch, Family, Nets, Optimizers, adam_g_and_d, iterations_done, set_iterations_done
 from .latent import make_grid
 from .layers import frozen, init_normal_
 
@@ -256,13 +256,9 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     real_in = diff_augment(real, cfg.augment)
     s_r = d_net(real_in, emb)
     d_real = losses._bce_real(s_r)
-    r1 = None
-    if cfg.r1_gamma > 0 and it % cfg.r1_every == 0:
-        d_inner = getattr(d_net, "module", d_net)
-        r1 = losses.r1_penalty(lambda x: d_inner(x, emb), real_in)
-        (d_real + cfg.r1_gamma / 2 * cfg.r1_every * r1).backward()
-    else:
-        d_real.backward()
+    d_inner = getattr(d_net, "module", d_net)
+    r1 = losses.lazy_r1(lambda x: d_inner(x, emb), real_in, gamma=cfg.r1_gamma, every=cfg.r1_every, iteration=it)
+    (d_real if r1 is None else d_real + r1[0]).backward()
     # (1b) <real image, wrong text>: the matching-aware term (GAN-CLS).
     d_wrong = torch.zeros((), device=real.device)
     if cfg.cls:
@@ -276,7 +272,7 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     d_fake = fake_weight * losses._bce_fake(s_f)
     d_fake.backward()
     opt_d.step()
-    opt_d.param_groups[0][ITERATION_KEY] = it + 1
+    set_iterations_done(opts, it + 1)
 
     # (2) G step: maximise log D(G(z, h), h) (non-saturating), and with GAN-INT also
     #     int_weight * log D(G(z, t), t) at t = β h1 + (1 - β) h2, h2 = the next caption in the batch.
@@ -308,7 +304,7 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     if cfg.interp:
         out["loss/G_int"] = g_int.detach()
     if r1 is not None:
-        out["loss/D_r1"] = r1.detach()
+        out["loss/D_r1"] = r1[1].detach()
     return out
 
 
