@@ -188,6 +188,13 @@ def lazy_r1(critic: Callable[[Tensor], Tensor], real: Tensor, *, gamma: float, e
     return gamma / 2 * every * r1, r1
 
 
+def mode_seeking(images_1: Tensor, images_2: Tensor, z_1: Tensor, z_2: Tensor, *, eps: float = 1e-5) -> Tensor:
+    """MSGAN's term to minimise (Mao et al. 2019): 1 / (mean |G(z1, c) - G(z2, c)| / mean |z1 - z2| + eps), for
+    pairs drawn with the same condition c. It grows without bound as G's output stops depending on z."""
+    ratio = _f32((images_1 - images_2).abs().mean()) / _f32((z_1 - z_2).abs().mean())
+    return 1.0 / (ratio + eps)
+
+
 # --- the image-to-image families' criterion: the official junyanz GANLoss(gan_mode)(prediction, is_real) ----
 # Means over every element, so a PatchGAN's (N, 1, h, w) logits average over patches too. Each entry is
 # (D term for real inputs, D term for fake inputs, G term on fakes). Scales are the official ones, which differ

@@ -23,6 +23,7 @@ from .latent import make_grid
 from .layers import frozen, init_normal_
 
 IMAGE_SIZES = (32, 64)
+D_MATCHES = ("concat", "projection")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +41,10 @@ class Config:
     g_proj_bn: bool = False
     ngf: int = 128  # G feature maps in the last hidden layer (official script: 128)
     ndf: int = 64  # D feature maps in the first layer
+    # How D joins image and text: "concat" (paper: the projected text replicated over the 4x4 map and
+    # concatenated before a 1x1 conv), or "projection" (beyond the paper, Miyato & Koyama 2018: an unconditional
+    # logit plus the inner product of the pooled 4x4 features with a linear map of the text).
+    d_match: str = "concat"
     cls: bool = True  # GAN-CLS: the matching-aware D also sees <real image, wrong text> as fake
     interp: bool = True  # GAN-INT: G also trains on interpolated captions ("int" would shadow the type)
     wrong_weight: float = 0.5  # weight of the <real, wrong> term; <fake, right> then gets 1 - wrong_weight
@@ -54,15 +59,21 @@ class Config:
     r1_gamma: float = 0.0
     r1_every: int = 1
     augment: str = ""  # beyond the paper: DiffAugment policy for every image D sees, e.g. "translation" ("": off)
+    # Beyond the paper: weight of a mode-seeking term (Mao et al. 2019, MSGAN) in L_G, 1 / (|G(z1, h) - G(z2, h)|
+    # / |z1 - z2|) over the first half of the batch drawn twice; it keeps G from ignoring z (0: off).
+    ms_weight: float = 0.0
     check_wrong: bool = True  # refuse a batch whose wrong_emb equals emb in some row (one sync per step)
 
     def __post_init__(self) -> None:
         one_of("image_size", self.image_size, IMAGE_SIZES)
         one_of("channels", self.channels, (1, 3))
+        one_of("d_match", self.d_match, D_MATCHES)
         positive(nz=self.nz, emb_dim=self.emb_dim, proj_dim=self.proj_dim, ngf=self.ngf, ndf=self.ndf,
                  lr_g=self.lr_g, lr_d=self.lr_d, r1_every=self.r1_every)
         if self.r1_gamma < 0:
             raise ValueError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
+        if self.ms_weight < 0:
+            raise ValueError(f"ms_weight must be >= 0, got {self.ms_weight}")
         check_policy(self.augment)
         in_unit_interval(wrong_weight=self.wrong_weight, beta1=self.beta1, beta2=self.beta2)
         if not 0.0 <= self.int_beta <= 1.0 or self.int_weight < 0:
@@ -117,12 +128,16 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """The matching-aware D(x, φ(t)) -> logits (n,).
 
-    DCGAN's conv stack takes x down to 4x4; φ(t) is projected (Linear + BatchNorm + LeakyReLU 0.2, as the
-    official netD), replicated over the 4x4 map and concatenated; a 1x1 conv (+ BN, LeakyReLU) and a 4x4 conv
-    give the logit.
+    DCGAN's conv stack takes x down to 4x4 and φ(t) is projected (Linear + BatchNorm + LeakyReLU 0.2, as the
+    official netD). With match="concat" (the paper) the projection is replicated over the 4x4 map and
+    concatenated, and a 1x1 conv (+ BN, LeakyReLU) and a 4x4 conv give the logit. With match="projection" the
+    1x1 conv sees the image features alone; the logit is the 4x4 conv's plus the inner product of the
+    average-pooled 1x1 output with a linear map of the projected text (a projection discriminator, Miyato &
+    Koyama 2018; they sum-pool, which without their spectral norm starts this D far from 0).
     """
 
-    def __init__(self, *, emb_dim: int, proj_dim: int, ndf: int, nc: int, image_size: int) -> None:
+    def __init__(self, *, emb_dim: int, proj_dim: int, ndf: int, nc: int, image_size: int,
+                 match: str = "concat") -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         mult = 1
@@ -133,15 +148,22 @@ class Discriminator(nn.Module):
         self.features = nn.Sequential(*layers)
         self.project = nn.Sequential(nn.Linear(emb_dim, proj_dim), nn.BatchNorm1d(proj_dim),
                                      nn.LeakyReLU(0.2, inplace=True))
+        self.match = match
+        text_in = proj_dim if match == "concat" else 0
         self.joint = nn.Sequential(
-            nn.Conv2d(ndf * mult + proj_dim, ndf * mult, 1, 1, 0, bias=False), nn.BatchNorm2d(ndf * mult),
+            nn.Conv2d(ndf * mult + text_in, ndf * mult, 1, 1, 0, bias=False), nn.BatchNorm2d(ndf * mult),
             nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(ndf * mult, 1, 4, 1, 0, bias=False),
         )
+        self.embed = nn.Linear(proj_dim, ndf * mult, bias=False) if match == "projection" else None
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.features(x)
-        t = self.project(emb.to(h.dtype))[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
-        return self.joint(torch.cat([h, t], dim=1)).flatten()
+        t = self.project(emb.to(h.dtype))
+        if self.embed is None:
+            t = t[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
+            return self.joint(torch.cat([h, t], dim=1)).flatten()
+        u = self.joint[:3](h)
+        return self.joint[3](u).flatten() + (self.embed(t) * u.mean(dim=(2, 3))).sum(dim=1)
 
 
 def build(cfg: Config) -> Nets:
@@ -152,9 +174,11 @@ def build(cfg: Config) -> Nets:
     g = Generator(nz=cfg.nz, emb_dim=cfg.emb_dim, proj_dim=cfg.proj_dim, ngf=cfg.ngf, nc=cfg.channels,
                   image_size=cfg.image_size, proj_bn=cfg.g_proj_bn)
     d = Discriminator(emb_dim=cfg.emb_dim, proj_dim=cfg.proj_dim, ndf=cfg.ndf, nc=cfg.channels,
-                      image_size=cfg.image_size)
+                      image_size=cfg.image_size, match=cfg.d_match)
     for stack in (g.main, d.features, d.joint, d.project[1], *([g.project[1]] if cfg.g_proj_bn else [])):
         init_normal_(stack, 0.02)
+    if d.embed is not None:  # N(0, 0.02) like the convolutions, so the text term starts near zero
+        init_normal_(d.embed, 0.02)
     return {"G": g, "D": d}
 
 
@@ -276,16 +300,22 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
 
     # (2) G step: maximise log D(G(z, h), h) (non-saturating), and with GAN-INT also
     #     int_weight * log D(G(z, t), t) at t = β h1 + (1 - β) h2, h2 = the next caption in the batch.
+    #     With ms_weight, the batch's first half is drawn a second time with fresh z for the mode-seeking term.
     opt_g.zero_grad(set_to_none=True)
     cond = emb
     if cfg.interp:
         cond = torch.cat([emb, cfg.int_beta * emb + (1.0 - cfg.int_beta) * emb.roll(1, dims=0)])
-    images = g_net(sample_latent(cfg, cond.shape[0], device=real.device), cond)
+    m, twice = cond.shape[0], n // 2 if cfg.ms_weight > 0 else 0
+    z = sample_latent(cfg, m + twice, device=real.device)
+    images = g_net(z, torch.cat([cond, emb[:twice]]))
     with frozen(d_net) as d_fixed:  # D's weights get no gradient here (and no DDP sync)
-        scores = d_fixed(diff_augment(images, cfg.augment), cond)
+        scores = d_fixed(diff_augment(images[:m], cfg.augment), cond)
     g_right = losses.g_loss_nonsaturating(scores[:n])
     g_int = losses.g_loss_nonsaturating(scores[n:]) if cfg.interp else torch.zeros((), device=real.device)
     g_loss = g_right + cfg.int_weight * g_int
+    if twice:
+        g_ms = losses.mode_seeking(images[:twice], images[m:], z[:twice], z[m:])
+        g_loss = g_loss + cfg.ms_weight * g_ms
     g_loss.backward()
     opt_g.step()
 
@@ -305,6 +335,8 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
         out["loss/G_int"] = g_int.detach()
     if r1 is not None:
         out["loss/D_r1"] = r1[1].detach()
+    if twice:
+        out["loss/G_ms"] = g_ms.detach()
     return out
 
 

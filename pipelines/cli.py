@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 DERIVATIONS = ("edges", "colorize", "superres", "inpaint")  # data_prep.options.DERIVATIONS (no import at startup)
+DEMO_FAMILIES = ("dcgan", "pix2pix", "cyclegan", "stargan", "text2img")  # each has a `ganpipe demo --family`
 
 EPILOG = """\
 typical session:
@@ -171,10 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default="")
 
     p = sub.add_parser("demo", help="the main job: prep mnist5k, train DCGAN on 2 Ray workers, register, "
-                                    "draw pictures, check the digits are recognisable (--family pix2pix|cyclegan: "
-                                    "the image-to-image demos)")
-    p.add_argument("--family", choices=("dcgan", "pix2pix", "cyclegan"), default="dcgan",
-                   help="dcgan (default); pix2pix: edges -> digits on mnist5k; cyclegan: digits <-> mnist5k")
+                                    "draw pictures, check the digits are recognisable (--family: the other demos)")
+    p.add_argument("--family", choices=DEMO_FAMILIES, default="dcgan",
+                   help="dcgan (default); pix2pix: edges -> digits on mnist5k; cyclegan: digits <-> mnist5k; "
+                        "stargan: digit and colour as attributes; text2img: captioned coloured digits")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default 2)")
     p.add_argument("--out", default=None, help="folder for the pictures (default .ganpipe/demo, or "

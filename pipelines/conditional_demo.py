@@ -3,7 +3,8 @@ pictures, and a measured check judged by the attribute evaluator on held-out dat
 
 StarGAN passes when the translated images show the changed attribute far more often than the untranslated
 inputs do (the floor); Text2Img when the generated images match their captions' digit and colour far more often
-than mismatched captions' (the floor).
+than mismatched captions' (the floor) and G has not collapsed in z (its images for one caption vary at least
+half as much as real images with the same description).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from pipelines.config import DEFAULT_HOME
 
 BAR = 2.0  # pass: the score reaches at least BAR x its floor and the floor + 0.25
+SPREAD_BAR = 0.5  # text2img also: eval/z_spread reaches at least SPREAD_BAR x eval/z_spread_real
 
 
 def _prep(kind: str, image_size: int) -> str:
@@ -32,6 +34,10 @@ def _prep(kind: str, image_size: int) -> str:
 
 def passes(score: float, floor: float) -> bool:
     return score >= BAR * floor and score >= floor + 0.25
+
+
+def spread_passes(spread: float, real_spread: float) -> bool:
+    return spread >= SPREAD_BAR * real_spread  # False when either is NaN
 
 
 def run_conditional_demo(*, family: str, steps: int | None = None, workers: int | None = None,
@@ -71,10 +77,16 @@ def run_conditional_demo(*, family: str, steps: int | None = None, workers: int 
                            ("consistency", "both")):
             print(f"{label:<26}{m[f'eval/text_{key}']:>12.3f}{m[f'eval/text_{key}_mismatched']:>12.3f}")
         score, floor = m["eval/text_consistency"], m["eval/text_consistency_mismatched"]
+        spread, real_spread = m["eval/z_spread"], m.get("eval/z_spread_real", float("nan"))
+        spread_ok = spread_passes(spread, real_spread)
         print(f"Fréchet distance {m['eval/fd']:.3f}")
+        print(f"spread over z for one caption {spread:.3f} (real images with the same description: "
+              f"{real_spread:.3f}); bar: >= {SPREAD_BAR} x real: {'PASS' if spread_ok else 'FAIL'}")
     passed = passes(score, floor)
     print(f"bar: score >= {BAR} x floor and >= floor + 0.25 -> {score:.3f} vs {floor:.3f}: "
           f"{'PASS' if passed else 'FAIL'}")
+    if family == "text2img":
+        passed = passed and spread_ok
     from pipelines.tracking import client, resolve_tracking_uri
 
     alias = outcome.spec.track.alias

@@ -32,6 +32,7 @@ from pipelines.loop import generate
 
 FEATURES = 64
 COLOURS = render.GROUPS[0]  # ("red", "green", "blue"): the colour words of the built-in captions
+SPREAD_PROMPTS, SPREAD_DRAWS = 25, 8  # eval/z_spread: this many captions, each drawn with this many z
 
 
 class AttrNet(nn.Module):
@@ -341,16 +342,31 @@ def prompt_scores(ev: AttrEvaluator, seen: dict[str, np.ndarray], *, classes: np
     return scores
 
 
+def group_spread(images: np.ndarray | torch.Tensor, keys: np.ndarray) -> float:
+    """Mean over the groups of equal `keys` rows that hold at least 2 images of the per-pixel standard deviation
+    across the group, in [-1, 1] units: how much images that share a description differ."""
+    x = to_unit_range(images)
+    _, group = np.unique(np.asarray(keys).reshape(len(x), -1), axis=0, return_inverse=True)
+    spreads = [float(x[group == g].std(dim=0, unbiased=False).mean()) for g in np.unique(group)
+               if (group == g).sum() >= 2]
+    if not spreads:
+        raise ValueError("no two images share a description: nothing to measure the spread of")
+    return float(np.mean(spreads))
+
+
 def text2img_metrics(
     generator: nn.Module, ev: AttrEvaluator, *, emb: np.ndarray | torch.Tensor, classes: np.ndarray,
-    attrs: np.ndarray | None, nz: int, seed: int,
+    attrs: np.ndarray | None, nz: int, seed: int, real_spread: float | None = None,
 ) -> dict[str, float]:
     """Generate one image per caption embedding (row of `emb`) and judge it against that caption's digit class
     and colour (`classes`, `attrs` rows); the `_mismatched` scores judge the same images against another
     caption's (a seeded derangement): the floor a generator that ignores the text reaches.
 
     eval/text_class_acc, eval/text_colour_acc, eval/text_consistency (both right), each also `_mismatched`;
-    eval/fd: Fréchet distance to the held-out real images in the evaluator's feature space.
+    eval/fd: Fréchet distance to the held-out real images in the evaluator's feature space; eval/z_spread:
+    `group_spread` of SPREAD_DRAWS images (fresh z) for each of the first SPREAD_PROMPTS captions, near 0 when G
+    ignores z; eval/z_spread_real: `real_spread` (the same measure over real images with the same description)
+    when given.
     """
     emb_t = torch.as_tensor(np.asarray(emb, np.float32))
     z = torch.randn(len(emb_t), nz, generator=torch.Generator().manual_seed(seed + 12345))
@@ -361,6 +377,12 @@ def text2img_metrics(
     wrong = prompt_scores(ev, seen, classes=classes[perm], attrs=None if attrs is None else attrs[perm])
     out.update({f"{names[k]}_mismatched": float(v.mean()) for k, v in wrong.items()})
     out["eval/fd"] = ev.fd(seen["features"])
+    k = min(SPREAD_PROMPTS, len(emb_t))
+    z = torch.randn(k * SPREAD_DRAWS, nz, generator=torch.Generator().manual_seed(seed + 54321))
+    drawn = generate(generator, (z, emb_t[:k].repeat_interleave(SPREAD_DRAWS, dim=0)))
+    out["eval/z_spread"] = group_spread(drawn, np.repeat(np.arange(k), SPREAD_DRAWS))
+    if real_spread is not None:
+        out["eval/z_spread_real"] = real_spread
     return out
 
 
@@ -399,7 +421,14 @@ def metrics_fn(
         return lambda g: stargan_metrics(g, ev, images=images, attrs=attrs, labels=labels, model_cfg=model_cfg)
     if family == "text2img":
         emb, classes, attrs = caption_prompts(split, seed=seed, n=n)
-        return lambda g: text2img_metrics(g, ev, emb=emb, classes=classes, attrs=attrs, nz=model_cfg.nz, seed=seed)
+        # Every held-out image, so that most (digit, colour, stroke) descriptions have several.
+        keys = split.labels[:, None] if split.attrs is None else np.column_stack([split.labels, split.attrs])
+        try:
+            real_spread: float | None = group_spread(split.images, keys)
+        except ValueError:  # a held-out split too small for two images to share a description
+            real_spread = None
+        return lambda g: text2img_metrics(g, ev, emb=emb, classes=classes, attrs=attrs, nz=model_cfg.nz, seed=seed,
+                                          real_spread=real_spread)
     raise ValueError(f"no conditional metrics for family {family!r} (stargan, text2img)")
 
 

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from pipelines.cli import main
+from pipelines.cli import DEMO_FAMILIES, build_parser, main
 
 
 def _ganpipe(*args: str, cwd) -> subprocess.CompletedProcess[str]:
@@ -28,6 +28,15 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("prep", "train", "sample", "ui", "demo", "bench", "config"):
         assert command in out
+
+
+@pytest.mark.parametrize("family", DEMO_FAMILIES)
+def test_demo_accepts_every_demo_family_and_each_has_a_demo_recipe(family: str):
+    from pipelines.recipes import RECIPES
+
+    assert build_parser().parse_args(["demo", "--family", family]).family == family
+    demos = [name for name in RECIPES if name.startswith(f"{family}-") and name.endswith("-demo")]
+    assert len(demos) == 1 and RECIPES[demos[0]]().family == family
 
 
 def test_config_prints_resolved_keys(capsys):

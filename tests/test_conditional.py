@@ -326,6 +326,26 @@ def test_g_proj_bn_lets_unit_norm_embeddings_reach_g_at_the_scale_of_z():
         assert float(with_bn[1](with_bn[0](emb)).std()) == pytest.approx(1.0, abs=0.1)
 
 
+def test_projection_d_is_an_unconditional_logit_plus_text_features_inner_product():
+    cfg = text2img.Config(**TINY_T2I, d_match="projection")
+    torch.manual_seed(0)
+    d = text2img.build(cfg)["D"].eval()
+    concat = text2img.build(text2img.Config(**TINY_T2I))["D"]
+    c = 4 * 4  # ndf * 4 feature maps at 4x4 for 32 px
+    # The proj_dim x c text weights move from the 1x1 conv's inputs to the map of the text into feature space.
+    assert d.joint[0].in_channels == c and concat.joint[0].in_channels == c + 6
+    assert count_parameters(d) == count_parameters(concat)
+    assert d.embed.weight.shape == (c, 6) and float(d.embed.weight.abs().max()) < 0.1  # N(0, 0.02)
+    x, emb = torch.rand(3, 3, 32, 32) * 2 - 1, torch.randn(3, 12)
+    with torch.no_grad():
+        u = d.joint[:3](d.features(x))
+        expected = d.joint[3](u).flatten() + (d.embed(d.project(emb)) * u.mean(dim=(2, 3))).sum(1)
+        assert_close(d(x, emb), expected)
+        assert not torch.allclose(d(x, emb), d(x, emb.roll(1, 0)))  # the logit depends on the text
+    with pytest.raises(ValueError, match="d_match"):
+        text2img.Config(**TINY_T2I, d_match="film")
+
+
 def test_text2img_losses_equal_algorithm_1_computed_by_hand():
     cfg = text2img.Config(**TINY_T2I, wrong_weight=0.3, int_weight=0.7, int_beta=0.25)
     torch.manual_seed(0)
@@ -358,6 +378,32 @@ def test_text2img_losses_equal_algorithm_1_computed_by_hand():
     assert_close(out["loss/G"], -log_sig(scores[:4]).mean() - 0.7 * log_sig(scores[4:]).mean())
 
 
+def test_mode_seeking_term_draws_half_the_batch_twice_with_the_same_captions():
+    cfg = text2img.Config(**TINY_T2I, ms_weight=2.0)
+    torch.manual_seed(0)
+    nets = text2img.build(cfg)
+    ref_g, ref_d = text2img.build(cfg).values()
+    ref_g.load_state_dict(nets["G"].state_dict())
+    ref_d.load_state_dict(nets["D"].state_dict())
+    batch = text2img.example_batch(cfg, 4, generator=torch.Generator().manual_seed(1))
+    h = batch["emb"]
+    torch.manual_seed(9)
+    out = text2img.train_step(nets, _sgd(nets, lr=0.0), batch, cfg)
+
+    torch.manual_seed(9)
+    _, z_g = torch.randn(4, 8), torch.randn(10, 8)  # right + interpolated + the first 2 captions again
+    cond = torch.cat([h, 0.5 * h + 0.5 * h.roll(1, 0)])
+    images = ref_g(z_g, torch.cat([cond, h[:2]]))
+    ratio = (images[:2] - images[8:]).abs().mean() / (z_g[:2] - z_g[8:]).abs().mean()
+    assert_close(out["loss/G_ms"], 1 / (ratio + 1e-5))
+    scores = ref_d(images[:8], cond)
+    assert_close(out["loss/G_right"], -F.logsigmoid(scores[:4]).mean())
+    assert_close(out["loss/G"], out["loss/G_right"] + out["loss/G_int"] + 2.0 * out["loss/G_ms"])
+    assert "loss/G_ms" not in text2img.train_step(nets, _sgd(nets, lr=0.0), batch, text2img.Config(**TINY_T2I))
+    with pytest.raises(ValueError, match="ms_weight"):
+        text2img.Config(**TINY_T2I, ms_weight=-1.0)
+
+
 def test_paper_weighting_averages_the_two_fake_terms():
     cfg = text2img.Config(**TINY_T2I)
     assert cfg.wrong_weight == 0.5 and cfg.int_beta == 0.5 and cfg.cls and cfg.interp
@@ -386,10 +432,11 @@ def test_wrong_text_is_never_the_right_text():
     assert "loss/D_wrong" not in out
 
 
+@pytest.mark.parametrize("d_match", text2img.D_MATCHES)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_every_text2img_variant_trains(variant: str):
+def test_every_text2img_variant_trains(variant: str, d_match: str):
     cls, interp = VARIANTS[variant]
-    cfg = text2img.Config(**TINY_T2I, cls=cls, interp=interp)
+    cfg = text2img.Config(**TINY_T2I, cls=cls, interp=interp, d_match=d_match)
     torch.manual_seed(0)
     nets = text2img.build(cfg)
     before = {k: [p.detach().clone() for p in net.parameters()] for k, net in nets.items()}

@@ -133,6 +133,41 @@ def test_text2img_consistency_of_real_images_beats_the_mismatched_floor(local_at
     assert m["eval/text_colour_acc"] >= 0.9
     assert m["eval/text_colour_acc_mismatched"] < 0.6
     assert m["eval/text_consistency"] > m["eval/text_consistency_mismatched"] + 0.15
+    assert m["eval/z_spread"] == 0.0 and "eval/z_spread_real" not in m  # LookUp ignores z
+
+
+class ZOnly(nn.Module):
+    """G(z, emb) = a flat image at tanh(z[0]): all of its variety comes from z."""
+
+    def forward(self, z: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(z[:, :1, None, None]).expand(-1, 3, 32, 32)
+
+
+def test_group_spread_is_the_mean_within_group_pixel_std_and_sees_z(local_attrs):
+    x = torch.cat([torch.full((1, 1, 2, 2), -1.0), torch.ones(1, 1, 2, 2),  # group 0: std 1
+                   torch.zeros(3, 1, 2, 2),  # group 1: identical, std 0
+                   torch.ones(1, 1, 2, 2)])  # group 2: alone, not counted
+    keys = np.array([[0, 5], [0, 5], [1, 5], [1, 5], [1, 5], [2, 5]])
+    assert ce.group_spread(x, keys) == pytest.approx(0.5)
+    assert ce.group_spread(np.full((2, 1, 2, 2), 255, np.uint8), np.zeros(2)) == 0.0
+    with pytest.raises(ValueError, match="share a description"):
+        ce.group_spread(x[:2], np.arange(2))
+    _, url, ev = local_attrs
+    test = ce.real_split(url, split="test")
+    emb = torch.randn(len(test.images), 16, generator=torch.Generator().manual_seed(0))
+    m = ce.text2img_metrics(ZOnly(), ev, emb=emb, classes=test.labels, attrs=test.attrs, nz=4, seed=0,
+                            real_spread=0.25)
+    assert 0.3 < m["eval/z_spread"] < 1.0 and m["eval/z_spread_real"] == 0.25
+
+
+def test_demo_bars_need_twice_the_floor_plus_a_margin_and_a_spread_over_z():
+    from pipelines.conditional_demo import passes, spread_passes
+
+    assert passes(0.445, 0.025)
+    assert not passes(0.14, 0.025)  # 5.6x the floor, but not 0.25 above it
+    assert not passes(0.55, 0.3)  # 0.25 above the floor, but not twice it
+    assert spread_passes(0.053, 0.078) and not spread_passes(0.014, 0.078)  # a G that ignores z fails
+    assert not spread_passes(0.05, float("nan"))  # no real reference: no pass
 
 
 def test_caption_attributes_and_derangement():
@@ -235,8 +270,8 @@ def test_text2img_in_process_from_s3_generates_from_prompts(s3_server, tmp_path,
     spec = _spec("text2img", store, prep.manifest.name, tracking_uri, "scale.workers=0", "loop.steps=4",
                  "data.batch_size=8", "model.ngf=4", "model.ndf=4", "model.proj_dim=8")
     outcome = train(spec, progress=False, log=lambda _: None)
-    assert {"eval/text_consistency", "eval/text_consistency_mismatched", "eval/text_colour_acc", "eval/fd"} <= set(
-        outcome.metrics)
+    assert {"eval/text_consistency", "eval/text_consistency_mismatched", "eval/text_colour_acc", "eval/fd",
+            "eval/z_spread"} <= set(outcome.metrics)
     model = f"models:/{outcome.model_name}@candidate"
 
     grid = generate_from_prompts(model, prompt="a thick red seven", n=4, tracking_uri=tracking_uri)

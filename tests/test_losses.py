@@ -158,3 +158,14 @@ def test_i2i_gan_criteria_are_the_official_ganloss():
     # A PatchGAN's logits (N, 1, h, w) average over every patch.
     patches = torch.arange(8.0, dtype=torch.float64).reshape(2, 1, 2, 2)
     assert_close(losses.GAN_CRITERIA["lsgan"][1](patches), patches.square().mean())
+
+
+def test_mode_seeking_is_the_inverse_of_image_distance_over_latent_distance():
+    z1, z2 = torch.zeros(2, 4), torch.full((2, 4), 2.0)  # mean |z1 - z2| = 2
+    a, b = torch.zeros(2, 1, 3, 3), torch.full((2, 1, 3, 3), 0.5)  # mean |a - b| = 0.5
+    assert_close(losses.mode_seeking(a, b, z1, z2), torch.tensor(1 / (0.25 + 1e-5)))
+    # A generator that ignores z is what the term punishes: identical images give 1 / eps.
+    assert float(losses.mode_seeking(a, a, z1, z2)) == pytest.approx(1e5)
+    a.requires_grad_(True)
+    losses.mode_seeking(a, b, z1, z2).backward()
+    assert float(a.grad.sum()) > 0  # lowering it pushes a away from b (a < b)
