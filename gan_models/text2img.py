@@ -148,7 +148,7 @@ class Discriminator(nn.Module):
         self.features = nn.Sequential(*layers)
         self.project = nn.Sequential(nn.Linear(emb_dim, proj_dim), nn.BatchNorm1d(proj_dim),
                                      nn.LeakyReLU(0.2, inplace=True))
-        self.match = match
+        one_of("match", match, D_MATCHES)
         text_in = proj_dim if match == "concat" else 0
         self.joint = nn.Sequential(
             nn.Conv2d(ndf * mult + text_in, ndf * mult, 1, 1, 0, bias=False), nn.BatchNorm2d(ndf * mult),
