@@ -11,6 +11,7 @@ import tempfile
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.testing import assert_close
 
 from gan_models import FAMILIES, stargan, text2img
@@ -346,14 +347,19 @@ def test_projection_d_is_an_unconditional_logit_plus_text_features_inner_product
         text2img.Config(**TINY_T2I, d_match="film")
 
 
-def test_text2img_losses_equal_algorithm_1_computed_by_hand():
-    cfg = text2img.Config(**TINY_T2I, wrong_weight=0.3, int_weight=0.7, int_beta=0.25)
+def _t2i_with_reference(cfg: text2img.Config) -> tuple[dict[str, nn.Module], nn.Module, nn.Module, dict]:
+    """Seeded nets, an independent copy of G and D with the same weights, and a batch of 4."""
     torch.manual_seed(0)
     nets = text2img.build(cfg)
     ref_g, ref_d = text2img.build(cfg).values()
     ref_g.load_state_dict(nets["G"].state_dict())
     ref_d.load_state_dict(nets["D"].state_dict())
-    batch = text2img.example_batch(cfg, 4, generator=torch.Generator().manual_seed(1))
+    return nets, ref_g, ref_d, text2img.example_batch(cfg, 4, generator=torch.Generator().manual_seed(1))
+
+
+def test_text2img_losses_equal_algorithm_1_computed_by_hand():
+    cfg = text2img.Config(**TINY_T2I, wrong_weight=0.3, int_weight=0.7, int_beta=0.25)
+    nets, ref_g, ref_d, batch = _t2i_with_reference(cfg)
     x, h, h_wrong = batch["image"], batch["emb"], batch["wrong_emb"]
     torch.manual_seed(9)
     out = text2img.train_step(nets, _sgd(nets, lr=0.0), batch, cfg)  # lr 0: D unchanged for the G step
@@ -380,12 +386,7 @@ def test_text2img_losses_equal_algorithm_1_computed_by_hand():
 
 def test_mode_seeking_term_draws_half_the_batch_twice_with_the_same_captions():
     cfg = text2img.Config(**TINY_T2I, ms_weight=2.0)
-    torch.manual_seed(0)
-    nets = text2img.build(cfg)
-    ref_g, ref_d = text2img.build(cfg).values()
-    ref_g.load_state_dict(nets["G"].state_dict())
-    ref_d.load_state_dict(nets["D"].state_dict())
-    batch = text2img.example_batch(cfg, 4, generator=torch.Generator().manual_seed(1))
+    nets, ref_g, ref_d, batch = _t2i_with_reference(cfg)
     h = batch["emb"]
     torch.manual_seed(9)
     out = text2img.train_step(nets, _sgd(nets, lr=0.0), batch, cfg)
