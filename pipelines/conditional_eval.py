@@ -378,8 +378,8 @@ def text2img_metrics(
     out.update({f"{names[k]}_mismatched": float(v.mean()) for k, v in wrong.items()})
     out["eval/fd"] = ev.fd(seen["features"])
     k = min(SPREAD_PROMPTS, len(emb_t))
-    z = torch.randn(k * SPREAD_DRAWS, nz, generator=torch.Generator().manual_seed(seed + 54321))
-    drawn = generate(generator, (z, emb_t[:k].repeat_interleave(SPREAD_DRAWS, dim=0)))
+    z_many = torch.randn(k * SPREAD_DRAWS, nz, generator=torch.Generator().manual_seed(seed + 54321))
+    drawn = generate(generator, (z_many, emb_t[:k].repeat_interleave(SPREAD_DRAWS, dim=0)))
     out["eval/z_spread"] = group_spread(drawn, np.repeat(np.arange(k), SPREAD_DRAWS))
     if real_spread is not None:
         out["eval/z_spread_real"] = real_spread
