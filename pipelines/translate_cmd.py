@@ -99,12 +99,12 @@ def read_image(path: Path, *, image_size: int, channels: int) -> Any:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from data_prep.imagefile import open_image
     from data_prep.transforms import fit_image
 
     try:
-        with Image.open(path) as image:
-            image.load()  # decode everything now: a truncated file fails here, not half-way through a batch
-            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+        image = open_image(path)  # decoded now (a truncated file fails here, not mid-batch), EXIF orientation applied
+        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     except UnidentifiedImageError:
         raise ValueError("not an image (no decoder recognises it)") from None
     except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as exc:
