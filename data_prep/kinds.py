@@ -4,7 +4,8 @@ How a source spec is read per kind (the `ganpipe prep --help` text says the same
   images      mnist5k | digits | skimage-photos | a folder (class sub-folders become labels)
   paired      a folder with train/ val/ test/ of A|B images (aligned) or with A/ and B/ paired by name;
               with --derive: any images source (folder, skimage-photos, mnist5k, digits)
-  unpaired    a folder with trainA/ trainB/ [testA/ testB/], or two sources (source and source_b)
+  unpaired    a folder with trainA/ trainB/ [testA/ testB/] (each folder's images at any depth, unlabelled), or
+              two sources (source and source_b)
   attributes  mnist5k (coloured digits) | CelebA's list_attr_celeba.txt (or its folder) | a .csv/.tsv/
               .parquet attribute table | a folder of exclusive class folders (RaFD)
   captioned   mnist5k (templated captions) | a folder with images/ + text/ (CUB, Oxford-102) | a COCO

@@ -44,7 +44,9 @@ from data_prep.storage import Store, open_store
 from data_prep.transforms import IMAGE_FORMATS, TransformConfig
 from data_prep.validate import MODE_CONVERTED, QuarantineEntry
 
-PREP_FORMAT = 2  # bump when the same config would now produce different bytes (2: one shard per chunk)
+# Bump when the same config would now produce different bytes (2: one shard per chunk; 3: EXIF orientation
+# applied, odd-width A|B images quarantined, CycleGAN domain folders unlabelled with sub-folders taken).
+PREP_FORMAT = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,13 +104,15 @@ class PrepConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class PrepResult:
-    """The dataset written (or found unchanged) and what was left out."""
+    """The dataset written (or found unchanged), what was left out, and the sources' notices about their
+    layout (Source.notices: warnings such as an empty class folder)."""
 
     manifest: Manifest
     dataset_url: str
     reused: bool
     quarantined: list[QuarantineEntry]
     notes: dict[str, int]
+    notices: list[str] = field(default_factory=list)
 
 
 def prep_images(cfg: PrepConfig, *, progress: bool = True) -> PrepResult:
@@ -210,6 +214,7 @@ def write_dataset(
         for domain, (src, _) in parts.items():
             digest.update(f"{domain}\t{src.fingerprint()}\n".encode())
         fingerprint = digest.hexdigest()
+    notices = [line for src, _ in parts.values() for line in src.notices()]
     previous = _read_previous(dataset, lenient=overwrite)
     if previous and previous.kind != kind and not overwrite:
         raise ValueError(
@@ -225,6 +230,7 @@ def write_dataset(
             reused=True,
             quarantined=read_quarantine(dataset),
             notes=dict(previous.notes),
+            notices=notices,
         )
     if overwrite:
         _clear(dataset)
@@ -323,9 +329,8 @@ def write_dataset(
         if _is_shard(key) and key not in listed_shards:  # shards of an older, larger version
             dataset.delete(key)
     record.clear()
-    return PrepResult(
-        manifest=manifest, dataset_url=dataset.url, reused=False, quarantined=quarantined, notes=dict(notes)
-    )
+    return PrepResult(manifest=manifest, dataset_url=dataset.url, reused=False, quarantined=quarantined,
+                      notes=dict(notes), notices=notices)  # fmt: skip
 
 
 def _clear(dataset: Store) -> None:
@@ -357,7 +362,7 @@ def _read_previous(dataset: Store, *, lenient: bool = False) -> Manifest | None:
 
 def format_summary(result: PrepResult) -> str:
     """A small text table: samples, shards and bytes per split; each quarantined file (first 20) and why;
-    notes; URL and digest."""
+    notes; the sources' notices (warnings first); URL and digest."""
     m = result.manifest
     status = "unchanged" if result.reused else "written"
     lines = [
@@ -386,5 +391,6 @@ def format_summary(result: PrepResult) -> str:
     others = {note: n for note, n in m.notes.items() if note != MODE_CONVERTED}
     if others:
         lines.append("notes: " + ", ".join(f"{note} {n}" for note, n in others.items()))
+    lines += sorted(result.notices, key=lambda line: not line.startswith("warning:"))
     lines += [f"url:    {result.dataset_url}", f"digest: sha256:{m.digest}"]
     return "\n".join(lines)

@@ -4,8 +4,10 @@ A source lists its entries cheaply (key, label, origin, optional fixed split), r
 `RawSample` on demand, and fingerprints its content, so prep can split, skip unchanged inputs and stream large
 folders. A sample that is bad for a reason only the source knows (a missing pair, a malformed attribute row)
 raises `BadSample` from `read`, and prep quarantines it with that reason; a file name that leaves the
-source's root (absolute, `..`, or a symlink pointing outside) is "unsafe_path" (`safe_file`). The other
-dataset kinds' sources live in sources_paired.py, sources_attrs.py and sources_captions.py.
+source's root (absolute, `..`, or a symlink pointing outside) is "unsafe_path" (`safe_file`). What a
+source notices about its layout without it being any one sample's fault (an empty class folder, images taken
+from sub-folders) it says in `notices()`, which prep's summary prints. The other dataset kinds' sources live
+in sources_paired.py, sources_attrs.py and sources_captions.py.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -93,6 +96,10 @@ class Source(ABC):
     def fingerprint(self) -> str:
         """sha256 over the sorted (key, size, mtime or content hash) of every input."""
 
+    def notices(self) -> list[str]:
+        """Lines for prep's summary about the layout as a whole ("warning: ..." for what looks wrong)."""
+        return []
+
     def __iter__(self) -> Iterator[RawSample]:
         return (self.read(e) for e in self.entries())
 
@@ -124,16 +131,37 @@ def safe_file(root: Path, rel: str | Path) -> Path:
     return path
 
 
-def list_images(root: Path, *, required: bool = True) -> list[Path]:
-    """Image files under `root` (recursive, hidden names skipped) as sorted relative paths; none is a
-    SourceError when `required`."""
-    found = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if any(p.startswith(".") for p in rel.parts):  # .DS_Store, .ipynb_checkpoints, ...
+def _walk(root: Path) -> Iterator[Path]:
+    """Relative paths of the non-folder entries under `root`, hidden names (.DS_Store, .ipynb_checkpoints)
+    skipped. Symlinked folders are followed when they resolve inside `root`, after the real folders, and each
+    real folder is entered once: a symlink loop (a link to a parent) or a second link to a folder already
+    read neither hangs nor lists a file twice."""
+    top = root.resolve()
+    seen: set[Path] = set()
+    folders, links = [Path()], []
+    while folders or links:
+        rel = folders.pop() if folders else links.pop()
+        try:
+            real = (root / rel).resolve()
+            if real in seen or not real.is_relative_to(top):
+                continue
+            seen.add(real)
+            children = sorted(os.scandir(root / rel), key=lambda e: e.name, reverse=True)
+        except (OSError, RuntimeError):  # unreadable folder, or a loop resolve() refuses
             continue
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            found.append(rel)
+        for child in children:
+            if child.name.startswith("."):
+                continue
+            if child.is_dir():
+                (links if child.is_symlink() else folders).append(rel / child.name)
+            else:
+                yield rel / child.name
+
+
+def list_images(root: Path, *, required: bool = True) -> list[Path]:
+    """Image files under `root` (recursive, see `_walk`) as sorted relative paths; none is a SourceError
+    when `required`."""
+    found = [rel for rel in _walk(root) if rel.suffix.lower() in IMAGE_EXTENSIONS and (root / rel).is_file()]
     if not found and required:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise SourceError(f"no image files ({exts}) found under {root}")
@@ -206,6 +234,19 @@ class FolderSource(Source):
 
     def fingerprint(self) -> str:
         return stat_fingerprint(self.root, self._files)
+
+    def notices(self) -> list[str]:
+        if not self.class_names:
+            return []
+        empty = sorted(
+            f"{entry.name}/"
+            for entry in os.scandir(self.root)
+            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in self.class_names
+        )
+        if not empty:
+            return []
+        return [f"warning: {self.root}: {len(empty)} class folder(s) hold no images, so they are no class: "
+                f"{', '.join(empty)}"]  # fmt: skip
 
 
 class ArraySource(Source):
@@ -355,6 +396,9 @@ class ConcatSource(Source):
         raw = part.read(inner)
         return dataclasses.replace(raw, key=entry.key, origin=entry.origin)
 
+    def notices(self) -> list[str]:
+        return [line for _, part in self.parts.values() for line in part.notices()]
+
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         for prefix, (split, part) in self.parts.items():
@@ -391,6 +435,9 @@ class SubsetSource(Source):
 
     def read(self, entry: SourceEntry) -> RawSample:
         return self.source.read(entry)
+
+    def notices(self) -> list[str]:
+        return self.source.notices()
 
     def fingerprint(self) -> str:
         return hashlib.sha256(f"{self.source.fingerprint()}:limit={self.limit}".encode()).hexdigest()

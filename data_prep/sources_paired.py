@@ -1,5 +1,8 @@
 """Sources of two-sided datasets: pix2pix's aligned and A/B-folder layouts (`paired`), and CycleGAN's
 trainA/ trainB/ testA/ testB/ layout or any two sources (`unpaired`, one source per domain).
+
+A CycleGAN domain folder is a set of images: loose images and images in sub-folders (at any depth) are all
+taken, unlabelled, and the summary says how many came from sub-folders.
 """
 
 from __future__ import annotations
@@ -114,6 +117,22 @@ class ABFolderSource(Source):
         return digest.hexdigest()
 
 
+class ImageSetSource(FolderSource):
+    """Every image under `root`, at any depth, unlabelled (sub-folders are no classes): a CycleGAN domain."""
+
+    @property
+    def class_names(self) -> list[str] | None:  # type: ignore[override]
+        return None
+
+    def notices(self) -> list[str]:
+        nested = [rel for rel in self._files if len(rel.parts) > 1]
+        if not nested:
+            return []
+        folders = sorted({f"{rel.parts[0]}/" for rel in nested})
+        shown = ", ".join(folders[:5]) + (f", ... ({len(folders)} in all)" if len(folders) > 5 else "")
+        return [f"{self.root}: {len(nested)} of {len(self._files)} images come from sub-folders ({shown})"]
+
+
 def is_cyclegan_layout(root: Path) -> bool:
     """CycleGAN's layout: trainA/ and trainB/ (testA/, testB/ optional)."""
     return (root / "trainA").is_dir() and (root / "trainB").is_dir()
@@ -134,7 +153,7 @@ def domain_sources(spec: str, spec_b: str | None, *, crops: int = 256, seed: int
     out: dict[str, Source] = {}
     for side, domain in (("A", "domain_a"), ("B", "domain_b")):
         parts = [
-            (split, split, FolderSource(root / f"{split}{side}"))
+            (split, split, ImageSetSource(root / f"{split}{side}"))
             for split in LAYOUT_SPLITS
             if _has_images(root / f"{split}{side}")
         ]
