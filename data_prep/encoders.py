@@ -120,7 +120,8 @@ def paired_encoder(
 ) -> SampleEncoder:
     """The `paired` kind: `a.{ext}` (input), `b.{ext}` (target), `mask.png` for "inpaint", `cls` if labelled.
 
-    mode: "aligned" (raw.data is A|B side by side, split at width/2 as pix2pix does), "ab" (raw.data is A,
+    mode: "aligned" (raw.data is A|B side by side, split at width/2 as pix2pix does; an odd width is a
+    "size_mismatch"), "ab" (raw.data is A,
     raw.pair is B; their sizes must match), or a derivation in options.DERIVATIONS applied to the photo
     in raw.data (which becomes B). direction "BtoA" swaps a and b.
     """
@@ -136,6 +137,9 @@ def paired_encoder(
         if mode == "aligned":
             height, width = valid.pixels.shape[:2]
             half = width // 2
+            if width % 2:  # halves of different widths: A and B cannot be aligned pixel for pixel
+                detail = f"{width}x{height}: an A|B image needs an even width (two halves of equal size)"
+                return _quarantine(raw, "size_mismatch", detail)
             if half < min_size:
                 return _quarantine(raw, "too_small", f"{width}x{height}: each half is below min_size {min_size}")
             a, b = _fitted(valid.pixels[:, :half], cfg), _fitted(valid.pixels[:, half:], cfg)

@@ -3,7 +3,8 @@ with one caption per line), COCO-style captions JSON, Parquet with image bytes o
 column (img2dataset), and the built-in mnist5k with templated captions.
 
 A sample without a caption file or entry is "no_captions" (empty ones are caught by the encoder); a caption
-entry whose image is missing is "missing_file".
+entry whose image is missing is "missing_file" (in COCO JSON also an annotation whose image id images[] does
+not list); a Parquet row with no image (a null cell) is "empty".
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def _inside(root: Path, file: str) -> bool:
 
 class CocoSource(Source):
     """COCO-style captions JSON ({"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]})
-    with image files relative to `images` (default: the JSON's folder)."""
+    with image files relative to `images` (default: the JSON's folder). Annotations of an image id that
+    images[] does not list are one "missing_file" entry per id (origin `#<id>`), so none vanish silently."""
 
     default_channels = 3
 
@@ -124,6 +126,7 @@ class CocoSource(Source):
             ) from exn
         self._images, self._captions = listed, captions
         self._ids = {str(i): i for i in listed}  # entry origins carry the id as text
+        self._unlisted = {str(i): i for i in captions if i not in listed}
         self.spec, self.name = str(self.path), sanitise(self.path.stem).lower() or "coco"
 
     @property
@@ -132,16 +135,22 @@ class CocoSource(Source):
 
     def entries(self) -> list[SourceEntry]:
         out, seen = [], set()
-        for image_id, file in sorted(self._images.items(), key=lambda kv: kv[1]):
+        files = [(file, f"{file}#{i}") for i, file in sorted(self._images.items(), key=lambda kv: kv[1])]
+        files += [(f"unlisted-{i}", f"#{i}") for i in sorted(self._unlisted, key=lambda i: (len(i), i))]
+        for file, origin in files:
             key = "/".join(sanitise(p) for p in Path(file).with_suffix("").parts)
             while key in seen:
                 key += "-x"
             seen.add(key)
-            out.append(SourceEntry(key=key, label=None, origin=f"{file}#{image_id}"))
+            out.append(SourceEntry(key=key, label=None, origin=origin))
         return out
 
     def read(self, entry: SourceEntry) -> RawSample:
         file, _, image_id = entry.origin.rpartition("#")
+        if not file:
+            count = len(self._captions[self._unlisted[image_id]])
+            raise BadSample("missing_file", f"{count} annotation(s) for image id {image_id}, which images[] in "
+                                            f"{self.path.name} does not list: no image file to caption")  # fmt: skip
         captions = self._captions.get(self._ids[image_id])
         if not captions:
             raise BadSample("no_captions", f"no annotation for image id {image_id} in {self.path.name}")
@@ -210,7 +219,9 @@ class ParquetCaptionSource(Source):
         captions = tuple(caption) if isinstance(caption, (list, tuple)) else (caption,) if caption else ()
         if isinstance(value, dict):
             value = value.get("bytes") or value.get("path")
-        if isinstance(value, str) and value:
+        if value is None or value in (b"", ""):
+            raise BadSample("empty", f"no image in {self.image_column} (a null or empty cell)")
+        if isinstance(value, str):
             path = safe_file(self.images, value)
             if not path.is_file():
                 raise BadSample("missing_file", f"{path} does not exist")
