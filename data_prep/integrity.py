@@ -1,0 +1,157 @@
+"""Every read stands on verified shards: each shard is hashed as it is read and checked against the manifest
+(sha256 and size), and its members against index.parquet, before any of its samples reaches a reader.
+
+When the check fires: a run may stop long before a shard's end (`loop.steps=5` reads a few batches of the first
+shard), so a check at the end of the stream alone would let a corrupt shard train and register a model. A shard
+is therefore read once from the store into a spooled buffer (memory up to SPOOL_MAX bytes, a local temp file
+beyond) while hashing; only once its bytes match the manifest and its members are exactly the samples the index
+lists for it are its samples parsed from that buffer. The store's bytes are read once; parsing reads the buffer.
+
+Problems raise ShardIntegrityError, whose message is one line: dataset, shard, expected vs found, and the
+`ganpipe datasets verify` command that lists every problem of the dataset (data_prep/catalog.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import hashlib
+import io
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from webdataset.tariterators import base_plus_ext
+
+from data_prep.manifest import INDEX, Manifest, ShardInfo
+from data_prep.storage import KeyNotFound, Store, StoreError, open_store
+
+SPOOL_MAX = 64 << 20  # a shard up to this size is buffered in memory, a larger one in a local temp file
+DEFAULT_STORE = ".ganpipe/store"  # where `ganpipe datasets verify` looks without --store
+_CHUNK = 1 << 20
+
+# Only `ganpipe bench-data` turns verification off, to measure what it costs; no training option reaches this.
+_VERIFY: contextvars.ContextVar[bool] = contextvars.ContextVar("ganpipe_verify_shards", default=True)
+
+
+class ShardIntegrityError(ValueError):
+    """A shard (or index.parquet) differs from what the manifest promises; the message is one line naming the
+    dataset, the shard, what was expected and what was found, and the command that lists every problem."""
+
+    def __init__(self, *, dataset: str, shard: str, expected: str, found: str, verify: str) -> None:
+        self.dataset, self.shard, self.expected, self.found, self.verify = dataset, shard, expected, found, verify
+        super().__init__(f"dataset {dataset}, shard {shard}: expected {expected}, found {found}; run: {verify}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Ray Train sends a failed worker's exception to the driver pickled; keyword-only fields need a partial.
+        fields = dict(dataset=self.dataset, shard=self.shard, expected=self.expected, found=self.found,
+                      verify=self.verify)  # fmt: skip
+        return (functools.partial(type(self), **fields), ())
+
+
+class SampleDecodeError(ValueError):
+    """A sample of a verified shard does not decode; the message names the dataset, shard and sample key."""
+
+
+def verification_on() -> bool:
+    """Whether reads verify their shards (always, except inside `unverified_reads_for_benchmark`)."""
+    return _VERIFY.get()
+
+
+@contextlib.contextmanager
+def unverified_reads_for_benchmark() -> Iterator[None]:
+    """Reads started in this block skip verification: `ganpipe bench-data` measures its cost this way."""
+    token = _VERIFY.set(False)
+    try:
+        yield
+    finally:
+        _VERIFY.reset(token)
+
+
+def verify_command(store: Store, manifest: Manifest) -> str:
+    """`ganpipe datasets verify NAME`, with --store when the dataset is not under the default store."""
+    command = f"ganpipe datasets verify {manifest.name}"
+    url = store.url.rstrip("/")
+    suffix = f"/datasets/{manifest.name}"
+    if not url.endswith(suffix):  # a dataset given by its own URL: only its store's owner knows the root
+        return command
+    root = url[: -len(suffix)]
+    if root == open_store(DEFAULT_STORE).url:
+        return command
+    return f"{command} --store {unquote(root.removeprefix('file://'))}"
+
+
+def failure(store: Store, manifest: Manifest, shard: str) -> Callable[..., ShardIntegrityError]:
+    """A ShardIntegrityError for `shard` of this dataset, given expected= and found=."""
+    return functools.partial(ShardIntegrityError, dataset=manifest.name, shard=shard,
+                             verify=verify_command(store, manifest))  # fmt: skip
+
+
+def index_keys(store: Store, manifest: Manifest, shards: Sequence[ShardInfo]) -> dict[str, frozenset[str]]:
+    """The sample keys index.parquet lists for each of `shards` (by shard path)."""
+    wanted = {s.path for s in shards}
+    try:
+        table = pq.read_table(io.BytesIO(store.get_bytes(INDEX)), columns=["key", "shard"])
+    except (StoreError, OSError, ValueError, pa.ArrowException) as exn:
+        found = "no such object" if isinstance(exn, KeyNotFound) else f"an unreadable file ({type(exn).__name__})"
+        raise failure(store, manifest, INDEX)(expected="the key and shard of every sample", found=found) from None
+    keys: dict[str, set[str]] = {path: set() for path in wanted}
+    for key, shard in zip(table.column("key").to_pylist(), table.column("shard").to_pylist(), strict=True):
+        if shard in wanted:
+            keys[shard].add(key)
+    return {path: frozenset(k) for path, k in keys.items()}
+
+
+def read_verified(store: Store, manifest: Manifest, shard: ShardInfo, *, keys: frozenset[str]) -> Any:
+    """The shard's bytes, read once from the store while hashing, as a buffer positioned at 0 (the caller closes
+    it) — only if size and sha256 match the manifest and its members are exactly the samples in `keys`."""
+    fail = failure(store, manifest, shard.path)
+    expected = f"{shard.bytes:,} bytes with sha256 {shard.sha256[:16]}"
+    buffer = tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX)
+    try:
+        digest, size = hashlib.sha256(), 0
+        try:
+            with store.open_read(shard.path) as stream:
+                while chunk := stream.read(_CHUNK):
+                    digest.update(chunk)
+                    buffer.write(chunk)
+                    size += len(chunk)
+        except KeyNotFound:
+            raise fail(expected=expected, found="no such object in the store") from None
+        sha256 = digest.hexdigest()
+        if size != shard.bytes or sha256 != shard.sha256:
+            raise fail(expected=expected, found=f"{size:,} bytes with sha256 {sha256[:16]}")
+        buffer.seek(0)
+        _check_members(buffer, keys=keys, fail=fail)
+        buffer.seek(0)
+        return buffer
+    except BaseException:
+        buffer.close()
+        raise
+
+
+def _check_members(buffer: Any, *, keys: frozenset[str], fail: Callable[..., ShardIntegrityError]) -> None:
+    """Every member is a regular file of a sample the index lists, and every listed sample is there.
+
+    WebDataset groups members by base_plus_ext; a member it would group under an unlisted key (`../evil.png`,
+    an injected sample) or skip (no extension, `__meta__`, a link) is refused by name, never read past."""
+    found: set[str] = set()
+    expected = f"only the {len(keys)} samples index.parquet lists for it"
+    try:
+        with tarfile.open(fileobj=buffer, mode="r:") as tar:  # headers only: the buffer is seekable
+            for member in tar:
+                key = base_plus_ext(member.name)[0] if member.isreg() else None
+                if key not in keys:
+                    raise fail(expected=expected, found=f"member {member.name!r}")
+                found.add(key)
+    except tarfile.TarError as exn:
+        raise fail(expected="a readable tar", found=f"{type(exn).__name__}: {exn}") from None
+    if found != keys:
+        missing = sorted(keys - found)
+        raise fail(expected=f"the {len(keys)} samples index.parquet lists for it",
+                   found=f"{len(found)} (missing {missing[0]!r}{' and more' if len(missing) > 1 else ''})")
