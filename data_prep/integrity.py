@@ -3,9 +3,10 @@
 
 When the check fires: a run may stop long before a shard's end (`loop.steps=5` reads a few batches of the first
 shard), so a check at the end of the stream alone would let a corrupt shard train and register a model. A shard
-is therefore read once from the store into a spooled buffer (memory up to SPOOL_MAX bytes, a local temp file
-beyond) while hashing; only once its bytes match the manifest and its members are exactly the samples the index
-lists for it are its samples parsed from that buffer. The store's bytes are read once; parsing reads the buffer.
+is therefore read once from the store, hashed as tarfile parses it, its members kept (in memory up to SPOOL_MAX
+bytes, in a local temp file beyond); only once its bytes match the manifest and its members are exactly the
+samples the index lists for it are they handed on, in tar order. That is the work of an unverified streaming
+read (one pass, headers parsed once) plus sha256, and the memory of one shard.
 
 Problems raise ShardIntegrityError, whose message is one line: dataset, shard, expected vs found, and the
 `ganpipe datasets verify` command that lists every problem of the dataset (data_prep/catalog.py).
@@ -21,7 +22,8 @@ import io
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -107,50 +109,114 @@ def index_keys(store: Store, manifest: Manifest, shards: Sequence[ShardInfo]) ->
     return {path: frozenset(k) for path, k in keys.items()}
 
 
-def read_verified(store: Store, manifest: Manifest, shard: ShardInfo, *, keys: frozenset[str]) -> Any:
-    """The shard's bytes, read once from the store while hashing, as a buffer positioned at 0 (the caller closes
-    it) — only if size and sha256 match the manifest and its members are exactly the samples in `keys`."""
+@dataclass
+class VerifiedShard:
+    """A shard that matched its manifest and index: its members in tar order, with their data (or, for a shard
+    over SPOOL_MAX, their offsets in the local spill file)."""
+
+    members: list[tuple[tarfile.TarInfo, bytes | None]]
+    spill: BinaryIO | None = None
+
+    def files(self) -> Iterator[tuple[str, bytes]]:
+        """(member name, data) in tar order; closes the spill file at the end."""
+        try:
+            for member, data in self.members:
+                if data is None and self.spill is not None:
+                    self.spill.seek(member.offset_data)
+                    data = self.spill.read(member.size)
+                yield member.name, data or b""
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.spill is not None:
+            self.spill.close()
+
+
+class _Hashing(io.RawIOBase):
+    """The store stream read once: every byte hashed (and written to `spill` when given), at most one byte past
+    `limit` (so a shard of any size keeps memory and disk bounded, and still reads as too long)."""
+
+    def __init__(self, stream: BinaryIO, *, limit: int, spill: BinaryIO | None) -> None:
+        self.stream, self.limit, self.spill = stream, limit, spill
+        self.digest, self.size = hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)[: max(0, min(len(buffer), self.limit + 1 - self.size))]
+        n = self.stream.readinto(view) or 0  # straight into the caller's buffer: no copy on the way
+        self.digest.update(view[:n])
+        self.size += n
+        if self.spill is not None:
+            self.spill.write(view[:n])
+        return n
+
+
+def read_verified(store: Store, manifest: Manifest, shard: ShardInfo, *, keys: frozenset[str]) -> VerifiedShard:
+    """The shard read once from the store, hashed as tarfile parses it (a shard up to SPOOL_MAX keeps its
+    members' data in memory, a larger one in a local temp file) — returned only if size and sha256 match the
+    manifest and its members are exactly the samples in `keys`."""
     fail = failure(store, manifest, shard.path)
     expected = f"{shard.bytes:,} bytes with sha256 {shard.sha256[:16]}"
-    buffer = tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX)
+    spill = tempfile.TemporaryFile() if shard.bytes > SPOOL_MAX else None
     try:
-        digest, size = hashlib.sha256(), 0
         try:
             with store.open_read(shard.path) as stream:
-                while chunk := stream.read(_CHUNK):
-                    digest.update(chunk)
-                    buffer.write(chunk)
-                    size += len(chunk)
+                hashing = _Hashing(stream, limit=shard.bytes, spill=spill)
+                members, tar_error = _parse(io.BufferedReader(hashing, _CHUNK), keep_data=spill is None)
         except KeyNotFound:
             raise fail(expected=expected, found="no such object in the store") from None
-        sha256 = digest.hexdigest()
-        if size != shard.bytes or sha256 != shard.sha256:
-            raise fail(expected=expected, found=f"{size:,} bytes with sha256 {sha256[:16]}")
-        buffer.seek(0)
-        _check_members(buffer, keys=keys, fail=fail)
-        buffer.seek(0)
-        return buffer
+        # The bytes first: a truncated or altered shard also breaks the tar, and its size and hash say more.
+        if hashing.size > shard.bytes:
+            raise fail(expected=expected, found=f"more than {shard.bytes:,} bytes")
+        sha256 = hashing.digest.hexdigest()
+        if hashing.size != shard.bytes or sha256 != shard.sha256:
+            raise fail(expected=expected, found=f"{hashing.size:,} bytes with sha256 {sha256[:16]}")
+        if tar_error is not None:
+            raise fail(expected="a readable tar", found=tar_error)
+        _check_members([m for m, _ in members], keys=keys, fail=fail)
+        return VerifiedShard(members=members, spill=spill)
     except BaseException:
-        buffer.close()
+        if spill is not None:
+            spill.close()
         raise
 
 
-def _check_members(buffer: Any, *, keys: frozenset[str], fail: Callable[..., ShardIntegrityError]) -> None:
-    """Every member is a regular file of a sample the index lists, and every listed sample is there.
-
-    WebDataset groups members by base_plus_ext; a member it would group under an unlisted key (`../evil.png`,
-    an injected sample) or skip (no extension, `__meta__`, a link) is refused by name, never read past."""
-    found: set[str] = set()
-    expected = f"only the {len(keys)} samples index.parquet lists for it"
+def _parse(stream: BinaryIO, *, keep_data: bool) -> tuple[list[tuple[tarfile.TarInfo, bytes | None]], str | None]:
+    """Every member (with its data when keep_data) of the tar stream, read to its very end; and the tar error
+    that stopped the parse, if any (judged only after the bytes are)."""
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    error = None
     try:
-        with tarfile.open(fileobj=buffer, mode="r:") as tar:  # headers only: the buffer is seekable
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
-                key = base_plus_ext(member.name)[0] if member.isreg() else None
-                if key not in keys:
-                    raise fail(expected=expected, found=f"member {member.name!r}")
-                found.add(key)
+                data = None
+                if keep_data and member.isreg():
+                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                members.append((member, data))
+                tar.members = []  # a stream: keep no second list of headers
     except tarfile.TarError as exn:
-        raise fail(expected="a readable tar", found=f"{type(exn).__name__}: {exn}") from None
+        error = f"{type(exn).__name__}: {exn}"
+    while stream.read(_CHUNK):  # the padding after the end-of-archive blocks is part of the hashed bytes
+        pass
+    return members, error
+
+
+def _check_members(
+    members: list[tarfile.TarInfo], *, keys: frozenset[str], fail: Callable[..., ShardIntegrityError]
+) -> None:
+    """Every member is a regular file of a sample the index lists, and every listed sample is there.
+    WebDataset groups members by base_plus_ext; a member it would group under an unlisted key (`../evil.png`,
+    an injected sample) or skip (no extension, `__meta__`, a link) is refused by name."""
+    found: set[str] = set()
+    for member in members:
+        key = base_plus_ext(member.name)[0] if member.isreg() else None
+        if key not in keys:
+            raise fail(expected=f"only the {len(keys)} samples index.parquet lists for it",
+                       found=f"member {member.name!r}")  # fmt: skip
+        found.add(key)
     if found != keys:
         missing = sorted(keys - found)
         raise fail(expected=f"the {len(keys)} samples index.parquet lists for it",

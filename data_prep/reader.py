@@ -4,7 +4,7 @@ This module holds the shared core (manifest, secure decoding, rank partition, sh
 API; batches.py builds every kind's batches and whole-split arrays on `decoded_epoch`.
 
 Decoding is secure: only png/jpg (PIL), cls (int), json, txt and npy (allow_pickle=False) are decoded;
-any other member is refused, so nothing is ever unpickled. Tar expansion and grouping are webdataset's.
+any other member is refused, so nothing is ever unpickled. Grouping members into samples is webdataset's.
 Every shard is verified before its first sample is yielded (integrity.py: sha256 and size against the
 manifest, members against index.parquet); a shard that fails raises ShardIntegrityError, a sample that does
 not decode SampleDecodeError naming its shard and key. Given a `ReadStats`, readers instead warn, count and
@@ -113,21 +113,24 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _verified_streams(
+def _verified_files(
     store: Store, manifest: Manifest, shards: Sequence[ShardInfo], stats: ReadStats | None
 ) -> Iterator[dict[str, Any]]:
-    """Each shard as a verified in-memory (or spooled) stream, for webdataset's tar expander."""
+    """Each verified shard's members in tar order as webdataset's file samples ({"fname", "data", "__url__"}),
+    then its end-of-shard marker {}: what `tar_file_expander` yields, from the parse integrity.py verified."""
     keys = index_keys(store, manifest, shards)
     for shard in shards:
         try:
-            buffer = read_verified(store, manifest, shard, keys=keys[shard.path])
+            verified = read_verified(store, manifest, shard, keys=keys[shard.path])
         except (ShardIntegrityError, StoreError) as exn:
             if stats is None:
                 raise
             stats.skip(f"shard {shard.path}", exn, shard=True)
             continue
-        with buffer:  # closed once the expander asks for the next shard
-            yield {"url": f"{store.url}/{shard.path}", "stream": buffer}
+        url = f"{store.url}/{shard.path}"
+        for name, data in verified.files():
+            yield {"fname": name, "data": data, "__url__": url}
+        yield {}
 
 
 def _shard_streams(
@@ -206,18 +209,16 @@ def decoded_epoch(
     by_shard = len(shards) >= world_size
     mine = shards[rank::world_size] if by_shard else shards
     if verification_on():
-        streams = _verified_streams(store, manifest, mine, stats)
+        files = _verified_files(store, manifest, mine, stats)
+    elif stats is None:
+        files = tar_file_expander(_shard_streams(store, mine))
     else:
-        streams = _shard_streams(store, mine, stats)
+        files = tar_file_expander(_shard_streams(store, mine, stats), handler=lambda exn: stats.skip(
+            f"shard {exn.args[-1] if exn.args else '?'}", exn, shard=True))  # fmt: skip
     if stats is None:
-        samples = group_by_keys(tar_file_expander(streams))
+        samples = group_by_keys(files)
     else:
-
-        def broken_shard(exn: Exception) -> bool:
-            return stats.skip(f"shard {exn.args[-1] if exn.args else '?'}", exn, shard=True)
-
-        samples = group_by_keys(tar_file_expander(streams, handler=broken_shard),
-                                handler=lambda exn: stats.skip("sample", exn))
+        samples = group_by_keys(files, handler=lambda exn: stats.skip("sample", exn))
     if not by_shard and world_size > 1:
         samples = (s for i, s in enumerate(samples) if i % world_size == rank)
     if shuffle:
@@ -238,8 +239,8 @@ def _decode_error(store: Store, manifest: Manifest, sample: dict[str, Any], exn:
     detail = (str(exn).splitlines() or [""])[0][:200]
     return SampleDecodeError(
         f"dataset {manifest.name}, shard {shard}: sample {sample.get('__key__')} does not decode "
-        f"({type(exn).__name__}: {detail}); the shard matches its manifest, so prep wrote it so: prep the dataset "
-        "again with --overwrite"
+        f"({type(exn).__name__}: {detail}); its shard matches the manifest, so it was written this way: prep the "
+        "dataset again with --overwrite"
     )
 
 

@@ -21,9 +21,9 @@ import mlflow
 import pytest
 from ray.train import WorkerGroupError
 
-from data_prep import PrepConfig, SourceOptions, iter_samples, prep_images, read_manifest
+from data_prep import PrepConfig, SourceOptions, integrity, iter_samples, prep_images, read_manifest
 from data_prep.batches import dataset_batches
-from data_prep.integrity import ShardIntegrityError
+from data_prep.integrity import ShardIntegrityError, unverified_reads_for_benchmark
 from data_prep.reader import ReadStats
 from pipelines.cli import main
 from pipelines.evaluator import ensure_evaluator
@@ -102,6 +102,34 @@ def _verify_lists(store: Path, shard: str, capsys: pytest.CaptureFixture[str]) -
     assert f"MISMATCH {shard}" in capsys.readouterr().out
 
 
+def test_verified_reads_yield_what_unverified_reads_did(prepared: Path) -> None:
+    """The same samples in the same order (shuffled or not, on either of two ranks) as the streaming reader."""
+
+    def read() -> list[tuple[str, bytes, int]]:
+        out = []
+        for kw in ({"shuffle": False}, {"seed": 3, "epoch": 1, "shuffle_buffer": 16, "rank": 1, "world_size": 2}):
+            out += [(s["key"], s["image"].tobytes(), s["label"]) for s in iter_samples(str(_dataset(prepared)), **kw)]
+        return out
+
+    verified = read()
+    with unverified_reads_for_benchmark():
+        unverified = read()
+    assert verified == unverified and len(verified) == 160 + 80
+
+
+def test_a_shard_larger_than_memory_spills_and_is_still_checked(prepared: Path, store: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Over SPOOL_MAX (64 MiB; 10 KiB here) a shard is buffered in a local temp file: same samples, same checks."""
+    in_memory = [s["key"] for s in iter_samples(str(_dataset(prepared)), shuffle=False)]
+    monkeypatch.setattr(integrity, "SPOOL_MAX", 10 * 1024)
+    assert [s["key"] for s in iter_samples(str(_dataset(prepared)), shuffle=False)] == in_memory
+    shard = _dataset(store) / FIRST
+    data = bytearray(shard.read_bytes())
+    data[-2000] ^= 0x01
+    shard.write_bytes(bytes(data))
+    _one_line_naming(_read_until_refused(store)[0], store, FIRST, f"{len(data):,} bytes with sha256 ")
+
+
 def test_flipped_byte_is_refused_before_any_sample_of_the_shard(store: Path, capsys) -> None:
     shard = _dataset(store) / FIRST
     data = bytearray(shard.read_bytes())
@@ -134,10 +162,11 @@ def test_deleted_shard(store: Path, capsys) -> None:
 
 def test_injected_members_are_never_read(store: Path) -> None:
     """163 samples where the manifest says 160 was the bug: the injected samples must never reach a batch."""
+    size = (_dataset(store) / FIRST).stat().st_size
     _inject(_dataset(store) / FIRST, ["digits-x1.png", "digits-x2.png", "digits-x3.png"])
     error, read = _read_until_refused(store)
     assert read == 0
-    _one_line_naming(error, store, FIRST, "bytes with sha256 ")
+    _one_line_naming(error, store, FIRST, f"more than {size:,} bytes")  # read no further than the manifest says
     stats = ReadStats()  # the tolerant reader drops the shard whole
     batches = list(dataset_batches(str(_dataset(store)), batch_size=16, repeat=False, drop_last=False, stats=stats))
     assert sum(len(b["image"]) for b in batches) == 120 and stats.bad_shards == 1 and FIRST in stats.last_error
@@ -151,7 +180,7 @@ def test_injected_members_are_never_read(store: Path) -> None:
 def test_path_like_member_is_named(store: Path) -> None:
     _inject(_dataset(store) / FIRST, ["../evil.png"])
     error, _ = _read_until_refused(store)
-    _one_line_naming(error, store, FIRST, "bytes with sha256 ")
+    _one_line_naming(error, store, FIRST, "more than ")
     _agree(store, FIRST)
     error, read = _read_until_refused(store)
     assert read == 0
