@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from webdataset.tariterators import base_plus_ext
 
 from data_prep.manifest import INDEX, Manifest, ShardInfo
-from data_prep.storage import KeyNotFound, Store, StoreError, open_store
+from data_prep.storage import KeyNotFound, Store, open_store
 
 SPOOL_MAX = 64 << 20  # a shard up to this size is buffered in memory, a larger one in a local temp file
 DEFAULT_STORE = ".ganpipe/store"  # where `ganpipe datasets verify` looks without --store
@@ -97,11 +97,16 @@ def failure(store: Store, manifest: Manifest, shard: str) -> Callable[..., Shard
 def index_keys(store: Store, manifest: Manifest, shards: Sequence[ShardInfo]) -> dict[str, frozenset[str]]:
     """The sample keys index.parquet lists for each of `shards` (by shard path)."""
     wanted = {s.path for s in shards}
+    fail = failure(store, manifest, INDEX)
     try:
-        table = pq.read_table(io.BytesIO(store.get_bytes(INDEX)), columns=["key", "shard"])
-    except (StoreError, OSError, ValueError, pa.ArrowException) as exn:
-        found = "no such object" if isinstance(exn, KeyNotFound) else f"an unreadable file ({type(exn).__name__})"
-        raise failure(store, manifest, INDEX)(expected="the key and shard of every sample", found=found) from None
+        data = store.get_bytes(INDEX)  # a store that cannot be reached raises its own one-line StoreError
+    except KeyNotFound:
+        raise fail(expected="the key and shard of every sample", found="no such object") from None
+    try:
+        table = pq.read_table(io.BytesIO(data), columns=["key", "shard"])
+    except (OSError, ValueError, pa.ArrowException) as exn:
+        raise fail(expected="the key and shard of every sample",
+                   found=f"an unreadable file ({type(exn).__name__})") from None  # fmt: skip
     keys: dict[str, set[str]] = {path: set() for path in wanted}
     for key, shard in zip(table.column("key").to_pylist(), table.column("shard").to_pylist(), strict=True):
         if shard in wanted:

@@ -187,10 +187,12 @@ def test_path_like_member_is_named(store: Path) -> None:
     _one_line_naming(error, store, FIRST, "member '../evil.png'")
 
 
-def test_missing_index_is_named(store: Path) -> None:
-    (_dataset(store) / "index.parquet").unlink()
-    error, _ = _read_until_refused(store)
-    _one_line_naming(error, store, "index.parquet", "no such object")
+def test_missing_or_garbled_index_is_named(store: Path) -> None:
+    index = _dataset(store) / "index.parquet"
+    index.write_bytes(index.read_bytes()[:100])
+    _one_line_naming(_read_until_refused(store)[0], store, "index.parquet", "an unreadable file")
+    index.unlink()
+    _one_line_naming(_read_until_refused(store)[0], store, "index.parquet", "no such object")
 
 
 def test_the_error_crosses_ray_intact(store: Path) -> None:
