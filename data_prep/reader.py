@@ -133,6 +133,19 @@ def _verified_files(
         yield {}
 
 
+def shard_files(
+    store: Store, manifest: Manifest, shards: Sequence[ShardInfo], *, stats: ReadStats | None = None
+) -> Iterator[dict[str, Any]]:
+    """The shards' members as webdataset file samples, each shard verified first (unverified only inside
+    integrity.unverified_reads_for_benchmark, where the streaming expander reads them as it always did)."""
+    if verification_on():
+        return _verified_files(store, manifest, shards, stats)
+    if stats is None:
+        return tar_file_expander(_shard_streams(store, shards))
+    return tar_file_expander(_shard_streams(store, shards, stats), handler=lambda exn: stats.skip(
+        f"shard {exn.args[-1] if exn.args else '?'}", exn, shard=True))  # fmt: skip
+
+
 def _shard_streams(
     store: Store, shards: Sequence[ShardInfo], stats: ReadStats | None = None
 ) -> Iterator[dict[str, Any]]:
@@ -208,13 +221,7 @@ def decoded_epoch(
         random.Random(f"shards:{seed}:{epoch}{tag}").shuffle(shards)
     by_shard = len(shards) >= world_size
     mine = shards[rank::world_size] if by_shard else shards
-    if verification_on():
-        files = _verified_files(store, manifest, mine, stats)
-    elif stats is None:
-        files = tar_file_expander(_shard_streams(store, mine))
-    else:
-        files = tar_file_expander(_shard_streams(store, mine, stats), handler=lambda exn: stats.skip(
-            f"shard {exn.args[-1] if exn.args else '?'}", exn, shard=True))  # fmt: skip
+    files = shard_files(store, manifest, mine, stats=stats)
     if stats is None:
         samples = group_by_keys(files)
     else:

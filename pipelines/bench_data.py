@@ -92,28 +92,28 @@ def read_rate(dataset_url: str, *, batch: int, verify: bool = True) -> float:
 
 def read_rates(dataset_url: str, *, batch: int, passes: int) -> dict[str, list[float]]:
     """Epochs with and without verification, interleaved (alternating which goes first, so neither gets the
-    warmer cache or the quieter moment of a shared machine), plus the verification alone: the train split's
-    shards read from the store, hashed and member-checked, without decoding (images/s equivalent)."""
-    runs: dict[str, list[float]] = {"verified": [], "unverified": [], "verify_only": []}
+    warmer cache or the quieter moment of a shared machine); and the same for the shards' members alone (read and
+    parsed, verified or not, nothing decoded), where the difference is verification's work with far less noise."""
+    runs: dict[str, list[float]] = {name: [] for name in ("verified", "unverified", "files_v", "files_u")}
     for i in range(passes):
         for verify in (True, False) if i % 2 else (False, True):
             runs["verified" if verify else "unverified"].append(read_rate(dataset_url, batch=batch, verify=verify))
-        runs["verify_only"].append(verify_rate(dataset_url))
+            runs["files_v" if verify else "files_u"].append(files_rate(dataset_url, verify=verify))
     return runs
 
 
-def verify_rate(dataset_url: str) -> float:
-    """images/s of reading, parsing and verifying the train split's shards without decoding a sample."""
-    from data_prep.integrity import index_keys, read_verified
-    from data_prep.reader import open_dataset
+def files_rate(dataset_url: str, *, verify: bool) -> float:
+    """images/s of reading and parsing the train split's shards into members, without decoding a sample."""
+    from data_prep.integrity import unverified_reads_for_benchmark
+    from data_prep.reader import open_dataset, shard_files
 
     store, manifest = open_dataset(dataset_url)
     shards = manifest.split_shards("train")
-    t0 = time.perf_counter()
-    keys = index_keys(store, manifest, shards)
-    for shard in shards:
-        read_verified(store, manifest, shard, keys=keys[shard.path]).close()
-    return sum(s.samples for s in shards) / (time.perf_counter() - t0)
+    with contextlib.nullcontext() if verify else unverified_reads_for_benchmark():
+        t0 = time.perf_counter()
+        for _ in shard_files(store, manifest, shards):
+            pass
+        return sum(s.samples for s in shards) / (time.perf_counter() - t0)
 
 
 @contextlib.contextmanager
@@ -159,7 +159,8 @@ def run_all(*, images: int, size: int, workers: list[int], shard_size: int, read
     Reads use their own `read_images` inputs: opening a dataset costs a fixed ~0.1 s (manifest, S3 client),
     which would dominate an epoch of a few hundred small images and say nothing about a training run.
     Each read is measured with and without shard verification, `read_passes` interleaved epochs each (the best
-    reported; the cost of verification is the median over passes of 1 - verified/unverified); prep=False
+    reported; the cost of verification is the median over passes of 1 - verified/unverified), and the shards'
+    members alone, verified and not (the difference over an epoch's time: verification's share); prep=False
     measures reads only."""
     from data_prep.prep import PrepConfig, prep_images
 
@@ -184,12 +185,17 @@ def run_all(*, images: int, size: int, workers: list[int], shard_size: int, read
             runs = read_rates(dataset_url, batch=batch, passes=read_passes)
             # The cost from each pass's adjacent pair of epochs: a load change between passes cancels out.
             paired = [v / u for v, u in zip(runs["verified"], runs["unverified"], strict=True)]
+            # Verification's own seconds per image (members alone, verified - unverified), as a share of an epoch.
+            extra = statistics.median(1 / v - 1 / u for v, u in zip(runs["files_v"], runs["files_u"], strict=True))
+            epoch = statistics.median(1 / v for v in runs["verified"])
             common_read = {"images": len(read_inputs[side])}
             row(f"read {side}px {where}, batch {batch}", max(runs["verified"]), runs=runs["verified"],
                 verify_cost=1 - statistics.median(paired), **common_read)  # fmt: skip
             row("  same, shard verification off (bench only)", max(runs["unverified"]), runs=runs["unverified"],
                 **common_read)  # fmt: skip
-            row("  read+parse+verify alone (no decode)", max(runs["verify_only"]), runs=runs["verify_only"],
+            row("  members alone (read+parse), verified", max(runs["files_v"]), runs=runs["files_v"],
+                verify_share=extra / epoch, **common_read)  # fmt: skip
+            row("  members alone (read+parse), unverified", max(runs["files_u"]), runs=runs["files_u"],
                 **common_read)  # fmt: skip
 
         for side in read_sizes:
@@ -231,12 +237,15 @@ def run_prep(tmp: Path, row: Callable[..., None], *, images: int, size: int, wor
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """One line per row; the note is prep's ratio to the bare loop, or what shard verification costs a read."""
+    """One line per row; the note is prep's ratio to the bare loop, or what shard verification costs a read:
+    `verify` from paired epochs, `share` from the members-alone timings (its seconds over an epoch's)."""
     lines = [f"{'measurement':<46} {'img/s':>9}  {'note':<14}  load (1/5/15 min)"]
     for r in rows:
         note = f"{r['ratio_to_bare']:.2f}x bare" if "ratio_to_bare" in r else ""
         if "verify_cost" in r:
             note = f"verify {r['verify_cost']:+.1%}"
+        if "verify_share" in r:
+            note = f"share {r['verify_share']:+.1%}"
         lines.append(f"{r['what']:<46} {r['img_per_s']:>9.1f}  {note:<14}  {r['load']}")
     return "\n".join(lines)
 
