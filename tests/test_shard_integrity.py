@@ -117,10 +117,13 @@ def test_verified_reads_yield_what_unverified_reads_did(prepared: Path) -> None:
     assert verified == unverified and len(verified) == 160 + 80
 
 
-def test_a_shard_larger_than_memory_spills_and_is_still_checked(prepared: Path, store: Path,
+def test_small_pieces_and_a_shard_larger_than_memory(prepared: Path, store: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    """Over SPOOL_MAX (64 MiB; 10 KiB here) a shard is buffered in a local temp file: same samples, same checks."""
+    """Over SPOOL_MAX (64 MiB; 10 KiB here) a shard is buffered in a local temp file: same samples, same checks.
+    Read in 4 KiB pieces (1 MiB normally), each shard is hashed piece by piece in the helper thread, in order."""
     in_memory = [s["key"] for s in iter_samples(str(_dataset(prepared)), shuffle=False)]
+    monkeypatch.setattr(integrity, "_CHUNK", 4096)
+    assert [s["key"] for s in iter_samples(str(_dataset(prepared)), shuffle=False)] == in_memory
     monkeypatch.setattr(integrity, "SPOOL_MAX", 10 * 1024)
     assert [s["key"] for s in iter_samples(str(_dataset(prepared)), shuffle=False)] == in_memory
     shard = _dataset(store) / FIRST
