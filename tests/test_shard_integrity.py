@@ -25,6 +25,7 @@ from data_prep import PrepConfig, SourceOptions, integrity, iter_samples, prep_i
 from data_prep.batches import dataset_batches
 from data_prep.integrity import ShardIntegrityError, unverified_reads_for_benchmark
 from data_prep.reader import ReadStats
+from pipelines.bench_data import read_rates
 from pipelines.cli import main
 from pipelines.evaluator import ensure_evaluator
 from pipelines.ray_train import _data_error
@@ -245,3 +246,9 @@ def test_train_on_a_flipped_byte_exits_with_one_line_and_registers_nothing(flipp
     assert client.search_registered_models() == []
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["FAILED"]  # the run started, read its first shard, and stopped
+
+
+def test_bench_data_times_reads_with_and_without_verification(prepared: Path) -> None:
+    runs = read_rates(str(_dataset(prepared)), batch=16, passes=2)
+    assert sorted(runs) == ["files_u", "files_v", "unverified", "verified"]
+    assert all(len(r) == 2 and all(x > 0 for x in r) for r in runs.values())
