@@ -4,9 +4,11 @@ This module holds the shared core (manifest, secure decoding, rank partition, sh
 API; batches.py builds every kind's batches and whole-split arrays on `decoded_epoch`.
 
 Decoding is secure: only png/jpg (PIL), cls (int), json, txt and npy (allow_pickle=False) are decoded;
-any other member is refused, so nothing is ever unpickled. Tar expansion and grouping are webdataset's.
-A bad sample or shard raises by default; given a `ReadStats`, readers warn, skip it, count it and go on
-(the training loop can log `stats.skipped` as a metric).
+any other member is refused, so nothing is ever unpickled. Grouping members into samples is webdataset's.
+Every shard is verified before its first sample is yielded (integrity.py: sha256 and size against the
+manifest, members against index.parquet); a shard that fails raises ShardIntegrityError, a sample that does
+not decode SampleDecodeError naming its shard and key. Given a `ReadStats`, readers instead warn, count and
+skip a failing shard (whole: none of its samples is read) or sample and go on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ import torch
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from data_prep.integrity import (
+    SampleDecodeError,
+    ShardIntegrityError,
+    index_keys,
+    read_verified,
+    verification_on,
+)
 from data_prep.manifest import MANIFEST, Manifest, ShardInfo
 from data_prep.storage import Store, StoreError, open_store
 
@@ -34,7 +43,7 @@ _log = logging.getLogger(__name__)
 @dataclass
 class ReadStats:
     """What a reader skipped instead of failing: `skipped` samples that did not decode (or lacked a member
-    their kind needs), `bad_shards` shards that could not be opened or ended early, and the last error."""
+    their kind needs), `bad_shards` shards that failed verification or could not be read, and the last error."""
 
     skipped: int = 0
     bad_shards: int = 0
@@ -104,9 +113,43 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _verified_files(
+    store: Store, manifest: Manifest, shards: Sequence[ShardInfo], stats: ReadStats | None
+) -> Iterator[dict[str, Any]]:
+    """Each verified shard's members in tar order as webdataset's file samples ({"fname", "data", "__url__"}),
+    then its end-of-shard marker {}: what `tar_file_expander` yields, from the parse integrity.py verified."""
+    keys = index_keys(store, manifest, shards)
+    for shard in shards:
+        try:
+            verified = read_verified(store, manifest, shard, keys=keys[shard.path])
+        except (ShardIntegrityError, StoreError) as exn:
+            if stats is None:
+                raise
+            stats.skip(f"shard {shard.path}", exn, shard=True)
+            continue
+        url = f"{store.url}/{shard.path}"
+        for name, data in verified.files():
+            yield {"fname": name, "data": data, "__url__": url}
+        yield {}
+
+
+def shard_files(
+    store: Store, manifest: Manifest, shards: Sequence[ShardInfo], *, stats: ReadStats | None = None
+) -> Iterator[dict[str, Any]]:
+    """The shards' members as webdataset file samples, each shard verified first (unverified only inside
+    integrity.unverified_reads_for_benchmark, where the streaming expander reads them as it always did)."""
+    if verification_on():
+        return _verified_files(store, manifest, shards, stats)
+    if stats is None:
+        return tar_file_expander(_shard_streams(store, shards))
+    return tar_file_expander(_shard_streams(store, shards, stats), handler=lambda exn: stats.skip(
+        f"shard {exn.args[-1] if exn.args else '?'}", exn, shard=True))  # fmt: skip
+
+
 def _shard_streams(
     store: Store, shards: Sequence[ShardInfo], stats: ReadStats | None = None
 ) -> Iterator[dict[str, Any]]:
+    """Each shard's store stream, unverified: only for `ganpipe bench-data`'s measure of what verifying costs."""
     for shard in shards:
         try:
             stream = store.open_read(shard.path)
@@ -178,29 +221,34 @@ def decoded_epoch(
         random.Random(f"shards:{seed}:{epoch}{tag}").shuffle(shards)
     by_shard = len(shards) >= world_size
     mine = shards[rank::world_size] if by_shard else shards
+    files = shard_files(store, manifest, mine, stats=stats)
     if stats is None:
-        samples = group_by_keys(tar_file_expander(_shard_streams(store, mine)))
+        samples = group_by_keys(files)
     else:
-
-        def broken_shard(exn: Exception) -> bool:
-            return stats.skip(f"shard {exn.args[-1] if exn.args else '?'}", exn, shard=True)
-
-        expanded = tar_file_expander(_shard_streams(store, mine, stats), handler=broken_shard)
-        samples = group_by_keys(expanded, handler=lambda exn: stats.skip("sample", exn))
+        samples = group_by_keys(files, handler=lambda exn: stats.skip("sample", exn))
     if not by_shard and world_size > 1:
         samples = (s for i, s in enumerate(samples) if i % world_size == rank)
     if shuffle:
         samples = _shuffled(samples, shuffle_buffer, random.Random(f"samples:{seed}:{epoch}:{rank}{tag}"))
     for sample in samples:
-        if stats is None:
-            yield decode_sample(sample)
-            continue
         try:
             decoded = decode_sample(sample)
-        except Exception as exn:  # a corrupt member: skip the sample, count it
+        except Exception as exn:  # a corrupt member: with stats skip the sample and count it, else name it
+            if stats is None:
+                raise _decode_error(store, manifest, sample, exn) from exn
             stats.skip(f"sample {sample.get('__key__')} in {sample.get('__url__')}", exn)
             continue
         yield decoded
+
+
+def _decode_error(store: Store, manifest: Manifest, sample: dict[str, Any], exn: Exception) -> SampleDecodeError:
+    shard = str(sample.get("__url__", "?")).removeprefix(f"{store.url}/")
+    detail = (str(exn).splitlines() or [""])[0][:200]
+    return SampleDecodeError(
+        f"dataset {manifest.name}, shard {shard}: sample {sample.get('__key__')} does not decode "
+        f"({type(exn).__name__}: {detail}); its shard matches the manifest, so it was written this way: prep the "
+        "dataset again with --overwrite"
+    )
 
 
 def image_of(decoded: dict[str, Any], channels: int, stem: str = "image") -> np.ndarray:

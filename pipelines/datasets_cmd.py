@@ -51,6 +51,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--read-images", type=int, default=3000, help="images in each read benchmark dataset (3000)")
     p.add_argument("--batch", type=int, default=64, help="read batch size (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved prep rounds; medians reported (default 3)")
+    p.add_argument("--read-passes", type=int, default=4,
+                   help="interleaved epochs with and without shard verification per read (default 4; best img/s "
+                        "shown, verification cost = median over the passes)")
+    p.add_argument("--reads-only", action="store_true", help="skip the prep benchmark, measure reads only")
     p.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS read benchmark")
     p.add_argument("--out", default=".ganpipe/bench-data.json")
     p.set_defaults(handler=cmd_bench_data)
@@ -128,7 +132,8 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
 
     results = run_all(images=args.images, size=args.size, workers=args.workers, shard_size=args.shard_size,
                       read_sizes=args.read_sizes, batch=args.batch, s3=not args.no_s3,
-                      repeats=args.repeats, read_images=args.read_images)  # fmt: skip
+                      repeats=args.repeats, read_images=args.read_images, read_passes=args.read_passes,
+                      prep=not args.reads_only)  # fmt: skip
     print(format_table(results))
     print(f"wrote {write_json(results, args.out)}")
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from data_prep.integrity import SampleDecodeError, ShardIntegrityError
 from pipelines.checkpoint import save_rng, save_state
 from pipelines.loop import Report
 from pipelines.tracking import MLFLOW_RETRY_ENV, RETRY_ENV
@@ -139,7 +140,23 @@ def launch(job: Job, *, storage_fs: Any, storage_path: str, max_failures: int = 
             worker_runtime_env={"env_vars": env} if env else None,
         ),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        data_error = _data_error(exc)
+        if data_error is None:
+            raise
+        raise data_error from None  # the one line that names the shard, not Ray's report of every rank
+
+
+def _data_error(exc: BaseException) -> Exception | None:
+    """The first rank's shard-integrity or decode error inside Ray Train's worker-group failure, if any: a
+    corrupt shard fails every attempt (Ray retries max_failures times first), and its message says what to do."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for _rank, error in sorted(failures.items()):
+        if isinstance(error, (ShardIntegrityError, SampleDecodeError)):
+            return error
+    return None
 
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:

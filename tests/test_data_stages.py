@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import os
 import tarfile
@@ -16,6 +18,7 @@ from PIL import Image
 from data_prep import PrepConfig, SourceOptions, open_store, prep_dataset, prep_images, read_manifest
 from data_prep.batches import dataset_batches
 from data_prep.encoders import images_encoder
+from data_prep.integrity import SampleDecodeError
 from data_prep.manifest import read_quarantine
 from data_prep.prep import TooManyBad, format_summary, write_dataset
 from data_prep.reader import ReadStats
@@ -236,8 +239,16 @@ def test_reader_skips_and_counts_a_corrupt_sample(tmp_path: Path) -> None:
             if i == 1:  # the first sample's image: PNG signature, then garbage
                 payload = payload[:16] + b"\0" * (len(payload) - 16)
             tar.addfile(member, io.BytesIO(payload))
-    with pytest.raises((OSError, SyntaxError, ValueError)):  # the default is to fail loudly
-        list(dataset_batches(result.dataset_url, batch_size=10, repeat=False))
+    # As if prep had written the bad member: the manifest agrees with the shard, so it passes verification
+    # (a shard that differs from its manifest is refused whole: tests/test_shard_integrity.py).
+    manifest = result.manifest
+    data = shard.read_bytes()
+    rehashed = [dataclasses.replace(s, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+                if s.path == "shards/train-000000.tar" else s for s in manifest.shards]  # fmt: skip
+    agreeing = dataclasses.replace(manifest, shards=rehashed)
+    open_store(result.dataset_url).put_bytes("manifest.json", agreeing.to_json().encode())
+    with pytest.raises(SampleDecodeError, match=r"shard shards/train-000000.tar: sample digits-\S+ does not decode"):
+        list(dataset_batches(result.dataset_url, batch_size=10, repeat=False))  # the default is to fail loudly
     stats = ReadStats()
     batches = list(dataset_batches(result.dataset_url, batch_size=10, repeat=False, drop_last=False, stats=stats))
     assert stats.skipped == 1 and stats.bad_shards == 0 and sum(len(b["image"]) for b in batches) == 99
