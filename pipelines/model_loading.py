@@ -154,7 +154,8 @@ def load_module(card: ModelCard, *, tracking_uri: str = "") -> Any:
         try:
             return mlflow.pytorch.load_model(str(local), map_location="cpu")
         except MlflowException as exc:
-            first = exc.message.strip().splitlines()[0] if exc.message.strip() else type(exc).__name__
+            # The first sentence says what is wrong; MLflow's advice after it (set the switch to true) is not ours.
+            first = exc.message.strip().splitlines()[0].split(". ")[0] if exc.message.strip() else type(exc).__name__
             raise ModelError(f"refusing to load {_what(card.ref)}: {first}") from None
 
 
