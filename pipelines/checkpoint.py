@@ -5,6 +5,8 @@ Files hold only tensors, numbers, strings and containers of them, so they load w
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,28 @@ from gan_models.family import Nets, Optimizers
 from pipelines.loop import GeneratorEMA, unwrap
 
 STATE_FILE = "state.pt"
+
+
+class CheckpointRefused(ValueError):
+    """A checkpoint file holding more than tensors and plain values: not loaded; one line naming the file
+    (a ValueError: exit status 2 through the CLI)."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"refusing checkpoint {path}: {reason}; ganpipe loads checkpoints with "
+                         "torch.load(weights_only=True) and never unpickles code. Train under another --run-name, or "
+                         "move the run's checkpoints folder aside to start it afresh")
+        self.path, self.reason = str(path), reason
+
+
+def load_tensors(path: Path) -> Any:
+    """torch.load(weights_only=True) of a checkpoint file; a file that needs more than torch's restricted
+    unpickler is a CheckpointRefused naming it, not a traceback."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        raise CheckpointRefused(path, f"it references {found.group(1)}, not only tensors" if found
+                                else "it is not a tensors-only torch file") from None
 
 
 def rng_file(rank: int) -> str:
@@ -52,7 +76,7 @@ def save_rng(directory: Path, rank: int) -> None:
 
 
 def load_state(directory: Path) -> dict[str, Any]:
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    return load_tensors(Path(directory) / STATE_FILE)
 
 
 def restore(
@@ -75,7 +99,7 @@ def restore_rng(directory: Path, rank: int) -> bool:
     path = Path(directory) / rng_file(rank)
     if not path.exists():
         return False
-    state = torch.load(path, weights_only=True)
+    state = load_tensors(path)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,30 +92,14 @@ def usage_hint(family: str, model: str) -> str:
     return f"ganpipe sample --model {model}"
 
 
-def load_generator(model: str, tracking_uri: str = ""):
-    """A generator from the registry (models:/...), a runs:/ URI or a bare run id, with its latent shape."""
-    import mlflow
-
-    from pipelines.tracking import resolve_tracking_uri
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = resolve_tracking_uri(tracking_uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    if "://" not in model and ":/" not in model:
-        model = f"runs:/{model}/generator"
-    info = mlflow.models.get_model_info(model)
-    latent_shape = tuple(info.signature.inputs.inputs[0].shape[1:])
-    return mlflow.pytorch.load_model(model, map_location="cpu"), latent_shape
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from pipelines.figures import interpolation_figure, save_png, upscale
     from pipelines.loop import sample_grid
+    from pipelines.model_loading import load_generator
 
-    generator, latent_shape = load_generator(args.model, args.tracking_uri)
+    generator, latent_shape = load_generator(args.model, tracking_uri=args.tracking_uri)
     g = torch.Generator().manual_seed(args.seed)
     z = torch.randn((args.n, *latent_shape), generator=g)
     out = save_png(upscale(sample_grid(generator, z), args.scale), args.out)

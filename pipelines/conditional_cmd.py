@@ -20,45 +20,41 @@ if TYPE_CHECKING:  # torch loads only when a command runs, not for `ganpipe --he
 
 @dataclass(frozen=True)
 class ModelInfo:
-    uri: str  # models:/NAME/VERSION or runs:/ID/generator
-    label: str
+    card: Any  # pipelines.model_loading.ModelCard: the resolved version and its MLmodel
     spec: Any  # the TrainSpec it was trained with
     data: dict[str, Any]  # train.data_info of its dataset (attribute names, text encoder, ...)
+
+    @property
+    def label(self) -> str:
+        return self.card.label
 
 
 def model_info(model: str, tracking_uri: str = "") -> ModelInfo:
     """The model's training config and data description from its MLmodel metadata; models logged without the
     data description read their dataset's manifest instead."""
-    import mlflow
-
     from pipelines.config import TrainSpec
     from pipelines.eval_cmd import dataset_url
-    from pipelines.registry import resolve_model
-    from pipelines.tracking import client, resolve_tracking_uri
+    from pipelines.model_loading import describe
 
-    uri = resolve_tracking_uri(tracking_uri)
-    ref = resolve_model(client(uri), model)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    meta = (mlflow.models.get_model_info(ref.uri).metadata or {}).get("ganpipe") or {}
-    if not meta.get("config"):
+    card = describe(model, tracking_uri=tracking_uri)  # refuses anything but the torch.export archive
+    if not card.config:
         raise ValueError(f"{model} carries no ganpipe config in its MLmodel metadata; it was not logged by ganpipe")
-    spec = TrainSpec.from_dict(meta["config"])
-    data = meta.get("data")
+    spec = TrainSpec.from_dict(card.config)
+    data = card.metadata.get("data")
     if not data:
         from data_prep.reader import read_manifest
         from pipelines.train import data_info
 
         data = data_info(read_manifest(dataset_url(spec.data.dataset, spec.store)))
-    return ModelInfo(uri=ref.uri, label=ref.label, spec=spec, data=data)
+    return ModelInfo(card=card, spec=spec, data=data)
 
 
 def _load(info: ModelInfo, tracking_uri: str, family: str) -> Any:
-    from pipelines.commands import load_generator
+    from pipelines.model_loading import load_module
 
     if info.spec.family != family:
         raise ValueError(f"{info.label} is a {info.spec.family} generator; this needs a {family} one")
-    return load_generator(info.uri, tracking_uri)[0]
+    return load_module(info.card, tracking_uri=tracking_uri)
 
 
 # --- StarGAN: attribute translation ------------------------------------------------------------------------

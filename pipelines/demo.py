@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from data_prep.prep import PrepConfig, prep_images
-from pipelines.commands import load_generator
 from pipelines.config import DEFAULT_HOME
 from pipelines.figures import (
     arithmetic_figure,
@@ -20,6 +19,7 @@ from pipelines.figures import (
     upscale,
 )
 from pipelines.loop import sample_grid
+from pipelines.model_loading import load_generator
 from pipelines.recipes import dcgan_mnist5k_demo
 from pipelines.tracking import client, resolve_tracking_uri
 from pipelines.train import train

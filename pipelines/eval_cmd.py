@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.registry import (
@@ -28,7 +26,6 @@ from pipelines.registry import (
     EVAL_MODEL_TAG,
     EVAL_SET_TAG,
     ModelRef,
-    resolve_model,
 )
 
 if TYPE_CHECKING:  # numpy and torch load only when a command runs, not for `ganpipe --help`
@@ -46,20 +43,6 @@ class EvalOutcome:
     metrics: dict[str, float]
     params: dict[str, Any]
     notes: list[str] = field(default_factory=list)
-
-
-def model_config(mlf: Any, ref: ModelRef, tracking_uri: str) -> dict[str, Any]:
-    """The training config that travels with the model (MLmodel metadata), else the run's config.json."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)  # get_model_info resolves models:/ URIs through the global registry
-    mlflow.set_registry_uri(tracking_uri)
-    info = mlflow.models.get_model_info(ref.uri)
-    config = ((info.metadata or {}).get("ganpipe") or {}).get("config")
-    if config:
-        return config
-    with tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(mlf.download_artifacts(ref.run_id, "config.json", tmp)).read_text())
 
 
 def dataset_url(dataset: str, store: str) -> str:
@@ -96,7 +79,6 @@ def evaluate_model(
     from data_prep.reader import load_split, read_manifest
     from data_prep.storage import open_store
     from gan_models import get_family
-    from pipelines.commands import load_generator
     from pipelines.config import TrainSpec
     from pipelines.eval_metrics import (
         TASK_METRICS,
@@ -116,6 +98,7 @@ def evaluate_model(
     )
     from pipelines.inception import WEIGHTS_HELP, load_inception
     from pipelines.loop import generate
+    from pipelines.model_loading import describe, load_module, training_config
     from pipelines.tracking import client, resolve_tracking_uri
 
     if n < 2:
@@ -123,9 +106,10 @@ def evaluate_model(
     net = load_inception(inception_weights) if inception_weights else None  # a bad file fails before any work
     uri = resolve_tracking_uri(tracking_uri)
     mlf = client(uri)
-    ref = resolve_model(mlf, model)
+    card = describe(model, tracking_uri=uri)  # refuses anything but the torch.export archive, before any work
+    ref = card.ref
     source = mlf.get_run(ref.run_id)
-    config = model_config(mlf, ref, uri)
+    config = training_config(card, tracking_uri=uri)
     family = config.get("family") or source.data.tags.get("ganpipe.family", "")
     # Generators conditioned on held-out data: image-to-image ones translate held-out inputs, StarGAN and Text2Img
     # (which also draws z) take held-out attributes or captions; their task metrics (TASK_METRICS) make those
@@ -151,7 +135,7 @@ def evaluate_model(
     log(f"model     {ref.label} (run {ref.run_id[:8]}, family {family or '?'})")
     log(f"dataset   {url} ({split} split: {len(real)} real images, manifest {manifest.digest[:12]})")
 
-    generator, latent_shape = load_generator(ref.uri, uri)
+    generator, latent_shape = load_module(card, tracking_uri=uri), card.input_shape(0)
     fake = None
     if not conditional:
         z = torch.randn((n, *latent_shape), generator=torch.Generator().manual_seed(seed))

@@ -105,9 +105,9 @@ def list_runs(mlf: Any, *, experiment: str = DEFAULT_EXPERIMENT, pipeline: str =
 def lineage(mlf: Any, model: str) -> dict[str, Any]:
     """A model version traced back: its training run, the pipeline run and stage that made it, the sweep
     and prep stages upstream of that stage, the dataset digest and the code version."""
-    from pipelines.registry import resolve_model
+    from pipelines.model_loading import resolve_ref
 
-    ref = resolve_model(mlf, model)
+    ref = resolve_ref(mlf, model)
     train_run = mlf.get_run(ref.run_id)
     tags = train_run.data.tags
     mv = mlf.get_model_version(ref.name, ref.version) if ref.name else None

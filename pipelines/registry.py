@@ -1,6 +1,6 @@
-"""The model registry as ganpipe uses it: resolving model references, finding a version's evaluations,
-`ganpipe models ls` and `ganpipe promote` (move `champion` only to a version that beats it on the same
-evaluation set, and record why)."""
+"""The model registry as ganpipe uses it: finding a version's evaluations, `ganpipe models ls` and
+`ganpipe promote` (move `champion` only to a version that beats it on the same evaluation set, and record why).
+Model references resolve in pipelines/model_loading.py."""
 
 from __future__ import annotations
 
@@ -32,28 +32,6 @@ class ModelRef:
     @property
     def label(self) -> str:
         return f"{self.name}/{self.version}" if self.name else f"runs:/{self.run_id}"
-
-
-def resolve_model(mlf: Any, model: str) -> ModelRef:
-    """models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/generator or a bare run id."""
-    if model.startswith("models:/"):
-        rest = model.removeprefix("models:/")
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            mv = mlf.get_model_version_by_alias(name, alias)
-        elif "/" in rest:
-            name, version = rest.split("/", 1)
-            mv = mlf.get_model_version(name, version)
-        else:
-            raise ValueError(f"{model}: name a version or an alias, e.g. models:/{rest}@{CHAMPION} or models:/{rest}/1")
-        return ModelRef(uri=f"models:/{mv.name}/{mv.version}", run_id=mv.run_id, name=mv.name, version=str(mv.version))
-    run_id = model.removeprefix("runs:/").split("/", 1)[0]
-    mlf.get_run(run_id)  # raises a clear MlflowException for an unknown id
-    registered = mlf.search_model_versions(f"run_id='{run_id}'")
-    if registered:
-        mv = max(registered, key=lambda v: int(v.version))
-        return ModelRef(uri=f"models:/{mv.name}/{mv.version}", run_id=run_id, name=mv.name, version=str(mv.version))
-    return ModelRef(uri=f"runs:/{run_id}/generator", run_id=run_id)
 
 
 def eval_runs(mlf: Any, ref: ModelRef) -> list[Any]:

@@ -256,11 +256,11 @@ def _dataset_digest(call: dict[str, Any], ctx: StageContext) -> dict[str, str]:
 
 
 def _model_exists(outputs: dict[str, Any], ctx: StageContext) -> bool:
-    from pipelines.registry import resolve_model
+    from pipelines.model_loading import resolve_ref
     from pipelines.tracking import client
 
     try:
-        resolve_model(client(ctx.tracking_uri), outputs["model"])
+        resolve_ref(client(ctx.tracking_uri), outputs["model"])
         return True
     except Exception:
         return False
@@ -391,11 +391,11 @@ def _run_eval(call: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
 
 def _model_version(call: dict[str, Any], ctx: StageContext) -> dict[str, str]:
     """An alias (models:/NAME@champion) can move: the version it points at when the stage runs is the input."""
-    from pipelines.registry import resolve_model
+    from pipelines.model_loading import resolve_ref
     from pipelines.tracking import client
 
     try:
-        return {"model": resolve_model(client(ctx.tracking_uri), call["model"]).uri}
+        return {"model": resolve_ref(client(ctx.tracking_uri), call["model"]).uri}
     except Exception:
         return {"model": "missing"}
 

@@ -19,7 +19,15 @@ from data_prep.reader import read_manifest
 from data_prep.storage import open_store
 from gan_models import get_family
 from pipelines import tracking
-from pipelines.checkpoint import STATE_FILE, load_state, rng_file, save_rng, save_state
+from pipelines.checkpoint import (
+    STATE_FILE,
+    CheckpointRefused,
+    load_state,
+    load_tensors,
+    rng_file,
+    save_rng,
+    save_state,
+)
 from pipelines.config import TrainSpec
 from pipelines.evaluator import Evaluator, ensure_evaluator
 from pipelines.i2i_eval import ensure_domain_evaluators
@@ -217,13 +225,13 @@ def _train_on_ray(job: Job) -> dict[str, Any]:
 def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
     """workers=0: the same rank function in this process, checkpoints under runs/NAME/ in the store."""
     store = open_store(job.spec.store).child(f"runs/{job.spec.run_name}/checkpoints")
-    resume_dir = None
+    resume_dir, resumed_from = None, ""
     if store.exists("latest"):
-        step_dir = store.get_bytes("latest").decode().strip()
+        resumed_from = store.get_bytes("latest").decode().strip()
         resume_dir = tmp / "resume"
         resume_dir.mkdir()
         for name in (STATE_FILE, rng_file(0)):
-            (resume_dir / name).write_bytes(store.get_bytes(f"{step_dir}/{name}"))
+            (resume_dir / name).write_bytes(store.get_bytes(f"{resumed_from}/{name}"))
     logger = None
     if job.run_id:
         logger = tracking.RunLogger(job.tracking_uri, job.run_id,
@@ -242,11 +250,16 @@ def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
                 store.put_file(f"{step_dir}/{name}", out / name)
             store.put_bytes("latest", step_dir.encode())  # published last: a reader never sees half a checkpoint
 
-    run_rank(job, rank=0, world_size=1, device=torch.device("cpu"), resume_dir=resume_dir, report=report)
+    try:
+        run_rank(job, rank=0, world_size=1, device=torch.device("cpu"), resume_dir=resume_dir, report=report)
+    except CheckpointRefused as exc:  # name the stored file, not the temporary copy
+        if resume_dir is None or Path(exc.path).parent != resume_dir:
+            raise
+        raise CheckpointRefused(f"{store.url}/{resumed_from}/{Path(exc.path).name}", exc.reason) from None
     if logger is not None:
         logger.close()  # what is still unsent goes to the spill file; the driver reports it once, at the end
     step_dir = store.get_bytes("latest").decode().strip()
-    return torch.load(_fetch(store, f"{step_dir}/{STATE_FILE}", tmp), map_location="cpu", weights_only=True)
+    return load_tensors(_fetch(store, f"{step_dir}/{STATE_FILE}", tmp))
 
 
 def _fetch(store: Any, key: str, tmp: Path) -> Path:

@@ -12,7 +12,6 @@ asks for its partner of the other direction (model-version tag `ganpipe.partner`
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,42 +43,33 @@ class LoadedModel:
 
 def load_translator(model: str, *, direction: str | None = None, tracking_uri: str = "") -> LoadedModel:
     """The registered image-to-image generator for `direction` (default: the model's own), with its geometry."""
-    import mlflow
-
     from gan_models import get_family
-    from pipelines.registry import resolve_model
+    from pipelines.model_loading import describe, load_module
     from pipelines.tracking import client, resolve_tracking_uri
     from pipelines.train import PARTNER_TAG
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_tracking_uri(tracking_uri)
-    mlf = client(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    ref = resolve_model(mlf, model)
-    info = mlflow.models.get_model_info(ref.uri)
-    meta = (info.metadata or {}).get("ganpipe") or {}
-    config = meta.get("config") or {}
-    family = config.get("family", "")
+    card = describe(model, tracking_uri=uri)
+    ref = card.ref
+    family = card.config.get("family", "")
     if not family or get_family(family).dataset_kind not in ("paired", "unpaired"):
         use = "`ganpipe generate --prompt`" if family == "text2img" else "`ganpipe sample`"
         raise ValueError(f"{ref.label} is a {family or 'unknown'} generator, not an image-to-image one (pix2pix, "
                          f"cyclegan, stargan): draw its images with {use}")
-    own = meta.get("direction") or config.get("model", {}).get("direction", "AtoB")
+    own = card.metadata.get("direction") or card.config.get("model", {}).get("direction", "AtoB")
     if direction and direction != own:
-        partner = mlf.get_model_version(ref.name, ref.version).tags.get(PARTNER_TAG) if ref.name else None
+        partner = client(uri).get_model_version(ref.name, ref.version).tags.get(PARTNER_TAG) if ref.name else None
         if not partner:
             raise ValueError(f"{ref.label} translates {own} only and no model of the other direction is registered "
                              f"beside it ({family} learns {'both directions' if family == 'cyclegan' else 'one'})")
-        ref = resolve_model(mlf, f"models:/{partner}")
-        info = mlflow.models.get_model_info(ref.uri)
-        own = ((info.metadata or {}).get("ganpipe") or {}).get("direction", direction)
-    _, channels, height, width = info.signature.inputs.inputs[0].shape
+        card = describe(f"models:/{partner}", tracking_uri=uri)
+        own = card.metadata.get("direction", direction)
+    _, channels, height, width = card.signature.inputs.inputs[0].shape
     if height != width:
-        raise ValueError(f"{ref.label} takes {height}x{width} images; translate supports square models only")
-    module = mlflow.pytorch.load_model(ref.uri, map_location="cpu")
-    return LoadedModel(module=module, label=ref.label, direction=own, image_size=int(height), channels=int(channels),
-                       family=family)
+        raise ValueError(f"{card.label} takes {height}x{width} images; translate supports square models only")
+    module = load_module(card, tracking_uri=uri)
+    return LoadedModel(module=module, label=card.label, direction=own, image_size=int(height),
+                       channels=int(channels), family=family)
 
 
 def list_inputs(path: Path) -> list[Path]:
@@ -226,13 +216,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def _family(model: str, tracking_uri: str) -> str:
-    from pipelines.eval_cmd import model_config
-    from pipelines.registry import resolve_model
-    from pipelines.tracking import client, resolve_tracking_uri
+    from pipelines.model_loading import describe, training_config
 
-    uri = resolve_tracking_uri(tracking_uri)
-    mlf = client(uri)
-    return model_config(mlf, resolve_model(mlf, model), uri).get("family", "")
+    card = describe(model, tracking_uri=tracking_uri)  # refuses anything but the torch.export archive
+    return training_config(card, tracking_uri=tracking_uri).get("family", "")
 
 
 def _translate_attributes(args: argparse.Namespace) -> int:
