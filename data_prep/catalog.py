@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from webdataset.tariterators import base_plus_ext
 
-from data_prep.manifest import DOMAINS, INDEX, MANIFEST, Manifest
+from data_prep.manifest import DOMAINS, INDEX, MANIFEST, Manifest, ManifestError
 from data_prep.shards import LAYOUT_SPLITS
 from data_prep.stages import PLAN, PROGRESS
 from data_prep.storage import KeyNotFound, Store, StoreError
@@ -29,11 +29,12 @@ DATASETS = "datasets"
 @dataclass(frozen=True, kw_only=True)
 class Listed:
     """One dataset folder in a store: its manifest, or None while a prep of it is unfinished (`done` shards
-    recorded so far)."""
+    recorded so far) or when its manifest is broken (`error` says how)."""
 
     name: str
     manifest: Manifest | None
     done: int = 0
+    error: str = ""  # why its manifest.json cannot be read (then manifest is None)
 
 
 def list_datasets(store: Store) -> list[Listed]:
@@ -48,10 +49,14 @@ def list_datasets(store: Store) -> list[Listed]:
             info["done"] = info.get("done", 0) + (f"{PROGRESS}/{parts[3]}" != PLAN)
     out = []
     for name, info in sorted(names.items()):
-        manifest = None
+        manifest, error = None, ""
         if info.get("manifest"):
-            manifest = Manifest.from_json(store.get_bytes(f"{DATASETS}/{name}/{MANIFEST}"))
-        out.append(Listed(name=name, manifest=manifest, done=info.get("done", 0)))
+            key = f"{DATASETS}/{name}/{MANIFEST}"
+            try:  # one broken dataset must not hide the others
+                manifest = Manifest.from_json(store.get_bytes(key), source=f"{store.url.rstrip('/')}/{key}")
+            except ManifestError as exn:
+                error = str(exn)
+        out.append(Listed(name=name, manifest=manifest, done=info.get("done", 0), error=error))
     return out
 
 

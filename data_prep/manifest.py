@@ -14,8 +14,10 @@ import dataclasses
 import hashlib
 import io
 import json
+import types
+import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -34,6 +36,41 @@ SHARDS = "shards"
 
 KINDS = ("images", "paired", "unpaired", "attributes", "captioned")
 DOMAINS = ("domain_a", "domain_b")
+
+
+class ManifestError(ValueError):
+    """A manifest.json that cannot be read: not JSON, missing or unknown fields, or a field of the wrong type."""
+
+
+def _check_fields(cls: type, data: dict[str, Any], *, source: str, what: str) -> None:
+    """Unknown or missing keys, and values of the wrong JSON type, as one ManifestError naming them."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ManifestError(f"{source}: unknown {what} field(s) {', '.join(unknown)}")
+    required = [n for n, f in fields.items() if f.default is MISSING and f.default_factory is MISSING]
+    missing = [n for n in required if n not in data]
+    if missing:
+        raise ManifestError(f"{source}: {what} is missing {', '.join(missing)}; prep the dataset again "
+                            "with --overwrite")
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        if not _json_matches(hints[name], value):
+            raise ManifestError(f"{source}: {what} field {name} has the wrong type ({type(value).__name__})")
+
+
+def _json_matches(tp: Any, value: Any) -> bool:
+    """Whether a JSON value fits a field's annotation at the outer level (int, str, list, dict, X | None)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_json_matches(arg, value) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is Any:
+        return True
+    return isinstance(value, origin or tp)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,16 +117,21 @@ class Manifest:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> Manifest:
-        data = json.loads(text)
+    def from_json(cls, text: str | bytes, *, source: str = MANIFEST) -> Manifest:
+        """Parse and check a manifest; ManifestError (a ValueError) names `source` and what is wrong."""
+        try:
+            data = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exn:
+            raise ManifestError(f"{source}: not valid JSON ({exn}); prep the dataset again with --overwrite") from None
         if not isinstance(data, dict):
-            raise ValueError("manifest JSON must be an object")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown manifest fields {unknown}; known: {sorted(names)}")
-        data["shards"] = [ShardInfo(**s) for s in data.get("shards", [])]
-        return cls(**data)
+            raise ManifestError(f"{source}: a manifest is a JSON object, got {type(data).__name__}")
+        _check_fields(cls, data, source=source, what="manifest")
+        shards = data["shards"]
+        if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+            raise ManifestError(f"{source}: `shards` must be a list of objects")
+        for i, shard in enumerate(shards):
+            _check_fields(ShardInfo, shard, source=source, what=f"shards[{i}]")
+        return cls(**{**data, "shards": [ShardInfo(**s) for s in shards]})
 
     @property
     def digest(self) -> str:

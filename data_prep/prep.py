@@ -31,6 +31,7 @@ from data_prep.manifest import (
     SHARDS,
     IndexRow,
     Manifest,
+    ManifestError,
     ShardInfo,
     index_bytes,
     quarantine_bytes,
@@ -350,14 +351,12 @@ def _is_shard(key: str) -> bool:
 def _read_previous(dataset: Store, *, lenient: bool = False) -> Manifest | None:
     if not dataset.exists(MANIFEST):
         return None
-    try:
-        return Manifest.from_json(dataset.get_bytes(MANIFEST))
-    except (ValueError, TypeError) as exn:
+    try:  # the error names the file and suggests --overwrite
+        return Manifest.from_json(dataset.get_bytes(MANIFEST), source=f"{dataset.url.rstrip('/')}/{MANIFEST}")
+    except ManifestError:
         if lenient:  # --overwrite replaces it anyway
             return None
-        raise ValueError(
-            f"{dataset.url}/{MANIFEST} is not a valid manifest ({exn}); delete it or choose another name"
-        ) from exn
+        raise
 
 
 def format_summary(result: PrepResult) -> str:

@@ -83,7 +83,7 @@ def _open(dataset_url: str, *, s3_endpoint: str | None) -> tuple[Store, Manifest
         raise DatasetNotFound(
             f"no dataset at {store.url} ({MANIFEST} missing) — run `ganpipe prep` to create it"
         )
-    return store, Manifest.from_json(store.get_bytes(MANIFEST))
+    return store, Manifest.from_json(store.get_bytes(MANIFEST), source=f"{store.url.rstrip('/')}/{MANIFEST}")
 
 
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:

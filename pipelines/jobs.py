@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pipelines.argtypes import non_negative_int, positive_int
 from pipelines.cli import CliError
 
 # Non-secret settings a job needs to reach the store and the tracking server (ray_train forwards the same
@@ -300,8 +301,8 @@ def add_parsers(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_address(p)
-    p.add_argument("--workers", type=int, help="Ray Train workers of a training command (scale.workers=N)")
-    p.add_argument("--gpus", type=int, help="N GPU workers, one GPU each (scale.workers=N scale.use_gpu=true)")
+    p.add_argument("--workers", type=non_negative_int, help="Ray Train workers of a training command (scale.workers=N)")
+    p.add_argument("--gpus", type=positive_int, help="N GPU workers, one GPU each (scale.workers=N scale.use_gpu=true)")
     p.add_argument("--working-dir", help="folder shipped as the job's working_dir (default: this project)")
     p.add_argument("--no-working-dir", action="store_true", help="ship no code: the nodes have ganpipe installed")
     p.add_argument("--pip", action="append", metavar="SPEC", help="pip requirement for the job (repeatable)")

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 from typing import Any
 
+from pipelines.argtypes import positive_int
 from pipelines.dag import DEFAULT_EXPERIMENT
 
 
@@ -178,7 +179,7 @@ def add_parsers(sub: Any) -> None:
     runs_sub = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
     ls = runs_sub.add_parser("ls", help="recent pipeline runs, newest first")
     ls.add_argument("--pipeline", default="", help="only runs of this pipeline name")
-    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--limit", type=positive_int, default=20)
     show = runs_sub.add_parser("show", help="one pipeline run's DAG: each stage's status, duration and outputs")
     show.add_argument("run", metavar="RUN", help="pipeline run id (or a unique prefix, as `ganpipe run` prints)")
     for q in (ls, show):

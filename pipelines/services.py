@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines import seaweedfs
+from pipelines.argtypes import non_negative_float, non_negative_int
 
 DEFAULT_HOME = ".ganpipe"  # = pipelines.config.DEFAULT_HOME, not imported from there: that would import torch
 
@@ -371,10 +372,12 @@ def add_parser(sub) -> None:
                     "ganpipe commands started in this folder use them through .ganpipe/services/env.",
     )
     p.add_argument("action", choices=("up", "down", "status"))
-    p.add_argument("--s3-port", type=int, default=8333, help="S3 API port (default 8333; 0: a free port)")
-    p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow port (default 5000; 0: a free port)")
+    p.add_argument("--s3-port", type=non_negative_int, default=8333, help="S3 API port (default 8333; 0: a free port)")
+    p.add_argument("--mlflow-port", type=non_negative_int, default=5000,
+                   help="MLflow port (default 5000; 0: a free port)")
     p.add_argument("--bucket", default="ganpipe", help="bucket created on the store (default ganpipe)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each service to be healthy")
+    p.add_argument("--timeout", type=non_negative_float, default=120.0,
+                   help="seconds to wait for each service to be healthy")
 
 
 def format_status(rows: list[Health]) -> str:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.argtypes import non_negative_float, non_negative_int, positive_int
+
 if TYPE_CHECKING:  # torch loads only when a sweep runs, not for `ganpipe --help`
     from pipelines.config import TrainSpec
     from pipelines.sweep_space import Param
@@ -519,7 +521,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--recipe", help="base recipe instead of the family's paper recipe (e.g. dcgan-mnist5k-demo)")
     p.add_argument("--dataset", help="dataset name in the store, or a dataset URL")
     p.add_argument("--space", default="default", help="`default` (the family's λs) or a YAML file (see below)")
-    p.add_argument("--num-samples", type=int, default=8,
+    p.add_argument("--num-samples", type=positive_int, default=8,
                    help="configurations to draw (random, optuna); grid points per range (grid). Default 8")
     p.add_argument("--metric", required=True, help="what to optimise: eval/fd, eval/cls_score, "
                                                    "eval/confident_share (labelled images), loss/*, d/*")
@@ -528,12 +530,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--search", default="random", choices=("random", "grid", "optuna"),
                    help="random draws; grid: every range as --num-samples evenly (log-)spaced points, all "
                         "combinations; optuna: TPE (pip install 'ganpipe[optuna]')")
-    p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: as many as fit)")
-    p.add_argument("--workers-per-trial", type=int, default=1,
+    p.add_argument("--max-concurrent", type=non_negative_int, default=0,
+                   help="trials at once (default: as many as fit)")
+    p.add_argument("--workers-per-trial", type=positive_int, default=1,
                    help="1 (default): the trial trains in its own process; >1: a Ray Train TorchTrainer per trial")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (default 0: CPU)")
-    p.add_argument("--steps", type=int, help="training steps per trial (loop.steps)")
-    p.add_argument("--report-every", type=int, default=0,
+    p.add_argument("--gpus-per-worker", type=non_negative_float, default=0.0, help="GPUs per worker (default 0: CPU)")
+    p.add_argument("--steps", type=positive_int, help="training steps per trial (loop.steps)")
+    p.add_argument("--report-every", type=non_negative_int, default=0,
                    help="steps between a trial's evaluations, checkpoints and Tune reports (default steps/4)")
     p.add_argument("--name", help="sweep name (default FAMILY-DATASET-sweep-TIME); the same name resumes")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///.ganpipe/mlflow.db)")
