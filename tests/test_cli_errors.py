@@ -118,7 +118,9 @@ def test_output_into_a_closed_pipe_is_no_traceback(tmp_path: Path, lines: int):
     # head -n 0 exits before ganpipe writes: the write meets a closed pipe every time.
     cmd = (f"{shlex.quote(sys.executable)} -m pipelines.cli config --recipe dcgan | head -n {lines}; "
            "exit ${PIPESTATUS[0]}")
-    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    # Block-buffered stdout, as in a plain shell: with -n 1, head then gets the whole output in one write.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
     assert proc.stderr.strip() == ""
     assert proc.returncode == (128 + signal.SIGPIPE if lines == 0 else 0)

@@ -231,7 +231,7 @@ def test_train_on_a_flipped_byte_exits_with_one_line_and_registers_nothing(flipp
                                                                            tmp_path: Path) -> None:  # fmt: skip
     store = flipped_everywhere
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the process's global registry
     client.search_experiments()  # creates the tables here: MLflow logs that creation, and stderr is the error's
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--recipe", "dcgan", "--dataset", "digits",
            "--workers", "0", "--store", str(store), "--tracking-uri", uri, "--no-progress", "loop.steps=2",
