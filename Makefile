@@ -24,10 +24,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check gan_models data_prep pipelines tests
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check gan_models data_prep pipelines tests
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/ganpipe bench --family dcgan --image-size 32 64 --batch 64 --channels 3

@@ -15,15 +15,15 @@ from data_prep.storage import KeyNotFound, LocalStore, Store, StoreError, open_s
 from data_prep.validate import QuarantineEntry, validate
 
 if TYPE_CHECKING:
-    from data_prep.batches import dataset_batches, load_split_arrays
+    from data_prep.batches import dataset_batches, image_batches, load_split_arrays
     from data_prep.kinds import prep_dataset
-    from data_prep.reader import DatasetNotFound, ReadStats, image_batches, iter_samples, load_split, read_manifest
+    from data_prep.reader import DatasetNotFound, ReadStats, iter_samples, load_split, read_manifest
 
 # Loaded on first use: the reader needs torch and webdataset, prep_dataset the kinds' sources.
 _LAZY = {
     "DatasetNotFound": "reader",
     "ReadStats": "reader",
-    "image_batches": "reader",
+    "image_batches": "batches",
     "iter_samples": "reader",
     "load_split": "reader",
     "read_manifest": "reader",

@@ -88,7 +88,7 @@ def _collate_paired(batch: list[Sample]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _collate_captioned(batch: list[Sample], spare: Sample | None, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+def collate_captioned(batch: list[Sample], spare: Sample | None, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Right and wrong embeddings: the wrong one is a caption of another sample of the batch (of the previous
     batch's last sample when this batch has only one) that is none of this sample's own captions."""
     size = len(batch)
@@ -141,7 +141,7 @@ def _collater(manifest: Manifest, rng: np.random.Generator) -> Callable[[list[Sa
         spare: list[Sample] = []
 
         def collate(batch: list[Sample]) -> dict[str, torch.Tensor]:
-            out = _collate_captioned(batch, spare[-1] if spare else None, rng)
+            out = collate_captioned(batch, spare[-1] if spare else None, rng)
             spare[:] = batch[-1:]
             return out
 
@@ -149,7 +149,7 @@ def _collater(manifest: Manifest, rng: np.random.Generator) -> Callable[[list[Sa
     return lambda batch: {"image": _scaled([s["image"] for s in batch]), "label": _labels(batch)}
 
 
-def _samples(
+def split_samples(
     store: Store, manifest: Manifest, *, epoch: int, domain: str | None = None, stats: ReadStats | None = None,
     **kw: Any,
 ) -> Iterator[Sample]:
@@ -206,7 +206,7 @@ def dataset_batches(
     while True:
         batch: list[Sample] = []
         produced = 0
-        for sample in _samples(store, manifest, epoch=epoch, **kw):
+        for sample in split_samples(store, manifest, epoch=epoch, **kw):
             if crop_size is not None or flip:
                 sample = _augment(sample, crop_size=crop_size, flip=flip, rng=rng)
             batch.append(sample)
@@ -231,7 +231,7 @@ def _unpaired_batches(
         epoch = 0
         while True:
             empty = True
-            for sample in _samples(store, manifest, epoch=epoch, domain=domain, rank=rank, **kw):
+            for sample in split_samples(store, manifest, epoch=epoch, domain=domain, rank=rank, **kw):
                 empty = False
                 yield sample
             if empty:
@@ -281,12 +281,12 @@ def load_split_arrays(dataset_url: str, *, split: str, s3_endpoint: str | None =
     if manifest.kind == "unpaired":
         out: dict[str, Any] = {}
         for domain, side in zip(DOMAINS, ("a", "b"), strict=True):
-            samples = list(_samples(store, manifest, epoch=0, domain=domain, **kw))
+            samples = list(split_samples(store, manifest, epoch=0, domain=domain, **kw))
             out[f"key_{side}"] = [s["key"] for s in samples]
             out[side] = stack(samples, "image", (channels, size, size))
             out[f"label_{side}"] = labels(samples)
         return out
-    samples = list(_samples(store, manifest, epoch=0, **kw))
+    samples = list(split_samples(store, manifest, epoch=0, **kw))
     out = {"key": [s["key"] for s in samples], "label": labels(samples)}
     if manifest.kind == "paired":
         out["a"], out["b"] = stack(samples, "a", (channels, size, size)), stack(samples, "b", (channels, size, size))
@@ -305,3 +305,30 @@ def load_split_arrays(dataset_url: str, *, split: str, s3_endpoint: str | None =
         out["captions"] = [list(s["captions"]) for s in samples]
         out["emb"], out["n_captions"] = emb, np.asarray(counts, dtype=np.int64)
     return out
+
+
+def image_batches(
+    dataset_url: str,
+    *,
+    split: str = "train",
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    shuffle_buffer: int = 1000,
+    repeat: bool = True,
+    drop_last: bool = True,
+    s3_endpoint: str | None = None,
+    stats: ReadStats | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches {"image": float32 (B, C, H, W) in [-1, 1], "label": int64 (B,), -1 when unlabelled}.
+    With `stats`, undecodable samples and broken shards are skipped and counted there instead of raising.
+
+    Each epoch reshuffles shard order and samples (seeded from seed, epoch, rank); every sample is read by
+    exactly one rank per epoch. repeat=True cycles epochs forever. Ranks may get a few samples more or
+    less per epoch, so a DDP loop should count steps rather than exhaust a repeat=False stream.
+    """
+    yield from dataset_batches(
+        dataset_url, split=split, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
+        shuffle_buffer=shuffle_buffer, repeat=repeat, drop_last=drop_last, s3_endpoint=s3_endpoint, stats=stats,
+    )

@@ -149,18 +149,18 @@ def preview(dataset: Store, manifest: Manifest, *, n: int = 8, split: str = "tra
     """A sample grid of the dataset's kind and one text line per shown sample:
     images: a grid, 8 per row; paired: a|b pairs, 4 per row; unpaired: a domain_a row and a domain_b row;
     attributes: a grid, lines name each sample's attributes; captioned: a grid, lines give captions."""
-    from data_prep.batches import _samples
+    from data_prep.batches import split_samples
 
     kw: dict[str, Any] = dict(split=split, rank=0, world_size=1, seed=0, shuffle_buffer=0, shuffle=False)
     lines: list[str] = []
     if manifest.kind == "unpaired":
         rows = []
         for domain in DOMAINS:
-            samples = list(itertools.islice(_samples(dataset, manifest, epoch=0, domain=domain, **kw), n))
+            samples = list(itertools.islice(split_samples(dataset, manifest, epoch=0, domain=domain, **kw), n))
             rows.append([_rgb(s["image"]) for s in samples])
             lines.append(f"{domain}: " + ", ".join(s["key"] for s in samples))
         return _grid(rows, scale=_scale(manifest)), lines
-    samples = list(itertools.islice(_samples(dataset, manifest, epoch=0, **kw), n))
+    samples = list(itertools.islice(split_samples(dataset, manifest, epoch=0, **kw), n))
     if not samples:
         raise ValueError(f"{manifest.name} has no {split!r} samples to show")
     if manifest.kind == "paired":

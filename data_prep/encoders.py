@@ -1,8 +1,8 @@
 """Sample encoders: RawSample -> the files of one WebDataset sample, or a QuarantineEntry.
 
-One encoder per dataset kind (DESIGN.md section 3); a new kind adds a source and an encoder here, and prep,
-shards, manifest and index handle it unchanged. An encoder is a function of one sample, or an object with
-`batch_size` and `encode_batch` when work is cheaper in batches (caption embedding).
+One encoder per dataset kind (docs/ARCHITECTURE.md, data contracts); a new kind adds a source and an
+encoder here, and prep, shards, manifest and index handle it unchanged. An encoder is a function of one sample,
+or an object with `batch_size` and `encode_batch` when work is cheaper in batches (caption embedding).
 Quarantine reasons added here: "missing_pair", "size_mismatch", "bad_attrs", "no_captions".
 """
 

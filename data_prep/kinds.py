@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.encoders import CaptionedEncoder, Encoder, attributes_encoder, images_encoder, paired_encoder
-from data_prep.prep import PREP_FORMAT, PrepConfig, PrepResult, prep_images, run_options, write_dataset
+from data_prep.prep import PrepConfig, PrepResult, prep_identity, prep_images, run_options, write_dataset
 from data_prep.sources import BUILTINS, Source, SourceError, get_source, limited
 from data_prep.sources_attrs import (
     CELEBA_ATTRS,
@@ -57,21 +57,7 @@ def _transform(cfg: PrepConfig, source: Source, channels: int) -> TransformConfi
 
 
 def _prep_dict(cfg: PrepConfig, spec: str, channels: int, margin: float, section: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "format": PREP_FORMAT,
-        "source": spec,
-        "image_size": cfg.image_size,
-        "channels": channels,
-        "holdout": cfg.holdout,
-        "shard_size": cfg.shard_size,
-        "image_format": cfg.image_format,
-        "min_size": cfg.min_size,
-        "max_aspect": cfg.max_aspect,
-        "seed": cfg.seed,
-        "margin": margin,
-        cfg.kind: section,
-    }
-
+    return prep_identity(cfg, spec=spec, channels=channels, margin=margin, section=section)
 
 def _write(cfg: PrepConfig, *, progress: bool, name: str, channels: int, prep: dict[str, Any],
            extra: dict[str, Any], **parts: Any) -> PrepResult:  # fmt: skip
@@ -227,7 +213,7 @@ def _captioned(cfg: PrepConfig, *, progress: bool) -> PrepResult:
 
 
 def prep_dataset(cfg: PrepConfig, *, progress: bool = True) -> PrepResult:
-    """Prepare a dataset of `cfg.kind` (DESIGN.md section 3) from `cfg.source` into `cfg.store`."""
+    """Prepare a dataset of `cfg.kind` (docs/ARCHITECTURE.md, data contracts) from `cfg.source` into `cfg.store`."""
     builders = {"paired": _paired, "unpaired": _unpaired, "attributes": _attributes, "captioned": _captioned}
     if cfg.kind == "images":
         return prep_images(cfg, progress=progress)

@@ -2,7 +2,7 @@
 
 Layout under a store: datasets/{name}/ holding manifest.json, index.parquet, quarantine.parquet and
 shards/{split}-{i:06d}.tar; an `unpaired` dataset has one shard set per domain instead:
-domain_a/shards/{split}-{i:06d}.tar and domain_b/shards/... (DESIGN.md section 3).
+domain_a/shards/{split}-{i:06d}.tar and domain_b/shards/... (docs/ARCHITECTURE.md, data contracts).
 Datasets written before quarantine.parquet have quarantine.json instead; `read_quarantine` reads either.
 While prep runs, `_progress/` holds one record per finished shard (stages.py); it is removed at the end.
 `Manifest.digest` is the sha256 of the canonical JSON, the dataset's identity for lineage and caching.
@@ -88,7 +88,7 @@ class ShardInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
-    """What a dataset is (DESIGN.md section 3). `extra` holds kind-specific metadata (attribute names,
+    """What a dataset is (docs/ARCHITECTURE.md, data contracts). `extra` holds kind-specific metadata (attribute names,
     text-encoder name and dimension) for the kinds that need it."""
 
     name: str

@@ -40,7 +40,7 @@ from data_prep.manifest import (
 from data_prep.options import AttributeOptions, CaptionOptions, PairedOptions, SourceOptions
 from data_prep.shards import LAYOUT_SPLITS, holdout_count, split_entries
 from data_prep.sources import Source, SourceError, get_source, limited
-from data_prep.stages import Chunk, Progress, _in_domain, find_duplicates, plan_chunks, plan_digest, run_chunks
+from data_prep.stages import Chunk, Progress, find_duplicates, in_domain, plan_chunks, plan_digest, run_chunks
 from data_prep.storage import Store, open_store
 from data_prep.transforms import IMAGE_FORMATS, TransformConfig
 from data_prep.validate import MODE_CONVERTED, QuarantineEntry
@@ -116,16 +116,13 @@ class PrepResult:
     notices: list[str] = field(default_factory=list)
 
 
-def prep_images(cfg: PrepConfig, *, progress: bool = True) -> PrepResult:
-    """Prepare an `images` dataset (DESIGN.md section 3) from `cfg.source` into `cfg.store`."""
-    source = limited(get_source(cfg.source, crops=cfg.inputs.crops, seed=cfg.seed), cfg.inputs.limit)
-    channels = cfg.channels or source.default_channels
-    transform = TransformConfig(
-        image_size=cfg.image_size, channels=channels, image_format=cfg.image_format, margin=source.margin
-    )
-    prep = {
+def prep_identity(cfg: PrepConfig, *, spec: str, channels: int, margin: float,
+                  section: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What decides whether a prepared dataset can be reused: the same identity, the same bytes. `section`
+    holds a non-`images` kind's own options (recorded under the kind's name)."""
+    identity = {
         "format": PREP_FORMAT,
-        "source": source.spec,
+        "source": spec,
         "image_size": cfg.image_size,
         "channels": channels,
         "holdout": cfg.holdout,
@@ -134,8 +131,19 @@ def prep_images(cfg: PrepConfig, *, progress: bool = True) -> PrepResult:
         "min_size": cfg.min_size,
         "max_aspect": cfg.max_aspect,
         "seed": cfg.seed,
-        "margin": source.margin,
+        "margin": margin,
     }
+    return identity if section is None else {**identity, cfg.kind: section}
+
+
+def prep_images(cfg: PrepConfig, *, progress: bool = True) -> PrepResult:
+    """Prepare an `images` dataset (docs/ARCHITECTURE.md, data contracts) from `cfg.source` into `cfg.store`."""
+    source = limited(get_source(cfg.source, crops=cfg.inputs.crops, seed=cfg.seed), cfg.inputs.limit)
+    channels = cfg.channels or source.default_channels
+    transform = TransformConfig(
+        image_size=cfg.image_size, channels=channels, image_format=cfg.image_format, margin=source.margin
+    )
+    prep = prep_identity(cfg, spec=source.spec, channels=channels, margin=source.margin)
     return write_dataset(
         source=source,
         encoder=images_encoder(transform, min_size=cfg.min_size, max_aspect=cfg.max_aspect),
@@ -265,7 +273,7 @@ def write_dataset(
     written: dict[str | None, _Written] = {}
     for domain in parts:
         results = [done[c.name] for c in chunks if c.domain == domain]
-        quarantined = [(_in_domain(q, domain) if domain else q) for q in dupes[domain]]
+        quarantined = [(in_domain(q, domain) if domain else q) for q in dupes[domain]]
         quarantined += [q for r in results for q in r.quarantined]
         counts: Counter[str] = Counter()
         for r in results:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -324,35 +323,6 @@ def iter_samples(
         epoch=epoch,
         shuffle_buffer=shuffle_buffer,
         shuffle=shuffle,
-    )
-
-
-def image_batches(
-    dataset_url: str,
-    *,
-    split: str = "train",
-    batch_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    shuffle_buffer: int = 1000,
-    repeat: bool = True,
-    drop_last: bool = True,
-    s3_endpoint: str | None = None,
-    stats: ReadStats | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches {"image": float32 (B, C, H, W) in [-1, 1], "label": int64 (B,), -1 when unlabelled}.
-    With `stats`, undecodable samples and broken shards are skipped and counted there instead of raising.
-
-    Each epoch reshuffles shard order and samples (seeded from seed, epoch, rank); every sample is read by
-    exactly one rank per epoch. repeat=True cycles epochs forever. Ranks may get a few samples more or
-    less per epoch, so a DDP loop should count steps rather than exhaust a repeat=False stream.
-    """
-    from data_prep.batches import dataset_batches  # batches.py builds on this module: import at call time
-
-    yield from dataset_batches(
-        dataset_url, split=split, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
-        shuffle_buffer=shuffle_buffer, repeat=repeat, drop_last=drop_last, s3_endpoint=s3_endpoint, stats=stats,
     )
 
 

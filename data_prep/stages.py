@@ -169,13 +169,13 @@ def run_chunk(
             )
     if chunk.domain is not None:
         rows = [dataclasses.replace(r, extra={**r.extra, "domain": chunk.domain}) for r in rows]
-        quarantined = [_in_domain(q, chunk.domain) for q in quarantined]
+        quarantined = [in_domain(q, chunk.domain) for q in quarantined]
     result = ChunkResult(name=chunk.name, shard=shard, rows=rows, quarantined=quarantined, notes=dict(notes))
     store.put_bytes(f"{PROGRESS}/{chunk.name}.json", result.to_json(plan))  # after the shard: it is done
     return result
 
 
-def _in_domain(entry: QuarantineEntry, domain: str) -> QuarantineEntry:
+def in_domain(entry: QuarantineEntry, domain: str) -> QuarantineEntry:
     return dataclasses.replace(entry, key=f"{domain}/{entry.key}", origin=f"{domain}/{entry.origin}")
 
 

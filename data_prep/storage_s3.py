@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
-from data_prep.storage import KeyNotFound, Store, StoreError, check_key
+from data_prep.store_base import KeyNotFound, Store, StoreError, check_key
 
 if TYPE_CHECKING:
     import pyarrow.fs

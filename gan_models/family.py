@@ -20,7 +20,7 @@ class Family:
     """A GAN family: its config type and the pure-PyTorch functions that build, train and sample it.
 
     name:             registry key, e.g. "dcgan".
-    dataset_kind:     the data contract it trains on ("images", "paired", ...; DESIGN.md section 3).
+    dataset_kind:     the data contract it trains on ("images", "paired", ...; docs/ARCHITECTURE.md, data contracts).
     config:           the frozen dataclass holding every architecture choice and every λ with its paper
                       default.
     build:            config -> named networks, e.g. {"G": ..., "D": ...}, weights initialised as the paper

@@ -1,2 +1,3 @@
-"""Orchestration: configs and recipes, the training loop and its Ray Train adapter, MLflow tracking,
-evaluation, figures, benchmarks and the `ganpipe` command."""
+"""Orchestration, in layers that only import downward (docs/ARCHITECTURE.md): spec (configs, recipes, command
+options), engine (the plain loop), tracking (MLflow, the model loader), evaluation, inference, training (Ray Train
+and Tune), orchestration and demos, ops (services, benchmarks, job submission) and cli (the `ganpipe` command)."""

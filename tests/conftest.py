@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import seaweedfs
-from pipelines.seaweedfs import S3Server, free_ports
+from pipelines.ops import seaweedfs
+from pipelines.ops.seaweedfs import S3Server, free_ports
 
 __all__ = ["MlflowServer", "S3Server", "free_ports"]
 
@@ -74,7 +74,7 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, *, timeout: float = 180) -> None:
-        from pipelines.services import mlflow_healthy
+        from pipelines.ops.services import mlflow_healthy
 
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_uri,
                "--artifacts-destination", (self.root / "artifacts").as_uri(), "--host", "127.0.0.1",

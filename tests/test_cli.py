@@ -13,7 +13,9 @@ import urllib.request
 
 import pytest
 
-from pipelines.cli import DEMO_FAMILIES, build_parser, main
+from pipelines.cli.main import main
+from pipelines.spec.defaults import DEMO_FAMILIES
+from pipelines.spec.options import build_parser
 
 
 def _ganpipe(*args: str, cwd) -> subprocess.CompletedProcess[str]:
@@ -32,7 +34,7 @@ def test_help_lists_every_command(capsys):
 
 @pytest.mark.parametrize("family", DEMO_FAMILIES)
 def test_demo_accepts_every_demo_family_and_each_has_a_demo_recipe(family: str):
-    from pipelines.recipes import RECIPES
+    from pipelines.spec.recipes import RECIPES
 
     assert build_parser().parse_args(["demo", "--family", family]).family == family
     demos = [name for name in RECIPES if name.startswith(f"{family}-") and name.endswith("-demo")]

@@ -496,7 +496,7 @@ def test_families_are_registered():
 
 
 def test_bench_runs_both_conditional_families():
-    from pipelines.bench import bench
+    from pipelines.ops.bench import bench
 
     tiny_sg = {"c_dim": "3", "g_conv_dim": "2", "d_conv_dim": "2", "g_repeat_num": "1", "d_repeat_num": "3"}
     result = bench(family="stargan", image_size=16, channels=3, batch=2, steps=5, warmup=0, repeats=1,

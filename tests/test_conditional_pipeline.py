@@ -21,12 +21,12 @@ from data_prep.kinds import prep_dataset
 from data_prep.prep import PrepConfig
 from data_prep.reader import read_manifest
 from gan_models import stargan
-from pipelines import conditional_eval as ce
-from pipelines.conditional_cmd import generate_from_prompts, parse_settings, translate_attributes
-from pipelines.config import apply_overrides
-from pipelines.figures import save_png
-from pipelines.recipes import get_recipe
-from pipelines.train import train
+from pipelines.evaluation import conditional as ce
+from pipelines.evaluation.figures import save_png
+from pipelines.inference.conditional import generate_from_prompts, parse_settings, translate_attributes
+from pipelines.spec.config import apply_overrides
+from pipelines.spec.recipes import get_recipe
+from pipelines.training.train import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ def ray_runtime():
     """One local Ray runtime for this module, shut down after it."""
     import ray
 
-    from pipelines.ray_train import ensure_ray
+    from pipelines.training.ray_train import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield
@@ -161,7 +161,7 @@ def test_group_spread_is_the_mean_within_group_pixel_std_and_sees_z(local_attrs)
 
 
 def test_demo_bars_need_twice_the_floor_plus_a_margin_and_a_spread_over_z():
-    from pipelines.conditional_demo import passes, spread_passes
+    from pipelines.demos.conditional import passes, spread_passes
 
     assert passes(0.445, 0.025)
     assert not passes(0.14, 0.025)  # 5.6x the floor, but not 0.25 above it
@@ -213,7 +213,7 @@ def test_stargan_on_two_ray_workers_from_s3_registers_and_translates(
     outcome = train(spec, progress=False, log=lambda _: None)
     assert {"eval/attr_acc", "eval/attr_acc_floor", "eval/rec_l1", "eval/fd", "eval/attr_acc/blue"} <= set(
         outcome.metrics)
-    from pipelines.tracking import client
+    from pipelines.tracking.runs import client
 
     history = client(tracking_uri).get_metric_history(outcome.run_id, "eval/attr_acc")
     assert {h.step for h in history} >= {2, 4}  # every eval_every on rank 0, and the final generator
@@ -240,7 +240,7 @@ def test_stargan_on_two_ray_workers_from_s3_registers_and_translates(
     assert given.target[0]["thick"] == 1 and given.grid is None
 
     # The same through `ganpipe translate --set`: a file that is no image is listed and skipped (exit status 1).
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     (inputs / "notes.txt").write_text("not an image")
     rc = main(["translate", "--model", model, "--input", str(inputs), "--out", str(tmp_path / "cli"),
@@ -255,7 +255,7 @@ def test_stargan_on_two_ray_workers_from_s3_registers_and_translates(
     assert f"unknown attribute 'purple' in --set; {valid}" in capsys.readouterr().err
 
     # `ganpipe eval` scores it through TASK_METRICS.
-    from pipelines.eval_cmd import evaluate_model
+    from pipelines.evaluation.evaluate import evaluate_model
 
     ev = evaluate_model(model=model, tracking_uri=tracking_uri, n=8, log=lambda _: None)
     assert {"eval/attr_acc", "eval/rec_l1", "eval/fd"} <= set(ev.metrics)
@@ -281,12 +281,12 @@ def test_text2img_in_process_from_s3_generates_from_prompts(s3_server, tmp_path,
     assert strip.shape == (3, 2 + 2 * 34, 2 + 5 * 34)
 
     # `ganpipe eval` feeds it held-out captions (not latents alone) and scores it through TASK_METRICS.
-    from pipelines.eval_cmd import evaluate_model
+    from pipelines.evaluation.evaluate import evaluate_model
 
     ev = evaluate_model(model=model, tracking_uri=tracking_uri, n=8, log=lambda _: None)
     assert {"eval/text_consistency", "eval/text_consistency_mismatched", "eval/fd"} <= set(ev.metrics)
 
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     out = tmp_path / "seven.png"
     assert main(["generate", "--model", model, "--prompt", "a thin green seven", "--n", "4", "--out", str(out),

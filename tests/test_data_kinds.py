@@ -1,4 +1,5 @@
-"""Every dataset kind through prep and back: paired, unpaired, attributes, captioned (DESIGN.md section 3).
+"""Every dataset kind through prep and back: paired, unpaired, attributes, captioned (docs/ARCHITECTURE.md,
+data contracts).
 
 Fixtures are tiny images made here with PIL/numpy; round trips check that pixels, pairs, labels, attributes,
 captions and embeddings come back exactly, and that each bad input is quarantined with its reason.
@@ -33,7 +34,7 @@ from data_prep import (
     read_manifest,
 )
 from data_prep.text_encoders import load_text_encoder
-from pipelines.cli import main
+from pipelines.cli.main import main
 
 RNG = np.random.default_rng(7)
 
@@ -445,7 +446,7 @@ def test_mnist5k_captions_and_wrong_embeddings(tmp_path: Path, minilm) -> None:
 
 
 def test_wrong_caption_is_never_one_of_the_samples_own() -> None:
-    from data_prep.batches import _collate_captioned
+    from data_prep.batches import collate_captioned
 
     def sample(key: str, captions: list[int]) -> dict:
         emb = np.eye(8, dtype=np.float32)[captions]  # caption i -> one-hot embedding i
@@ -455,12 +456,12 @@ def test_wrong_caption_is_never_one_of_the_samples_own() -> None:
     batch = [sample("a", [0, 1]), sample("b", [1, 0]), sample("c", [1, 2])]
     rng = np.random.default_rng(0)
     for _ in range(200):
-        out = _collate_captioned(batch, None, rng)
+        out = collate_captioned(batch, None, rng)
         wrong = out["wrong_emb"].argmax(1).tolist()
         assert wrong[0] == 2 and wrong[1] == 2  # c's caption that a and b do not have
         assert wrong[2] == 0  # a's or b's caption 0; their caption 1 is c's own
     with pytest.raises(ValueError, match="sample a: every caption of the other samples"):
-        _collate_captioned(batch[:2], None, rng)
+        collate_captioned(batch[:2], None, rng)
 
 
 # ---------------------------------------------------------------- store, CLI, reuse

@@ -25,7 +25,7 @@ from data_prep.reader import ReadStats
 from data_prep.shards import split_entries
 from data_prep.sources import FolderSource
 from data_prep.transforms import TransformConfig
-from pipelines.cli import main
+from pipelines.cli.main import main
 
 RNG = np.random.default_rng(11)
 

@@ -14,9 +14,9 @@ from conftest import MlflowServer
 from scipy import linalg
 from torch import nn
 
-from pipelines.eval_metrics import FeatureStats, kernel_distance, mmd2_unbiased, polynomial_kernel
-from pipelines.evaluator import EvalNet, frechet_distance, to_unit_range
-from pipelines.inception import InceptionFeatures, InceptionV3, load_inception
+from pipelines.evaluation.evaluator import EvalNet, frechet_distance, to_unit_range
+from pipelines.evaluation.inception import InceptionFeatures, InceptionV3, load_inception
+from pipelines.evaluation.metrics import FeatureStats, kernel_distance, mmd2_unbiased, polynomial_kernel
 
 REL = 5e-3  # the issue's bar for agreement with torchmetrics: 0.5%
 
@@ -105,10 +105,10 @@ def _torchmetrics_fid_kid(feature: nn.Module, real: torch.Tensor, fake: torch.Te
 
 
 def _ours(feature, real: torch.Tensor, fake: torch.Tensor, *, subset_size: int) -> tuple[float, float]:
-    from pipelines.eval_cmd import _features
+    from pipelines.evaluation.evaluate import feature_batches
 
-    f_real = _features(feature, real, batch=16, desc="", progress=False)
-    f_fake = _features(feature, fake, batch=16, desc="", progress=False)
+    f_real = feature_batches(feature, real, batch=16, desc="", progress=False)
+    f_fake = feature_batches(feature, fake, batch=16, desc="", progress=False)
     sr, sf = FeatureStats.of(f_real), FeatureStats.of(f_fake)
     return (frechet_distance(sf.mu, sf.sigma, sr.mu, sr.sigma),
             kernel_distance(f_real, f_fake, subsets=3, subset_size=subset_size)[0])
@@ -189,10 +189,10 @@ class Registry:
 def registry(tmp_path_factory) -> Registry:
     """Two tiny DCGANs trained in-process (workers=0) on `digits`, registered as versions 1 and 2."""
     from data_prep.prep import PrepConfig, prep_images
-    from pipelines.config import apply_overrides
-    from pipelines.evaluator import ensure_evaluator
-    from pipelines.recipes import dcgan_paper
-    from pipelines.train import train
+    from pipelines.evaluation.evaluator import ensure_evaluator
+    from pipelines.spec.config import apply_overrides
+    from pipelines.spec.recipes import dcgan_paper
+    from pipelines.training.train import train
 
     root = tmp_path_factory.mktemp("registry")
     store, tracking_uri = str(root / "store"), f"sqlite:///{root / 'mlflow.db'}"
@@ -215,7 +215,7 @@ def registry(tmp_path_factory) -> Registry:
 
 
 def _client(reg: Registry):
-    from pipelines.tracking import client
+    from pipelines.tracking.runs import client
 
     return client(reg.tracking_uri)
 
@@ -223,7 +223,7 @@ def _client(reg: Registry):
 def test_registered_generator_carries_its_config_and_loads_without_pickle(registry, monkeypatch, tmp_path):
     import mlflow
 
-    from pipelines.model_loading import load_generator
+    from pipelines.tracking.loading import load_generator
 
     monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
     mlflow.set_tracking_uri(registry.tracking_uri)
@@ -241,7 +241,7 @@ def test_eval_logs_eval_metrics_to_a_run_nested_under_the_training_run(registry,
                                                                         tmp_path):
     import mlflow
 
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # --tracking-uri must win over global state
 
@@ -276,7 +276,7 @@ def test_eval_logs_eval_metrics_to_a_run_nested_under_the_training_run(registry,
 
 
 def test_eval_without_inception_weights_says_how_to_get_them_and_skips_fid(registry, capsys):
-    from pipelines.eval_cmd import evaluate_model
+    from pipelines.evaluation.evaluate import evaluate_model
 
     lines: list[str] = []
     out = evaluate_model(model=f"models:/{registry.name}/{registry.versions[0]}", tracking_uri=registry.tracking_uri,
@@ -286,7 +286,7 @@ def test_eval_without_inception_weights_says_how_to_get_them_and_skips_fid(regis
 
 
 def _eval(reg: Registry, version: str, *, seed: int = 0) -> float:
-    from pipelines.eval_cmd import evaluate_model
+    from pipelines.evaluation.evaluate import evaluate_model
 
     out = evaluate_model(model=f"models:/{reg.name}/{version}", tracking_uri=reg.tracking_uri, n=64, seed=seed,
                          n_real=64, kid_subsets=2, log=lambda _: None)
@@ -294,8 +294,8 @@ def _eval(reg: Registry, version: str, *, seed: int = 0) -> float:
 
 
 def test_promote_needs_a_common_evaluation_refuses_worse_accepts_better_and_records_why(registry, capsys):
-    from pipelines.cli import main
-    from pipelines.registry import PROMOTION_TAG
+    from pipelines.cli.main import main
+    from pipelines.tracking.registry import PROMOTION_TAG
 
     mlf = _client(registry)
     v1, v2 = registry.versions
@@ -337,7 +337,7 @@ def test_promote_needs_a_common_evaluation_refuses_worse_accepts_better_and_reco
 
 
 def test_models_ls_lists_versions_aliases_dataset_and_metrics(registry, capsys):
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     assert main(["models", "ls", "--tracking-uri", registry.tracking_uri]) == 0
     out = capsys.readouterr().out

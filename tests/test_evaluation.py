@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from pipelines.bench import bench, format_table, write_json
-from pipelines.evaluator import classifier_score, feature_stats, frechet_distance
+from pipelines.evaluation.evaluator import classifier_score, feature_stats, frechet_distance
+from pipelines.ops.bench import bench, format_table, write_json
 
 
 def test_frechet_distance_matches_float64_reference():
@@ -59,8 +59,8 @@ def test_bench_and_the_plain_loop_run_without_ray_mlflow_or_webdataset(tmp_path)
     code = (
         "import sys\n"
         "for m in ('ray', 'mlflow', 'webdataset', 'boto3', 'pyarrow'): sys.modules[m] = None\n"
-        "import gan_models, pipelines.loop, pipelines.checkpoint\n"
-        "from pipelines.cli import main\n"
+        "import gan_models, pipelines.engine.loop, pipelines.engine.checkpoint\n"
+        "from pipelines.cli.main import main\n"
         "sys.exit(main(['bench', '--family', 'dcgan', '--image-size', '32', '--channels', '1', '--batch', '4',\n"
         "               '--steps', '1', '--repeats', '1', '--warmup', '1', '--out', 'b.json', 'ngf=4', 'ndf=4']))\n"
     )

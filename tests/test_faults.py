@@ -16,9 +16,9 @@ from conftest import MlflowServer
 
 from data_prep.prep import PrepConfig, prep_images
 from data_prep.storage import open_store
-from pipelines import seaweedfs
-from pipelines.seaweedfs import S3Server
-from pipelines.tracking import RUN_NAME_TAG, UNLOGGED_FILE
+from pipelines.ops import seaweedfs
+from pipelines.ops.seaweedfs import S3Server
+from pipelines.tracking.runs import RUN_NAME_TAG, UNLOGGED_FILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

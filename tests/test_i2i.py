@@ -404,7 +404,7 @@ def test_convert_sync_batchnorm_only_for_batch_norm_nets_on_several_processes():
      ("cyclegan", {"g_arch": "resnet_6blocks", "ngf": "4", "ndf": "4", "pool_size": "1"})],
 )
 def test_bench_runs_the_image_to_image_families(family: str, overrides: dict[str, str]):
-    from pipelines.bench import bench
+    from pipelines.ops.bench import bench
 
     size = 128 if family == "pix2pix" else 32
     result = bench(family=family, image_size=size, channels=1, batch=1, steps=1, warmup=1, repeats=1,

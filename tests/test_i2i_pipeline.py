@@ -18,9 +18,9 @@ from torch.testing import assert_close
 from gan_models import get_family
 from gan_models.i2i_nets import check_g_arch, define_g
 from gan_models.layers import count_parameters
-from pipelines.config import TrainSpec, apply_overrides
-from pipelines.i2i_eval import cyclegan_metrics, image_metrics, pix2pix_metrics, psnr, ssim
-from pipelines.recipes import get_recipe
+from pipelines.evaluation.i2i import cyclegan_metrics, image_metrics, pix2pix_metrics, psnr, ssim
+from pipelines.spec.config import TrainSpec, apply_overrides
+from pipelines.spec.recipes import get_recipe
 
 # --- the small U-Nets -------------------------------------------------------------------------------------------
 
@@ -109,7 +109,7 @@ def _bright_side_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_cycle_l1_and_class_preservation_by_a_trained_domain_classifier():
-    from pipelines.evaluator import Evaluator, feature_stats, train_evaluator
+    from pipelines.evaluation.evaluator import Evaluator, feature_stats, train_evaluator
 
     train_x, train_y = _bright_side_data(256, seed=0)
     net = train_evaluator(train_x, train_y, class_names=["left", "right"], epochs=4, batch_size=32)
@@ -140,8 +140,8 @@ def test_cycle_l1_and_class_preservation_by_a_trained_domain_classifier():
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A tiny (untrained) Pix2Pix and CycleGAN registered in a sqlite MLflow, as `ganpipe train` registers them."""
-    from pipelines.tracking import client
-    from pipelines.train import register_generator
+    from pipelines.tracking.runs import client
+    from pipelines.training.train import register_generator
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -173,7 +173,7 @@ def _write_inputs(folder: Path) -> None:
 
 
 def test_translate_keeps_file_names_and_skips_bad_files(registered, tmp_path, capsys):
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     _write_inputs(tmp_path / "in")
     rc = main(["translate", "--model", "models:/pix2pix-toy@candidate", "--input", str(tmp_path / "in"),
@@ -189,7 +189,7 @@ def test_translate_keeps_file_names_and_skips_bad_files(registered, tmp_path, ca
     assert "translated 3 of 5 files" in captured.out
 
     # The written image is G(input) as the registered graph computes it, quantised to 8 bits.
-    from pipelines.tracking import to_uint8_hwc
+    from pipelines.tracking.runs import to_uint8_hwc
 
     with Image.open(tmp_path / "in" / "grey.png") as im:
         x = torch.from_numpy(np.asarray(im)).float()[None, None] / 127.5 - 1
@@ -200,8 +200,9 @@ def test_translate_keeps_file_names_and_skips_bad_files(registered, tmp_path, ca
 
 
 def test_translate_uses_the_cyclegan_partner_for_the_other_direction(registered, tmp_path, capsys):
-    from pipelines.cli import main
-    from pipelines.translate_cmd import load_translator, translate_files
+    from pipelines.cli.main import main
+    from pipelines.inference.translate import translate_files
+    from pipelines.tracking.loading import load_translator
 
     _write_inputs(tmp_path / "in")
     x_path = tmp_path / "in" / "grey.png"
@@ -234,7 +235,7 @@ def ray_runtime(s3_server):
     """One local Ray runtime for the module, started after the S3 environment is set (workers inherit it)."""
     import ray
 
-    from pipelines.ray_train import ensure_ray
+    from pipelines.training.ray_train import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield
@@ -300,11 +301,11 @@ def _assert_same(a, b) -> None:
 def test_two_ray_workers_train_stop_and_resume_with_the_same_pool_and_schedulers(
     family, ray_runtime, s3_server, bucket_url, tmp_path, monkeypatch
 ):
-    from pipelines.checkpoint import restore
-    from pipelines.eval_cmd import evaluate_model
-    from pipelines.tracking import client
-    from pipelines.train import train
-    from pipelines.worker import _steps_per_epoch
+    from pipelines.engine.checkpoint import restore
+    from pipelines.evaluation.evaluate import evaluate_model
+    from pipelines.tracking.runs import client
+    from pipelines.training.train import train
+    from pipelines.training.worker import steps_per_epoch_of
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -336,7 +337,7 @@ def test_two_ray_workers_train_stop_and_resume_with_the_same_pool_and_schedulers
 
     # 3. The schedulers continued from the saved epoch count (a fresh one would have restarted at 0): each epoch
     #    start (step % steps_per_epoch == 0) advanced it once.
-    per_epoch = _steps_per_epoch(prep.manifest, batch_size=4, world_size=2)
+    per_epoch = steps_per_epoch_of(prep.manifest, batch_size=4, world_size=2)
     starts = sum(1 for s in range(STEPS_FIRST, STEPS_TOTAL) if s % per_epoch == 0)
     for key in ("scheduler_G", "scheduler_D"):
         assert saved["extra"][key]["last_epoch"] >= 1

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import seaweedfs
-from pipelines.cli import build_parser
-from pipelines.jobs import subcommands
+from pipelines.ops import seaweedfs
+from pipelines.spec.options import build_parser, subcommands
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import jobs
-from pipelines.cli import CliError, build_parser
-from pipelines.seaweedfs import free_ports
+from pipelines.ops import jobs
+from pipelines.ops.seaweedfs import free_ports
+from pipelines.spec.errors import UserError as CliError
+from pipelines.spec.options import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -536,3 +537,14 @@ def test_worker_node_lost_resumes_from_checkpoint_in_the_same_run(
     assert set(repeated) <= set(range(start + 1, start + every + 1)) and set(repeated.values()) <= {2}, repeated
     version = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking).get_model_version("dcgan-digits", "1")
     assert version.run_id == run.info.run_id
+
+
+def test_jobs_and_training_workers_forward_the_same_settings_region_included(monkeypatch):
+    from pipelines.spec.defaults import FORWARDED_ENV
+    from pipelines.training.ray_train import worker_env
+
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    assert jobs.FORWARDED_ENV is FORWARDED_ENV  # one definition for submitted jobs and Ray Train workers
+    env = worker_env()
+    assert env["AWS_REGION"] == "eu-west-3" and env["AWS_DEFAULT_REGION"] == "eu-west-3"

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from gan_models import dcgan, get_family
-from pipelines.checkpoint import load_state, restore, save_state, training_state
-from pipelines.config import LoopConfig, TrainSpec, apply_overrides
-from pipelines.loop import GeneratorEMA, Report, fit
-from pipelines.precision import autocast_dtype, native_bf16, wants_channels_last
-from pipelines.recipes import dcgan_paper
+from pipelines.engine.checkpoint import load_state, restore, save_state, training_state
+from pipelines.engine.loop import GeneratorEMA, Report, fit
+from pipelines.engine.precision import autocast_dtype, native_bf16, wants_channels_last
+from pipelines.spec.config import LoopConfig, TrainSpec, apply_overrides
+from pipelines.spec.recipes import dcgan_paper
 
 TINY = dcgan.Config(image_size=32, channels=1, nz=8, ngf=4, ndf=4)
 
@@ -49,7 +49,7 @@ def test_fit_updates_both_networks_and_reports_every_log_every():
 
 
 def test_only_checkpoints_evaluations_and_the_end_reach_ray_train():
-    from pipelines.ray_train import reaches_ray
+    from pipelines.training.ray_train import reaches_ray
 
     fam, nets, opts = _build()
     reports: list[Report] = []
@@ -137,9 +137,9 @@ def test_linear_lr_decay_reaches_zero_and_survives_a_restore():
 
 
 def test_window_averages_each_metric_over_the_steps_that_returned_it():
-    from pipelines.loop import _Window
+    from pipelines.engine.loop import MetricWindow
 
-    window = _Window()
+    window = MetricWindow()
     for step in range(10):
         losses = {"loss/D": torch.tensor(1.0)}
         if step % 5 == 4:  # a G step every 5th iteration, as StarGAN's n_critic = 5
@@ -151,7 +151,7 @@ def test_window_averages_each_metric_over_the_steps_that_returned_it():
 
 
 def test_overrides_of_one_section_apply_together():
-    from pipelines.recipes import get_recipe
+    from pipelines.spec.recipes import get_recipe
 
     spec = get_recipe("stargan")()
     # Each alone would make an invalid Config (num_iters_decay > num_iters); together they are valid.

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 import torch
 
-from pipelines.model_loading import PICKLE_SWITCH
+from pipelines.tracking.loading import PICKLE_SWITCH
 
 PICKLED = "trust-pickled"  # data/model.pt2 replaced by model.pth + pickle_module_info.txt
 CRAFTED = "trust-crafted"  # data/model.pt2 kept, with a pickle record added inside the archive
@@ -69,10 +69,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     """Three tiny DCGAN versions registered as `ganpipe train` registers them (no training: the weights do not
     matter here), two of them then tampered with in the artifact store."""
     from gan_models import get_family
-    from pipelines import tracking
-    from pipelines.config import apply_overrides
-    from pipelines.recipes import dcgan_paper
-    from pipelines.train import register_generator
+    from pipelines.spec.config import apply_overrides
+    from pipelines.spec.recipes import dcgan_paper
+    from pipelines.tracking import runs as tracking
+    from pipelines.training.train import register_generator
 
     root = tmp_path_factory.mktemp("trust")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -170,7 +170,7 @@ def test_a_good_version_loads_and_samples(store: Store):
 
 
 def test_the_loader_pins_the_switch_off_whatever_the_environment(store: Store, monkeypatch):
-    from pipelines.model_loading import describe, load_module
+    from pipelines.tracking.loading import describe, load_module
 
     monkeypatch.setenv(PICKLE_SWITCH, "true")
     card = describe(f"models:/{GOOD}/1", tracking_uri=store.tracking_uri)
@@ -186,7 +186,7 @@ def test_the_loader_pins_the_switch_off_whatever_the_environment(store: Store, m
     ("xx::garbage", "is not a model reference"),
 ])
 def test_bad_model_references_are_one_line_exit_2(store: Store, capsys, command: str, model: str, expected: str):
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     code = main([command, "--model", model, *_extra(store, command), "--tracking-uri", store.tracking_uri])
     err = capsys.readouterr().err.strip().splitlines()
@@ -201,15 +201,15 @@ def test_bad_model_references_are_one_line_exit_2(store: Store, capsys, command:
     (f"models:/{GOOD}/7", "not found"),
 ])
 def test_malformed_or_unknown_references_are_model_errors(store: Store, model: str, expected: str):
-    from pipelines.model_loading import ModelError, resolve_ref
-    from pipelines.tracking import client
+    from pipelines.tracking.loading import ModelError, resolve_ref
+    from pipelines.tracking.runs import client
 
     with pytest.raises(ModelError, match=expected):
         resolve_ref(client(store.tracking_uri), model)
 
 
 def test_a_pickled_checkpoint_is_refused_on_resume_in_one_line_naming_the_file(store: Store, tmp_path: Path):
-    from pipelines.checkpoint import STATE_FILE, rng_file
+    from pipelines.engine.checkpoint import STATE_FILE, rng_file
 
     marker = tmp_path / "MARKER"
     prepped = subprocess.run([sys.executable, "-m", "pipelines.cli", "prep", "--format", "paired", "mnist5k",

@@ -19,10 +19,12 @@ import pytest
 import yaml
 
 from data_prep.reader import read_manifest
-from pipelines.cli import main
-from pipelines.dag import PipelineError, from_dict, load
-from pipelines.lineage import lineage
-from pipelines.orchestrate import run_pipeline
+from pipelines.cli.main import main
+from pipelines.orchestration.dag import PipelineError
+from pipelines.orchestration.lineage import lineage
+from pipelines.orchestration.runner import run_pipeline
+from pipelines.orchestration.stage_kinds import load_pipeline as load
+from pipelines.orchestration.stage_kinds import pipeline_from_dict as from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_TRAIN = {"loop.steps": 4, "loop.log_every": 2, "loop.checkpoint_every": 2, "loop.sample_every": 0,
@@ -133,7 +135,7 @@ def test_yaml_file_and_python_recipe_define_the_same_pipeline(tmp_path, monkeypa
     data = _pipeline(tmp_path)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
     (tmp_path / "recipe.py").write_text(
-        "from pipelines.dag import ref\n\n"
+        "from pipelines.orchestration.dag import ref\n\n"
         f"def tiny():\n    data = {data!r}\n"
         "    data['stages']['train']['config']['dataset'] = ref('prep', 'dataset')\n"
         "    return data\n")

@@ -20,8 +20,8 @@ from data_prep import CaptionOptions, PrepConfig, SourceOptions, format_summary,
 from data_prep.kinds import prep_dataset
 from data_prep.sources import RawSample, list_images
 from data_prep.validate import QuarantineEntry, ValidImage, validate
-from pipelines.cli import main
-from pipelines.translate_cmd import read_image
+from pipelines.cli.main import main
+from pipelines.inference.translate import read_image
 
 RNG = np.random.default_rng(15)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import services
-from pipelines.config import DEFAULT_HOME
+from pipelines.ops import services
+from pipelines.spec.defaults import DEFAULT_HOME
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,10 +25,10 @@ from data_prep import PrepConfig, SourceOptions, integrity, iter_samples, prep_i
 from data_prep.batches import dataset_batches
 from data_prep.integrity import ShardIntegrityError, unverified_reads_for_benchmark
 from data_prep.reader import ReadStats
-from pipelines.bench_data import read_rates
-from pipelines.cli import main
-from pipelines.evaluator import ensure_evaluator
-from pipelines.ray_train import _data_error
+from pipelines.cli.main import main
+from pipelines.evaluation.evaluator import ensure_evaluator
+from pipelines.ops.bench_data import read_rates
+from pipelines.training.ray_train import integrity_error_of
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST = "shards/train-000000.tar"  # read first when shuffle=False
@@ -205,7 +205,8 @@ def test_the_error_crosses_ray_intact(store: Path) -> None:
     error = pickle.loads(pickle.dumps(_read_until_refused(store)[0]))
     assert isinstance(error, ShardIntegrityError) and error.found == "no such object in the store"
     failed = WorkerGroupError("rank 1 failed", {0: RuntimeError("collective aborted"), 1: error})
-    assert _data_error(failed) is error and _data_error(WorkerGroupError("x", {0: RuntimeError("y")})) is None
+    assert integrity_error_of(failed) is error
+    assert integrity_error_of(WorkerGroupError("x", {0: RuntimeError("y")})) is None
 
 
 def _env() -> dict[str, str]:

@@ -25,11 +25,10 @@ import torch
 from conftest import MlflowServer
 
 from gan_models import FAMILIES, get_family
-from pipelines.checkpoint import load_state, save_state, training_state
-from pipelines.config import TrainSpec
-from pipelines.recipes import get_recipe
-from pipelines.sweep import SweepConfig, TrialRecord, best_record, check_settings, plot_params, trials_csv, with_cadence
-from pipelines.sweep_space import (
+from pipelines.engine.checkpoint import load_state, save_state, training_state
+from pipelines.spec.config import TrainSpec
+from pipelines.spec.recipes import get_recipe
+from pipelines.spec.sweep_space import (
     SPACES,
     apply_params,
     count_trials,
@@ -39,7 +38,16 @@ from pipelines.sweep_space import (
     tune_param_space,
     validate_space,
 )
-from pipelines.sweep_trial import _adopt_config
+from pipelines.training.sweep import (
+    SweepConfig,
+    TrialRecord,
+    best_record,
+    check_settings,
+    plot_params,
+    trials_csv,
+    with_cadence,
+)
+from pipelines.training.sweep_trial import adopt_config
 
 TINY = ["model.ngf=8", "model.ndf=8", "model.nz=16", "data.batch_size=16"]
 
@@ -153,11 +161,11 @@ def test_pbt_exploit_continues_under_the_new_learning_rate(tmp_path):
     opts = family.build_optimizers(spec.model, nets)
     save_state(tmp_path, training_state(spec=spec.to_dict(), step=40, nets=nets, opts=opts, ema=None))
     perturbed = apply_params(spec, {"model.lr_g": 1e-3}, load_space("default", "dcgan")[:1])
-    adopted = load_state(_adopt_config(tmp_path, perturbed, family, tmp_path / "adopted"))
+    adopted = load_state(adopt_config(tmp_path, perturbed, family, tmp_path / "adopted"))
     assert adopted["opts"]["G"]["param_groups"][0]["lr"] == 1e-3
     assert adopted["opts"]["D"]["param_groups"][0]["lr"] == 2e-4 and adopted["step"] == 40
     torch.testing.assert_close(adopted["nets"]["G"], nets["G"].state_dict())
-    assert _adopt_config(tmp_path, spec, family, tmp_path / "same") == tmp_path  # same config: untouched
+    assert adopt_config(tmp_path, spec, family, tmp_path / "same") == tmp_path  # same config: untouched
 
 
 def test_csv_plot_and_best_skip_diverged_trials(tmp_path):
@@ -181,7 +189,7 @@ def test_csv_plot_and_best_skip_diverged_trials(tmp_path):
 def _digits_with_evaluator(store: str) -> str:
     """digits prepared once, with a quickly trained evaluator cached beside it (the sweeps reuse the cache)."""
     from data_prep.prep import PrepConfig, prep_images
-    from pipelines.evaluator import ensure_evaluator
+    from pipelines.evaluation.evaluator import ensure_evaluator
 
     result = prep_images(PrepConfig(source="digits", store=store, shard_size=400), progress=False)
     ensure_evaluator(store_url=store, dataset_url=result.dataset_url, manifest=result.manifest, epochs=1)

@@ -1,0 +1,18 @@
+"""Defaults that several layers and the command line's help read: one definition each, no imports."""
+
+from __future__ import annotations
+
+DEFAULT_HOME = ".ganpipe"  # local state: store, MLflow database, services, caches
+DEFAULT_STORE = f"{DEFAULT_HOME}/store"  # datasets, checkpoints and caches when no --store is given
+DEFAULT_EXPERIMENT = "ganpipe-pipelines"  # MLflow experiment of `ganpipe run` pipeline runs
+
+DEFAULT_EVAL_N = 10_000  # generated samples of `ganpipe eval`
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # the KID paper's 100 subsets of 1,000
+TRANSLATE_BATCH = 64  # images per forward pass of `ganpipe translate`
+
+DEMO_FAMILIES = ("dcgan", "pix2pix", "cyclegan", "stargan", "text2img")  # each has a `ganpipe demo --family`
+
+# Non-secret settings a job or a training worker on a cluster needs from the submitting shell: where the store,
+# the tracking server and the bucket's region are. Credentials never travel this way (see ops.jobs).
+FORWARDED_ENV = ("GANPIPE_S3_ENDPOINT", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
+                 "AWS_DEFAULT_REGION", "AWS_REGION")

@@ -1,0 +1,194 @@
+"""What every training rank runs, with or without Ray: build, restore, stream its shards, `fit`, report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from data_prep.batches import dataset_batches
+from data_prep.manifest import Manifest
+from data_prep.reader import read_manifest
+from gan_models import get_family
+from pipelines.engine.checkpoint import load_state, restore, restore_rng, training_state
+from pipelines.engine.loop import GeneratorEMA, Report, fit, sample_grid
+from pipelines.engine.precision import autocast_dtype, to_channels_last, wants_channels_last
+from pipelines.evaluation.kinds import Evaluators, kind_metrics_fn
+from pipelines.spec.config import TrainSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """The resolved inputs of one training run; crosses the process boundary as a plain dict."""
+
+    spec: TrainSpec
+    dataset_url: str
+    run_id: str = ""  # MLflow run that rank 0 logs into ("" disables tracking)
+    tracking_uri: str = ""
+    evaluator_url: str = ""  # store URL of the offline evaluator's weights ("" disables eval/*)
+    s3_endpoint: str | None = None
+    # Image-to-image families: domain -> URL of that domain's offline classifier (evaluation.i2i); the task metrics
+    # (L1/PSNR/SSIM, cycle L1) need none, class preservation and per-domain Fréchet distance do.
+    task_evaluators: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "spec": self.spec.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        return cls(**{**d, "spec": TrainSpec.from_dict(d["spec"])})
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    # Different ranks must draw different latents, or data parallelism just repeats one sample.
+    torch.manual_seed(seed * 1_000_003 + rank)
+
+
+def _fixed_batch(job: Job, manifest: Any, *, n: int) -> dict[str, torch.Tensor]:
+    """The first n held-out samples (train samples when nothing is held out), in manifest order."""
+    split = "test" if _split_count(manifest, "test") > 0 else "train"
+    stream = dataset_batches(job.dataset_url, split=split, batch_size=n, shuffle_buffer=0, repeat=False,
+                             drop_last=False, seed=job.spec.loop.seed, s3_endpoint=job.s3_endpoint)
+    return next(iter(stream))
+
+
+def _split_count(manifest: Any, split: str) -> int:
+    """Samples in `split`; for unpaired data the larger domain's (its manifest counts add both domains)."""
+    domains = manifest.extra.get("domains")
+    if domains:
+        return max(d["counts"].get(split, 0) for d in domains.values())
+    return manifest.counts.get(split, 0)
+
+
+def steps_per_epoch_of(manifest: Any, *, batch_size: int, world_size: int) -> int:
+    """Steps in one pass over the training split (the larger domain for unpaired data), as the official
+    pix2pix/CycleGAN loaders count an epoch; at least 1."""
+    return max(1, _split_count(manifest, "train") // (batch_size * world_size))
+
+
+def _figure_fn(
+    family: Any, model_cfg: Any, sample_batch: dict[str, torch.Tensor] | None, *, seed: int, device: torch.device
+) -> Callable[[nn.Module], torch.Tensor]:
+    """G -> the sample grid rank 0 logs, always from the same inputs so grids compare across steps.
+
+    `sample_batch` is the conditioning (None for unconditional families)."""
+    if family.sample_grid is not None:
+        return lambda generator: family.sample_grid(
+            generator, sample_batch, model_cfg, generator=torch.Generator(device).manual_seed(seed)
+        )
+    g = torch.Generator().manual_seed(seed)
+    inputs = tuple(x.to(device) for x in family.generator_inputs(model_cfg, sample_batch, 64, generator=g))
+    return lambda generator: sample_grid(generator, inputs)
+
+
+def evaluation_fn(
+    job: Job, *, manifest: Manifest, device: torch.device
+) -> Callable[[nn.Module], dict[str, float]] | None:
+    """G -> eval/* for the job's dataset kind, or None where there is nothing to evaluate with: the offline
+    evaluator's image metrics (images), the conditional families' task metrics (attributes, captioned:
+    pipelines.evaluation.conditional), translation metrics against held-out pairs/domains (paired, unpaired)."""
+    spec = job.spec
+    evaluators = Evaluators(evaluator_url=job.evaluator_url, task_evaluators=dict(job.task_evaluators))
+    return kind_metrics_fn(manifest.kind, family=get_family(spec.family), model_cfg=spec.model,
+                           dataset_url=job.dataset_url, manifest=manifest, evaluators=evaluators, device=device,
+                           seed=spec.loop.seed, s3_endpoint=job.s3_endpoint)
+
+
+def run_rank(
+    job: Job,
+    *,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m,
+    resume_dir: Path | None = None,
+    report: Callable[[Report], Any],
+) -> int:
+    """Train this rank to the end; returns the last step. `resume_dir` holds the checkpoint to continue from."""
+    spec = job.spec
+    family = get_family(spec.family)
+    if spec.loop.threads:
+        torch.set_num_threads(spec.loop.threads)
+    seed_everything(spec.loop.seed, 0)  # identical initial weights on every rank
+    nets = family.build(spec.model)
+    amp_dtype = autocast_dtype(spec.loop.precision, device)
+    for net in nets.values():
+        net.to(device)
+        if wants_channels_last(device, amp_dtype):
+            to_channels_last(net)
+    ema = None
+    if spec.loop.ema_decay > 0:
+        ema = GeneratorEMA.of(nets[family.generator], decay=spec.loop.ema_decay, start=spec.loop.ema_start)
+    opts = family.build_optimizers(spec.model, nets)
+    # Image pools and LR schedulers; each rank's pool draws from its own seed, as each GPU's would.
+    extra = family.extra_state(spec.model, opts, seed=spec.loop.seed + rank) if family.extra_state else None
+    start_step = 0
+    if resume_dir is not None:
+        start_step = restore(load_state(resume_dir), nets=nets, opts=opts, ema=ema, extra=extra)
+        if rank == 0:
+            print(f"[ganpipe] resuming {spec.run_name} from step {start_step}", flush=True)
+    # Optimizer state was created on the parameters before wrapping; DDP keeps the same parameter objects.
+    nets = {name: prepare_model(net) for name, net in nets.items()}
+    if not (resume_dir is not None and restore_rng(resume_dir, rank)):
+        seed_everything(spec.loop.seed + start_step, rank)
+
+    manifest = read_manifest(job.dataset_url, s3_endpoint=job.s3_endpoint)
+    batches = dataset_batches(
+        job.dataset_url,
+        split="train",
+        batch_size=spec.data.batch_size,
+        rank=rank,
+        world_size=world_size,
+        seed=spec.loop.seed + start_step,
+        shuffle_buffer=spec.data.shuffle_buffer,
+        s3_endpoint=job.s3_endpoint,
+    )
+    # What conditions G in figures and the EMA's BN calibration: fixed, so grids compare across steps and runs.
+    sample_batch = None if family.sample_latent is not None and manifest.kind == "images" else (
+        {k: v.to(device) for k, v in _fixed_batch(job, manifest, n=64).items()}
+    )
+    is_rank0 = rank == 0
+    # i2i metrics read the held-out set on each call: only when the loop asks for them (eval_every).
+    wants_eval = spec.loop.eval_every or manifest.kind not in ("paired", "unpaired")
+    evaluate = evaluation_fn(job, manifest=manifest, device=device) if is_rank0 and wants_eval else None
+    figure = None
+    if is_rank0:
+        figure = _figure_fn(family, spec.model, sample_batch, seed=spec.loop.seed, device=device)
+    calibration_inputs = None
+    if sample_batch is not None:
+        calibration_inputs = family.generator_inputs(spec.model, sample_batch, len(next(iter(sample_batch.values()))),
+                                                     generator=torch.Generator().manual_seed(spec.loop.seed))
+
+    def make_checkpoint(step: int) -> dict[str, Any]:
+        # Only rank 0 holds the state (all ranks' weights are equal under DDP); the others' empty dict
+        # still marks the step, so each saves its own RNG beside it.
+        if not is_rank0:
+            return {}
+        return training_state(spec=spec.to_dict(), step=step, nets=nets, opts=opts, ema=ema, extra=extra)
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return fit(
+        family=family,
+        model_cfg=spec.model,
+        nets=nets,
+        opts=opts,
+        batches=batches,
+        loop=spec.loop,
+        report=report,
+        make_checkpoint=make_checkpoint,
+        ema=ema,
+        evaluate=evaluate,
+        figure=figure,
+        calibration_inputs=calibration_inputs,
+        extra=extra,
+        steps_per_epoch=steps_per_epoch_of(manifest, batch_size=spec.data.batch_size, world_size=world_size),
+        start_step=start_step,
+        world_size=world_size,
+        device=device,
+        amp_dtype=amp_dtype,
+    )
