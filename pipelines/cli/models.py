@@ -23,7 +23,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-
     from pipelines.evaluation.evaluate import evaluate_model
 
     with missing_is_user_error():
@@ -41,7 +40,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-
     from pipelines.inference.translate import translate_files
 
     with missing_is_user_error():

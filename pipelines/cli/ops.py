@@ -76,7 +76,7 @@ def cmd_services(args: argparse.Namespace) -> int:
         return 0
     if args.action == "up":
         rows = services.up(home, s3_port=args.s3_port, mlflow_port=args.mlflow_port, bucket=args.bucket,
-                  timeout_s=args.timeout)
+                           timeout_s=args.timeout)
     else:
         rows = services.status(home)
     print(format_status(rows))
