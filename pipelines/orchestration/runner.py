@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from pipelines.orchestration.dag import Pipeline, PipelineError, Resources, Stage, substitute
 from pipelines.orchestration.progress import Progress
-from pipelines.orchestration.stage_kinds import KINDS, StageContext, resolve_call, sweep_available
+from pipelines.orchestration.stage_kinds import KINDS, StageContext, resolve_call
 from pipelines.spec.provenance import code_version
 
 CACHE_KEY_TAG = "ganpipe.cache_key"
@@ -374,9 +374,7 @@ def _plan(pipe: Pipeline, selected: list[str], forced: set[str], *, tracker: Tra
     for name in selected:
         stage = pipe.stages[name]
         waits = [n for n in stage.needs if n not in outputs]
-        if stage.kind == "sweep" and not sweep_available():
-            plan = "would fail: sweep stages are not available in this version"
-        elif waits:
+        if waits:
             plan = f"run (after {', '.join(waits)})"
         else:
             try:

@@ -44,10 +44,6 @@ class StageContext:
     stage_run_id: str = ""
 
 
-class StageNotAvailable(RuntimeError):
-    """The stage kind needs a part of ganpipe this version does not have."""
-
-
 @dataclass(frozen=True)
 class StageKind:
     name: str
@@ -273,41 +269,15 @@ def _check_space(stage: Stage) -> None:
         raise PipelineError(f"stage {stage.name!r}: config.mode must be min or max")
 
 
-def sweep_adapter(*, spec: Any, space: dict[str, Any], trials: int, metric: str, mode: str, run_name: str,
-                  tracking_uri: str) -> dict[str, Any]:
-    """The single seam between pipelines and `ganpipe sweep` (pipelines/training/sweep.py).
-
-    Contract: `pipelines.training.sweep.pipeline_sweep(spec=TrainSpec, space={section.key: [values] | {low, high, log}},
-    trials=int, metric=str, mode="min"|"max", run_name=str, tracking_uri=str)` runs the sweep (a parent MLflow
-    run with one child per trial) and returns {"best": {section.key: value}, "run_id": sweep parent run id,
-    "best_run_id": best trial's run id, "model": models:/NAME/VERSION of the registered best trial or ""}.
-    """
-    try:
-        from pipelines.training import sweep  # type: ignore[attr-defined]
-    except ImportError:
-        sweep = None
-    run = getattr(sweep, "pipeline_sweep", None)
-    if run is None:
-        raise StageNotAvailable("sweep stages are not available in this version of ganpipe: they run `ganpipe "
-                                "sweep` (pipelines/training/sweep.py with pipeline_sweep), which it does not have yet")
-    return run(spec=spec, space=space, trials=trials, metric=metric, mode=mode, run_name=run_name,
-               tracking_uri=tracking_uri)
-
-
-def sweep_available() -> bool:
-    try:
-        from pipelines.training import sweep  # type: ignore[attr-defined]
-    except ImportError:
-        return False
-    return hasattr(sweep, "pipeline_sweep")
-
-
 def _run_sweep(call: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """`ganpipe sweep`'s work (pipelines/training/sweep.py `pipeline_sweep`): a parent MLflow run with one child
+    per trial; outputs the best overrides, the parent and best runs, and the registered best model."""
+    from pipelines.training.sweep import pipeline_sweep
 
     spec = train_spec({**call["args"], "run_name": ctx.run_name})
     sw = call["sweep"]
-    out = sweep_adapter(spec=spec, space=sw["space"], trials=int(sw["trials"]), metric=sw["metric"],
-                        mode=sw["mode"], run_name=ctx.run_name, tracking_uri=ctx.tracking_uri)
+    out = pipeline_sweep(spec=spec, space=sw["space"], trials=int(sw["trials"]), metric=sw["metric"],
+                         mode=sw["mode"], run_name=ctx.run_name, tracking_uri=ctx.tracking_uri)
     return {"best": dict(out["best"]), "run_id": out["run_id"], "best_run_id": out.get("best_run_id", ""),
             "model": out.get("model", "")}
 

@@ -436,7 +436,7 @@ def _best_state(result: Any, load_state: Callable[[Path], dict[str, Any]]) -> di
 
 def pipeline_sweep(*, spec: TrainSpec, space: dict[str, Any], trials: int, metric: str, mode: str, run_name: str,
                    tracking_uri: str) -> dict[str, Any]:
-    """A pipeline's `sweep` stage (pipelines/stage_kinds.sweep_adapter): the same sweep as `ganpipe sweep`.
+    """A pipeline's `sweep` stage (orchestration/stage_kinds.py `_run_sweep`): the same sweep as `ganpipe sweep`.
 
     `space` maps config keys to a list of values (a grid: every value is one trial, `trials` is ignored), to
     {low, high, log} (a range drawn `trials` times), or to this module's documented {KIND: VALUES} entries; an
