@@ -37,6 +37,7 @@ from data_prep.manifest import (
     quarantine_bytes,
     read_quarantine,
 )
+from data_prep.members import kind_fields
 from data_prep.options import AttributeOptions, CaptionOptions, PairedOptions, SourceOptions
 from data_prep.shards import LAYOUT_SPLITS, holdout_count, split_entries
 from data_prep.sources import Source, SourceError, get_source, limited
@@ -46,8 +47,9 @@ from data_prep.transforms import IMAGE_FORMATS, TransformConfig
 from data_prep.validate import MODE_CONVERTED, QuarantineEntry
 
 # Bump when the same config would now produce different bytes (2: one shard per chunk; 3: EXIF orientation
-# applied, odd-width A|B images quarantined, CycleGAN domain folders unlabelled with sub-folders taken).
-PREP_FORMAT = 3
+# applied, odd-width A|B images quarantined, CycleGAN domain folders unlabelled with sub-folders taken; 4: the
+# WebDataset member names of members.py, `png` instead of `image.png`).
+PREP_FORMAT = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -328,6 +330,9 @@ def write_dataset(
         quarantine=dict(sorted(Counter(q.reason for q in quarantined).items())),
         notes=dict(sorted(notes.items())),
         extra=extra,
+        fields=kind_fields(kind, extension=IMAGE_FORMATS[prep.get("image_format", "png")], channels=channels,
+                           labelled=any(c is not None for c in class_names),
+                           mask=bool(extra.get("pairs", {}).get("mask"))),  # fmt: skip
     )
     dataset.put_bytes(INDEX, index_bytes([row for part in written.values() for row in part.rows]))
     dataset.put_bytes(QUARANTINE, quarantine_bytes(quarantined))
