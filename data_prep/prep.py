@@ -40,7 +40,8 @@ from data_prep.manifest import (
 from data_prep.members import kind_fields
 from data_prep.options import AttributeOptions, CaptionOptions, PairedOptions, SourceOptions
 from data_prep.shards import LAYOUT_SPLITS, holdout_count, split_entries
-from data_prep.sources import Source, SourceError, get_source, limited
+from data_prep.sources import Source, SourceError, limited
+from data_prep.sources_wds import open_images_source
 from data_prep.stages import Chunk, Progress, find_duplicates, in_domain, plan_chunks, plan_digest, run_chunks
 from data_prep.storage import Store, open_store
 from data_prep.transforms import IMAGE_FORMATS, TransformConfig
@@ -140,7 +141,8 @@ def prep_identity(cfg: PrepConfig, *, spec: str, channels: int, margin: float,
 
 def prep_images(cfg: PrepConfig, *, progress: bool = True) -> PrepResult:
     """Prepare an `images` dataset (docs/ARCHITECTURE.md, data contracts) from `cfg.source` into `cfg.store`."""
-    source = limited(get_source(cfg.source, crops=cfg.inputs.crops, seed=cfg.seed), cfg.inputs.limit)
+    source = limited(open_images_source(cfg.source, inputs=cfg.inputs, seed=cfg.seed, s3_endpoint=cfg.s3_endpoint),
+                     cfg.inputs.limit)  # fmt: skip
     channels = cfg.channels or source.default_channels
     transform = TransformConfig(
         image_size=cfg.image_size, channels=channels, image_format=cfg.image_format, margin=source.margin

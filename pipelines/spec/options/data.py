@@ -86,6 +86,14 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--caption-column", help="Parquet: caption column (default: caption, text, txt...)")
     g.add_argument("--crops", type=positive_int, default=256,
                    help="skimage-photos: number of seeded crops (default 256)")
+    g = p.add_argument_group("WebDataset shards as the source (a .tar path, brace pattern or s3://...tar)")
+    g.add_argument("--image-field", metavar="EXT",
+                   help="the image member of each sample (default: the first of jpg, jpeg, png, webp it has)")
+    g.add_argument("--label-field", metavar="EXT",
+                   help="an ASCII integer label member (default: cls when the shards have it; none: unlabelled)")
+    g.add_argument("--caption-field", metavar="EXT",
+                   help="--format captioned: a text member, one caption per line, or a JSON member (a string, a "
+                        "list, or {\"caption\": ...}) (default: txt)")
     g = p.add_argument_group("--format paired")
     g.add_argument("--derive", choices=DERIVATIONS,
                    help="make (input, target) pairs from single photos: edges (Canny edges -> photo), colorize "
