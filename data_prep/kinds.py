@@ -1,15 +1,16 @@
 """`prep_dataset`: pick the source(s), encoder and manifest extras of a PrepConfig's kind, then write_dataset.
 
 How a source spec is read per kind (the `ganpipe prep --help` text says the same to users):
-  images      mnist5k | digits | skimage-photos | a folder (class sub-folders become labels)
+  images      mnist5k | digits | skimage-photos | a folder (class sub-folders become labels) | WebDataset shards
+              (a .tar path, brace pattern or s3://...tar; sources_wds.py)
   paired      a folder with train/ val/ test/ of A|B images (aligned) or with A/ and B/ paired by name;
-              with --derive: any images source (folder, skimage-photos, mnist5k, digits)
+              with --derive: any images source (folder, skimage-photos, mnist5k, digits, WebDataset shards)
   unpaired    a folder with trainA/ trainB/ [testA/ testB/] (each folder's images at any depth, unlabelled), or
               two sources (source and source_b)
   attributes  mnist5k (coloured digits) | CelebA's list_attr_celeba.txt (or its folder) | a .csv/.tsv/
               .parquet attribute table | a folder of exclusive class folders (RaFD)
   captioned   mnist5k (templated captions) | a folder with images/ + text/ (CUB, Oxford-102) | a COCO
-              captions .json | a .parquet with image and caption columns
+              captions .json | a .parquet with image and caption columns | WebDataset shards (image + caption)
 """
 
 from __future__ import annotations
