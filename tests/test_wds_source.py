@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 import tarfile
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from PIL import Image
 from data_prep import PrepConfig, SourceOptions, open_store, prep_dataset
 from data_prep.batches import dataset_batches, load_split_arrays
 from data_prep.reader import load_split, read_manifest
+from data_prep.sources import BadSample
+from data_prep.sources_wds import WebDatasetSource
 from gan_models import dcgan, get_family
 from pipelines.cli.main import main
 from pipelines.engine.loop import fit
@@ -123,6 +126,10 @@ def test_prep_from_s3_shards(s3_server, bucket_url: str, tmp_path: Path) -> None
     assert read_manifest(result.dataset_url).digest == result.manifest.digest
     assert next(dataset_batches(result.dataset_url, batch_size=4))["image"].shape == (4, 3, 8, 8)
     assert prep_dataset(cfg, progress=False).reused  # the s3:// shards fingerprint by content
+    source = WebDatasetSource(cfg.source, s3_endpoint=s3_server.endpoint)
+    entry = source.entries()[0]
+    copy = pickle.loads(pickle.dumps(source))  # as a Ray prep task gets it: it copies the shard itself
+    assert copy.read(entry).data == source.read(entry).data and copy._spool != source._spool
     missing = PrepConfig(source=f"{bucket_url}/in/shards-{{000000..000003}}.tar", store=str(tmp_path / "s"))
     with pytest.raises(Exception, match=r"shards-000002.tar and 1 more of 4 does not exist"):
         prep_dataset(missing, progress=False)
@@ -197,3 +204,19 @@ def test_old_layout_dataset_reads_and_trains(tmp_path: Path) -> None:
                loop=LoopConfig(steps=3, log_every=1, checkpoint_every=3, sample_every=0), report=lambda _: None,
                make_checkpoint=lambda step: {"step": step})  # fmt: skip
     assert last == 3
+
+
+def test_json_captions_and_damaged_shards(tmp_path: Path) -> None:
+    captions = [b'"one caption"', b'["first", "second"]', b'{"caption": "laion style", "url": "x"}', b'{"n": 3}', b"{"]
+    samples = [{"__key__": f"j{i}".encode(), "jpg": _jpg(), "json": text} for i, text in enumerate(captions)]
+    _tar(tmp_path / "j-0.tar", samples)
+    (tmp_path / "j-1.tar").write_bytes(b"this is no tar at all" * 40)
+    source = WebDatasetSource(str(tmp_path / "j-{0..1}.tar"), inputs=SourceOptions(caption_field="json"),
+                              captions=True)  # fmt: skip
+    entries = source.entries()
+    assert [e.key for e in entries] == ["j0", "j1", "j2", "j3", "j4", "bad_shard"]
+    assert [source.read(e).captions for e in entries[:3]] == [("one caption",), ("first", "second"), ("laion style",)]
+    for entry in entries[3:]:
+        with pytest.raises(BadSample) as bad:
+            source.read(entry)
+        assert bad.value.reason == ("bad_shard" if entry.key == "bad_shard" else "bad_caption")
