@@ -111,6 +111,9 @@ def test_cli_field_options_and_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main([*base, spec, "--max-bad-frac", "0.3", "--name", "mine"]) == 0  # auto fields: jpg, cls
     out = capsys.readouterr().out
     assert "dataset mine v1 (images, 8x8x3) written" in out and "2 WebDataset shard(s), 12 samples" in out
+    assert main(["datasets", "show", "mine", "--store", store, "--out", str(tmp_path / "grid.png")]) == 0
+    out = capsys.readouterr().out
+    assert "member KEY.png: image: image/png" in out and "member KEY.cls: int label" in out
 
 
 @pytest.mark.integration
