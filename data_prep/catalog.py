@@ -218,4 +218,5 @@ def describe(manifest: Manifest, dataset_url: str) -> list[str]:
         lines.append(f"text encoder: {enc['name']} (dim {enc['dim']})")
     if "pairs" in m.extra:
         lines.append(f"pairs: {m.extra['pairs']}")
+    lines += [f"member KEY.{name}: {what}" for name, what in sorted(m.fields.items())]  # schema 2 (members.py)
     return lines

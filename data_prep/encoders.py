@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from data_prep import derive
+from data_prep.members import image_member
 from data_prep.options import DERIVATIONS
 from data_prep.sources import RawSample
 from data_prep.transforms import TransformConfig, encode_image, fit_image, transform
@@ -26,7 +27,7 @@ from data_prep.validate import QuarantineEntry, ValidImage, validate
 
 @dataclass(frozen=True, kw_only=True)
 class EncodedSample:
-    """files: tar member suffix -> payload, e.g. {"image.png": ..., "cls": b"3"}; sha256 of the main payload;
+    """files: tar member suffix -> payload, e.g. {"png": ..., "cls": b"3"} (members.py); sha256 of the main payload;
     index_extra: kind-specific index.parquet columns."""
 
     key: str
@@ -85,7 +86,7 @@ def _sha256(*payloads: bytes) -> str:
 
 
 def images_encoder(cfg: TransformConfig, *, min_size: int = 8, max_aspect: float | None = None) -> SampleEncoder:
-    """The `images` kind: `image.{png|jpg}` plus `cls` (ascii int) when labelled."""
+    """The `images` kind: `png` (or `jpg`) plus `cls` (ascii int) when labelled."""
 
     def encode(raw: RawSample) -> EncodedSample | QuarantineEntry:
         valid = validate(raw, channels=cfg.channels, min_size=min_size, max_aspect=max_aspect)
@@ -96,7 +97,7 @@ def images_encoder(cfg: TransformConfig, *, min_size: int = 8, max_aspect: float
         except Exception as exn:  # one odd image must not stop the run
             detail = f"transform failed: {type(exn).__name__}: {exn}"
             return QuarantineEntry(key=raw.key, origin=raw.origin, reason="unreadable", detail=detail)
-        files = {f"image.{cfg.extension}": payload}
+        files = {image_member(cfg.extension): payload}
         if raw.label is not None:
             files["cls"] = str(int(raw.label)).encode("ascii")
         digest = hashlib.sha256(payload).hexdigest()
@@ -172,7 +173,7 @@ def paired_encoder(
         if direction == "BtoA":
             a, b = b, a
         payload_a, payload_b = _encode(a, cfg), _encode(b, cfg)
-        files = {f"a.{cfg.extension}": payload_a, f"b.{cfg.extension}": payload_b}
+        files = {image_member(cfg.extension, "a"): payload_a, image_member(cfg.extension, "b"): payload_b}
         if mask is not None:
             files["mask.png"] = encode_image(mask, image_format="png")  # a mask must stay lossless
         return EncodedSample(
@@ -200,7 +201,7 @@ def attributes_encoder(
     cfg: TransformConfig, *, n_attrs: int, crop: int | None = None, min_size: int = 8,
     max_aspect: float | None = None,
 ) -> SampleEncoder:
-    """The `attributes` kind: `image.{ext}`, `attrs.json` (0/1 list over the manifest's attribute names),
+    """The `attributes` kind: `png` (or `jpg`), `attrs.json` (0/1 list over the manifest's attribute names),
     `cls` when labelled; `crop` cuts a centred square before fitting."""
 
     def encode(raw: RawSample) -> EncodedSample | QuarantineEntry:
@@ -213,7 +214,7 @@ def attributes_encoder(
         pixels = center_crop(valid.pixels, crop) if crop else valid.pixels
         payload = _encode(_fitted(pixels, cfg), cfg)
         attrs_json = json.dumps([int(v) for v in attrs]).encode()
-        files = {f"image.{cfg.extension}": payload, "attrs.json": attrs_json}
+        files = {image_member(cfg.extension): payload, "attrs.json": attrs_json}
         return EncodedSample(
             key=raw.key,
             origin=raw.origin,
@@ -228,7 +229,7 @@ def attributes_encoder(
 
 
 class CaptionedEncoder:
-    """The `captioned` kind: `image.{ext}`, `captions.json` (list of str), `emb.npy` (float16, one row per
+    """The `captioned` kind: `png` (or `jpg`), `captions.json` (list of str), `emb.npy` (float16, one row per
     caption), `cls` when labelled. Captions of `batch_size` samples are embedded in one encoder call."""
 
     def __init__(
@@ -264,7 +265,7 @@ class CaptionedEncoder:
             captions_json = json.dumps(captions, ensure_ascii=False).encode("utf-8")
             buffer = io.BytesIO()
             np.save(buffer, emb, allow_pickle=False)
-            files = {f"image.{self.cfg.extension}": payload, "captions.json": captions_json,
+            files = {image_member(self.cfg.extension): payload, "captions.json": captions_json,
                      "emb.npy": buffer.getvalue()}  # fmt: skip
             results[i] = EncodedSample(
                 key=raw.key,

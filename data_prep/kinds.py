@@ -1,15 +1,16 @@
 """`prep_dataset`: pick the source(s), encoder and manifest extras of a PrepConfig's kind, then write_dataset.
 
 How a source spec is read per kind (the `ganpipe prep --help` text says the same to users):
-  images      mnist5k | digits | skimage-photos | a folder (class sub-folders become labels)
+  images      mnist5k | digits | skimage-photos | a folder (class sub-folders become labels) | WebDataset shards
+              (a .tar path, brace pattern or s3://...tar; sources_wds.py)
   paired      a folder with train/ val/ test/ of A|B images (aligned) or with A/ and B/ paired by name;
-              with --derive: any images source (folder, skimage-photos, mnist5k, digits)
+              with --derive: any images source (folder, skimage-photos, mnist5k, digits, WebDataset shards)
   unpaired    a folder with trainA/ trainB/ [testA/ testB/] (each folder's images at any depth, unlabelled), or
               two sources (source and source_b)
   attributes  mnist5k (coloured digits) | CelebA's list_attr_celeba.txt (or its folder) | a .csv/.tsv/
               .parquet attribute table | a folder of exclusive class folders (RaFD)
   captioned   mnist5k (templated captions) | a folder with images/ + text/ (CUB, Oxford-102) | a COCO
-              captions .json | a .parquet with image and caption columns
+              captions .json | a .parquet with image and caption columns | WebDataset shards (image + caption)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from data_prep.encoders import CaptionedEncoder, Encoder, attributes_encoder, images_encoder, paired_encoder
 from data_prep.prep import PrepConfig, PrepResult, prep_identity, prep_images, run_options, write_dataset
-from data_prep.sources import BUILTINS, Source, SourceError, get_source, limited
+from data_prep.sources import BUILTINS, Source, SourceError, limited
 from data_prep.sources_attrs import (
     CELEBA_ATTRS,
     CELEBA_CROP,
@@ -36,6 +37,7 @@ from data_prep.sources_captions import (
     TextFolderSource,
 )
 from data_prep.sources_paired import ABFolderSource, aligned_source, domain_sources, is_ab_layout, is_aligned_layout
+from data_prep.sources_wds import WebDatasetSource, check_field_options, is_webdataset_spec, open_images_source
 from data_prep.storage import open_store
 from data_prep.text_encoders import load_text_encoder
 from data_prep.transforms import TransformConfig
@@ -81,7 +83,8 @@ def _write(cfg: PrepConfig, *, progress: bool, name: str, channels: int, prep: d
 def _paired(cfg: PrepConfig, *, progress: bool) -> PrepResult:
     opts = cfg.paired
     if opts.derive:
-        source: Source = limited(get_source(cfg.source, crops=cfg.inputs.crops, seed=cfg.seed), cfg.inputs.limit)
+        found = open_images_source(cfg.source, inputs=cfg.inputs, seed=cfg.seed, s3_endpoint=cfg.s3_endpoint)
+        source: Source = limited(found, cfg.inputs.limit)
         mode, name = opts.derive, f"{source.name}-{opts.derive}"
     elif cfg.source in BUILTINS:
         raise SourceError(f"built-in {cfg.source} has no pairs: {DERIVE_HINT}")
@@ -183,6 +186,9 @@ def caption_source(cfg: PrepConfig) -> Source:
 
 
 def _caption_source(cfg: PrepConfig) -> Source:
+    check_field_options(cfg.source, inputs=cfg.inputs, captions=True)
+    if is_webdataset_spec(cfg.source):
+        return WebDatasetSource(cfg.source, inputs=cfg.inputs, captions=True, s3_endpoint=cfg.s3_endpoint)
     if cfg.source == "mnist5k":
         return Mnist5kCaptionsSource(seed=cfg.seed, count=cfg.captioned.captions_per_image)
     if cfg.source in BUILTINS:
@@ -215,6 +221,11 @@ def _captioned(cfg: PrepConfig, *, progress: bool) -> PrepResult:
 def prep_dataset(cfg: PrepConfig, *, progress: bool = True) -> PrepResult:
     """Prepare a dataset of `cfg.kind` (docs/ARCHITECTURE.md, data contracts) from `cfg.source` into `cfg.store`."""
     builders = {"paired": _paired, "unpaired": _unpaired, "attributes": _attributes, "captioned": _captioned}
+    if cfg.kind in ("unpaired", "attributes") and (is_webdataset_spec(cfg.source) or any(
+        (cfg.inputs.image_field, cfg.inputs.label_field, cfg.inputs.caption_field)
+    )):
+        raise ValueError(f"WebDataset shards and the --*-field options are for --format images, captioned and "
+                         f"paired --derive, not {cfg.kind}")  # fmt: skip
     if cfg.kind == "images":
         return prep_images(cfg, progress=progress)
     return builders[cfg.kind](cfg, progress=progress)

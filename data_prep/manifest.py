@@ -6,6 +6,8 @@ domain_a/shards/{split}-{i:06d}.tar and domain_b/shards/... (docs/ARCHITECTURE.m
 Datasets written before quarantine.parquet have quarantine.json instead; `read_quarantine` reads either.
 While prep runs, `_progress/` holds one record per finished shard (stages.py); it is removed at the end.
 `Manifest.digest` is the sha256 of the canonical JSON, the dataset's identity for lineage and caching.
+Schema versions: 1 named a sample's image member `image.png`; 2 names it `png` (WebDataset's convention,
+members.py) and lists every member in `fields`. Both are read.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pyarrow.parquet as pq
 from data_prep.storage import Store
 from data_prep.validate import QuarantineEntry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: conventional member names (members.py) and `fields`
 MANIFEST = "manifest.json"
 INDEX = "index.parquet"
 QUARANTINE = "quarantine.parquet"
@@ -89,7 +91,8 @@ class ShardInfo:
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
     """What a dataset is (docs/ARCHITECTURE.md, data contracts). `extra` holds kind-specific metadata (attribute names,
-    text-encoder name and dimension) for the kinds that need it."""
+    text-encoder name and dimension) for the kinds that need it; `fields` maps each shard member name of a
+    sample to what it holds and how it decodes (schema 2; empty, and left out of the JSON, in schema 1)."""
 
     name: str
     kind: str
@@ -104,6 +107,7 @@ class Manifest:
     quarantine: dict[str, int] = field(default_factory=dict)
     notes: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +115,8 @@ class Manifest:
         for shard in data["shards"]:  # single-domain manifests keep the original shard fields (and digests)
             if shard["domain"] is None:
                 del shard["domain"]
+        if not data["fields"]:  # a schema 1 manifest keeps its JSON, and so its digest
+            del data["fields"]
         return data
 
     def to_json(self) -> str:
@@ -126,6 +132,9 @@ class Manifest:
         if not isinstance(data, dict):
             raise ManifestError(f"{source}: a manifest is a JSON object, got {type(data).__name__}")
         _check_fields(cls, data, source=source, what="manifest")
+        if data.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise ManifestError(f"{source}: schema version {data['schema_version']} is newer than this ganpipe "
+                                f"reads ({SCHEMA_VERSION}): upgrade ganpipe")
         shards = data["shards"]
         if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
             raise ManifestError(f"{source}: `shards` must be a list of objects")

@@ -6,6 +6,7 @@ option never invalidates a dataset.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DERIVATIONS = ("edges", "colorize", "superres", "inpaint")
@@ -18,7 +19,10 @@ class SourceOptions:
     attribute table's, COCO JSON's or Parquet's file names are relative to (default: that file's folder, or
     img_align_celeba/ beside CelebA's list_attr_celeba.txt); file_column / image_column / caption_column:
     table columns (default: guessed from common names); crops: how many crops `skimage-photos` makes;
-    limit: use at most this many inputs (per domain), evenly spaced through the source, for quick trials."""
+    limit: use at most this many inputs (per domain), evenly spaced through the source, for quick trials.
+    image_field / label_field / caption_field: the members of a WebDataset source's samples to read
+    (sources_wds.py; default: the first of jpg, jpeg, png, webp / `cls` when the shards have it, "none" for no
+    labels / `txt`)."""
 
     source_b: str | None = None
     images: str | None = None
@@ -27,12 +31,19 @@ class SourceOptions:
     caption_column: str | None = None
     crops: int = 256
     limit: int | None = None
+    image_field: str | None = None
+    label_field: str | None = None
+    caption_field: str | None = None
 
     def __post_init__(self) -> None:
         if self.crops < 1:
             raise ValueError(f"crops must be >= 1, got {self.crops}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
+        for option, value in (("image", self.image_field), ("label", self.label_field),
+                              ("caption", self.caption_field)):  # fmt: skip
+            if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", value):
+                raise ValueError(f"--{option}-field must be a member name such as jpg, cls or txt, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,17 +37,20 @@ from data_prep.manifest import (
     quarantine_bytes,
     read_quarantine,
 )
+from data_prep.members import kind_fields
 from data_prep.options import AttributeOptions, CaptionOptions, PairedOptions, SourceOptions
 from data_prep.shards import LAYOUT_SPLITS, holdout_count, split_entries
-from data_prep.sources import Source, SourceError, get_source, limited
+from data_prep.sources import Source, SourceError, limited
+from data_prep.sources_wds import open_images_source
 from data_prep.stages import Chunk, Progress, find_duplicates, in_domain, plan_chunks, plan_digest, run_chunks
 from data_prep.storage import Store, open_store
 from data_prep.transforms import IMAGE_FORMATS, TransformConfig
 from data_prep.validate import MODE_CONVERTED, QuarantineEntry
 
 # Bump when the same config would now produce different bytes (2: one shard per chunk; 3: EXIF orientation
-# applied, odd-width A|B images quarantined, CycleGAN domain folders unlabelled with sub-folders taken).
-PREP_FORMAT = 3
+# applied, odd-width A|B images quarantined, CycleGAN domain folders unlabelled with sub-folders taken; 4: the
+# WebDataset member names of members.py, `png` instead of `image.png`).
+PREP_FORMAT = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +141,8 @@ def prep_identity(cfg: PrepConfig, *, spec: str, channels: int, margin: float,
 
 def prep_images(cfg: PrepConfig, *, progress: bool = True) -> PrepResult:
     """Prepare an `images` dataset (docs/ARCHITECTURE.md, data contracts) from `cfg.source` into `cfg.store`."""
-    source = limited(get_source(cfg.source, crops=cfg.inputs.crops, seed=cfg.seed), cfg.inputs.limit)
+    source = limited(open_images_source(cfg.source, inputs=cfg.inputs, seed=cfg.seed, s3_endpoint=cfg.s3_endpoint),
+                     cfg.inputs.limit)  # fmt: skip
     channels = cfg.channels or source.default_channels
     transform = TransformConfig(
         image_size=cfg.image_size, channels=channels, image_format=cfg.image_format, margin=source.margin
@@ -328,6 +332,9 @@ def write_dataset(
         quarantine=dict(sorted(Counter(q.reason for q in quarantined).items())),
         notes=dict(sorted(notes.items())),
         extra=extra,
+        fields=kind_fields(kind, extension=IMAGE_FORMATS[prep.get("image_format", "png")], channels=channels,
+                           labelled=any(c is not None for c in class_names),
+                           mask=bool(extra.get("pairs", {}).get("mask"))),  # fmt: skip
     )
     dataset.put_bytes(INDEX, index_bytes([row for part in written.values() for row in part.rows]))
     dataset.put_bytes(QUARANTINE, quarantine_bytes(quarantined))

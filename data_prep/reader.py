@@ -33,6 +33,7 @@ from data_prep.integrity import (
     verification_on,
 )
 from data_prep.manifest import MANIFEST, Manifest, ShardInfo
+from data_prep.members import image_names
 from data_prep.storage import Store, StoreError, open_store
 
 _IMAGE_FORMATS = {"png": ["PNG"], "jpg": ["JPEG"], "jpeg": ["JPEG"]}
@@ -250,11 +251,13 @@ def _decode_error(store: Store, manifest: Manifest, sample: dict[str, Any], exn:
     )
 
 
-def image_of(decoded: dict[str, Any], channels: int, stem: str = "image") -> np.ndarray:
-    """The `{stem}.png|jpg` member as uint8 (C, H, W); a missing one names the sample and shard."""
-    image = decoded.get(f"{stem}.png", decoded.get(f"{stem}.jpg"))
+def image_of(decoded: dict[str, Any], channels: int, stem: str | None = None) -> np.ndarray:
+    """The sample's image member as uint8 (C, H, W): `png`/`jpg` (or schema 1's `image.png`) when `stem` is
+    None, else `{stem}.png|jpg` (members.image_names); a missing one names the sample and shard."""
+    names = image_names(stem)
+    image = next((decoded[name] for name in names if name in decoded), None)
     if image is None:
-        raise ValueError(f"sample {decoded['__key__']} in {decoded['__url__']} has no {stem}.png/{stem}.jpg")
+        raise ValueError(f"sample {decoded['__key__']} in {decoded['__url__']} has no {'/'.join(names)} member")
     return _to_chw(image, channels)
 
 

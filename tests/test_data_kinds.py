@@ -476,10 +476,11 @@ def test_attributes_to_s3_and_back(s3_server, bucket_url: str) -> None:
     assert read_manifest(result.dataset_url).digest == result.manifest.digest
     assert len(result.manifest.split_shards("train")) == 2
     members = _tar_members(result.dataset_url, result.manifest.split_shards("test")[0].path)
-    assert sorted({n.split(".", 1)[1] for n in members}) == ["attrs.json", "cls", "image.png"]
+    names = sorted({n.split(".", 1)[1] for n in members})
+    assert names == ["attrs.json", "cls", "png"] == sorted(result.manifest.fields)
     arrays = load_split_arrays(result.dataset_url, split="test")
     for key, image, attrs in zip(arrays["key"], arrays["image"], arrays["attrs"], strict=True):
-        png = Image.open(io.BytesIO(members[f"{key}.image.png"]))
+        png = Image.open(io.BytesIO(members[f"{key}.png"]))
         assert np.array_equal(image, np.asarray(png).transpose(2, 0, 1))
         assert attrs.tolist() == json.loads(members[f"{key}.attrs.json"])
     ranks = [next(dataset_batches(result.dataset_url, batch_size=4, rank=r, world_size=2)) for r in range(2)]

@@ -284,6 +284,8 @@ def test_jpeg_option(tmp_path: Path) -> None:
     assert result.manifest.counts == {"train": 1697, "test": 100} and result.manifest.channels == 3
     store = open_store(result.dataset_url)
     with tarfile.open(fileobj=store.open_read(result.manifest.shards[0].path), mode="r|") as tar:
-        assert tar.next().name.endswith(".cls") and tar.next().name.endswith(".image.jpg")
+        first, second = tar.next().name, tar.next().name
+    assert first.endswith(".cls") and second == first.replace(".cls", ".jpg")  # KEY.cls, KEY.jpg (members.py)
+    assert result.manifest.fields["jpg"].startswith("image: image/jpeg") and "cls" in result.manifest.fields
     images, labels = load_split(result.dataset_url, split="test")
     assert images.shape == (100, 3, 32, 32) and (labels >= 0).all()

@@ -61,7 +61,8 @@ def prep_config(values: Mapping[str, Any]) -> PrepConfig:
         inputs=SourceOptions(
             source_b=args.sources[1] if len(args.sources) == 2 else None, images=args.images,
             file_column=args.file_column, image_column=args.image_column, caption_column=args.caption_column,
-            crops=args.crops, limit=args.limit,
+            crops=args.crops, limit=args.limit, image_field=getattr(args, "image_field", None),
+            label_field=getattr(args, "label_field", None), caption_field=getattr(args, "caption_field", None),
         ),
         paired=PairedOptions(derive=args.derive, direction=args.direction, superres_factor=args.superres_factor,
                              canny_sigma=args.canny_sigma),

@@ -14,7 +14,9 @@ DERIVATIONS = ("edges", "colorize", "superres", "inpaint")
 PREP_EPILOG = """\
 formats (--format) and the sources each accepts:
   images      mnist5k | digits | skimage-photos | DIR of images (class sub-folders become labels)
+              | WebDataset shards: a .tar, a brace pattern or s3://...tar (see --image-field, --label-field)
                 ganpipe prep mnist5k
+                ganpipe prep 'shards-{000000..000127}.tar' --image-field jpg --label-field cls
   paired      Pix2Pix pairs a.png -> b.png
                 DIR with train/ val/ test/ of A|B images side by side (pix2pix "aligned"; split at width/2)
                 DIR with A/ and B/ (files pair by name; a missing side or a size mismatch is quarantined)
@@ -25,16 +27,17 @@ formats (--format) and the sources each accepts:
                 DIR with trainA/ trainB/ [testA/ testB/] (every image at any depth, unlabelled),
                 or two sources (an images source each: class sub-folders become labels)
                 ganpipe prep --format unpaired digits mnist5k
-  attributes  StarGAN image.png + attrs.json (multi-hot over the manifest's attribute names)
+  attributes  StarGAN png + attrs.json (multi-hot over the manifest's attribute names)
                 mnist5k (colour red/green/blue, thick/thin, inverted)
                 CelebA's list_attr_celeba.txt or its folder (178x178 centre crop, list_eval_partition.txt splits)
                 a .csv/.tsv/.parquet table: a file column and 0/1 columns (-1 counts as 0)
                 DIR of class folders = exclusive domains (RaFD); malformed or missing rows are quarantined
                 ganpipe prep --format attributes celeba/ --attrs Black_Hair,Blond_Hair,Brown_Hair,Male,Young
-  captioned   Text2Img image.png + captions.json + emb.npy (float16, one row per caption)
+  captioned   Text2Img png + captions.json + emb.npy (float16, one row per caption)
                 mnist5k (templated captions, e.g. "a thick red seven on a black background")
                 DIR with images/ (or jpg/) and text/ (or text_c10/), one caption per line (CUB, Oxford-102)
                 a COCO captions .json (--images DIR) | a .parquet with image and caption columns
+                WebDataset shards with an image and a caption member (--caption-field txt|json)
                 ganpipe prep --format captioned mnist5k --limit 1000
 """
 
@@ -86,6 +89,14 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--caption-column", help="Parquet: caption column (default: caption, text, txt...)")
     g.add_argument("--crops", type=positive_int, default=256,
                    help="skimage-photos: number of seeded crops (default 256)")
+    g = p.add_argument_group("WebDataset shards as the source (a .tar path, brace pattern or s3://...tar)")
+    g.add_argument("--image-field", metavar="EXT",
+                   help="the image member of each sample (default: the first of jpg, jpeg, png, webp it has)")
+    g.add_argument("--label-field", metavar="EXT",
+                   help="an ASCII integer label member (default: cls when the shards have it; none: unlabelled)")
+    g.add_argument("--caption-field", metavar="EXT",
+                   help="--format captioned: a text member, one caption per line, or a JSON member (a string, a "
+                        "list, or {\"caption\": ...}) (default: txt)")
     g = p.add_argument_group("--format paired")
     g.add_argument("--derive", choices=DERIVATIONS,
                    help="make (input, target) pairs from single photos: edges (Canny edges -> photo), colorize "
