@@ -11,15 +11,22 @@ import time
 from pathlib import Path
 
 from pipelines.ops import jobs, services
-from pipelines.spec.defaults import DEFAULT_HOME
+from pipelines.spec.defaults import DEFAULT_HOME, STORE_ENV
 from pipelines.spec.errors import UserError
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from pipelines.ops.ui import run_in_own_group
+    from pipelines.ops.ui import is_server, run_in_own_group, server_answers
     from pipelines.tracking.runs import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
+    if is_server(uri):  # a server shows its own UI; `mlflow ui` would take its URL for a store and fail
+        why = server_answers(uri)
+        if why:
+            raise UserError(f"the MLflow tracking server at {uri} does not answer ({why}); start it "
+                            "(`ganpipe services up` for the local one) or give another --tracking-uri")
+        print(f"MLflow UI: {uri} (the tracking server's own; nothing started, --host/--port unused)")
+        return 0
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port)]
@@ -91,7 +98,7 @@ def cmd_services(args: argparse.Namespace) -> int:
             print(f"  set -a; . {layout.env}; set +a")
             print("which exports:")
             print("\n".join(f"  {k}={v}" for k, v in shown.items()))
-            print(f"store:  --store s3://{state['seaweedfs']['bucket']}/store")
+            print(f"Commands without --store use {env[STORE_ENV]} (${STORE_ENV}).")
     return 0 if all(r.state == "healthy" for r in rows) else 1
 
 
