@@ -390,7 +390,8 @@ def _plan(pipe: Pipeline, selected: list[str], forced: set[str], *, tracking_uri
     results: dict[str, StageResult] = {}
     width = max(len(n) for n in selected)
     needs_width = max(len(",".join(pipe.stages[n].needs) or "-") for n in selected)
-    out.write(f"pipeline {pipe.name} ({len(selected)} stages, engine {pipe.engine}); tracking {uri}\n")
+    out.write(f"pipeline {pipe.name} ({len(selected)} stages, engine {pipe.engine}); store {pipe.store}; "
+              f"tracking {uri}\n")
     for name in selected:
         stage = pipe.stages[name]
         waits = [n for n in stage.needs if n not in outputs]
