@@ -113,7 +113,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for note in plan["notes"]:
         print(jobs.redact(note), file=sys.stderr)
     with jobs.jobs_client(args.address) as client:
-        job_id = client.submit_job(**kwargs)
+        try:
+            job_id = client.submit_job(**kwargs)
+        except RuntimeError as exc:  # the Jobs API refused it, e.g. "No available agent" just after `ray start`
+            raise UserError(f"the Ray Jobs API did not take the job: {_first_line(exc)}") from None
         where = f" --address {args.address}" if args.address else ""
         _print(f"submitted {job_id}: {kwargs['entrypoint']}")
         if kwargs["runtime_env"].get("env_vars"):
@@ -148,12 +151,15 @@ def _when(ms: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
 
 
+def _first_line(exc: BaseException) -> str:
+    return jobs.redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     try:
         return _jobs(args)
     except RuntimeError as exc:  # the Jobs API's answer to an unknown job id and other refused requests
-        first = jobs.redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(first) from None
+        raise UserError(_first_line(exc)) from None
 
 
 def _jobs(args: argparse.Namespace) -> int:
