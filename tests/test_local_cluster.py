@@ -209,6 +209,14 @@ def test_every_port_of_the_local_recipe_listens_on_loopback(head: Head, tmp_path
     assert exposed == {}, ports
 
 
+TRAIN_RAY = """
+import ray
+from pipelines.training.ray_train import ensure_ray
+ensure_ray(num_cpus=1)
+print(ray.get_runtime_context().gcs_address)
+"""
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_local_command_runs_its_own_ray_beside_a_started_cluster_or_joins_it_on_purpose(
@@ -224,6 +232,13 @@ def test_local_command_runs_its_own_ray_beside_a_started_cluster_or_joins_it_on_
     assert lines == [f"ray: a local Ray runtime of 1 CPU(s) for this command; the cluster started with `ray start` "
                      f"at {head.gcs} is left alone (RAY_ADDRESS={head.gcs} joins it)"], own.stderr
     assert (store / "own" / "datasets" / "digits" / "manifest.json").is_file()
+
+    # Training, sweeps and pipelines take the same way (pipelines.training.ray_train.ensure_ray): a runtime of their
+    # own, its GCS not the started cluster's.
+    train = subprocess.run([sys.executable, "-c", TRAIN_RAY], capture_output=True, text=True, env=head.env,
+                           cwd=tmp_path, timeout=300)
+    assert train.returncode == 0, train.stdout + train.stderr
+    assert train.stdout.split()[0] != head.gcs and "is left alone" in train.stderr, train.stdout + train.stderr
 
     joined = _ganpipe(*prep, "--store", str(store / "joined"), env={**head.env, "RAY_ADDRESS": head.gcs},
                       cwd=tmp_path)
