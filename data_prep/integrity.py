@@ -19,6 +19,7 @@ import contextvars
 import functools
 import hashlib
 import io
+import os
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +36,7 @@ from data_prep.manifest import INDEX, Manifest, ShardInfo
 from data_prep.storage import KeyNotFound, Store, open_store
 
 SPOOL_MAX = 64 << 20  # a shard up to this size is buffered in memory, a larger one in a local temp file
-DEFAULT_STORE = ".ganpipe/store"  # where `ganpipe datasets verify` looks without --store
+DEFAULT_STORE = ".ganpipe/store"  # where `ganpipe datasets verify` looks without --store or $GANPIPE_STORE
 _CHUNK = 1 << 20
 
 # Only `ganpipe bench-data` turns verification off, to measure what it costs; no training option reaches this.
@@ -84,7 +85,7 @@ def verify_command(store: Store, manifest: Manifest) -> str:
     if not url.endswith(suffix):  # a dataset given by its own URL: only its store's owner knows the root
         return command
     root = url[: -len(suffix)]
-    if root == open_store(DEFAULT_STORE).url:
+    if root == open_store(os.environ.get("GANPIPE_STORE") or DEFAULT_STORE).url:  # pipelines.spec.defaults
         return command
     return f"{command} --store {unquote(root.removeprefix('file://'))}"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -259,16 +258,10 @@ def _task(chunk: Chunk, part: Part, store: Store, plan: str) -> ChunkResult:
 
 
 def ensure_ray(workers: int) -> None:
-    """Connect to $RAY_ADDRESS when set, else start a local Ray with `workers` CPUs (no dashboard)."""
-    import ray
+    """Join the cluster in $RAY_ADDRESS, else start a local Ray of `workers` CPUs (no dashboard)."""
+    from data_prep.ray_runtime import init_ray
 
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=True)
+    init_ray(num_cpus=workers, include_dashboard=False)
 
 
 def _run_on_ray(

@@ -206,6 +206,18 @@ class S3Store(Store):
             message = message.replace(secret, "***")
         return " ".join(message.split())
 
+    def bucket_problem(self) -> str:
+        """'' when the bucket exists and answers, else why not, in one line. Creates nothing (a dry run asks)."""
+        try:
+            with self._errors("reach"):
+                self._conn.client.head_bucket(Bucket=self.bucket)
+        except KeyNotFound:
+            return self._scrub(f"bucket {self.bucket} does not exist at {self._conn.where}: create it, or fix the "
+                               f"store URL {self.url}")
+        except StoreError as exn:
+            return str(exn)
+        return ""
+
     def _ensure_bucket(self) -> None:
         if self.bucket in self._conn.bucket_ready:
             return

@@ -105,6 +105,33 @@ def test_ui_serves_the_tracking_store_on_loopback(tmp_path):
         proc.wait(timeout=30)
 
 
+def test_ui_of_a_tracking_server_that_does_not_answer_is_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    proc = _ganpipe("ui", "--tracking-uri", url, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and url in lines[0] and "does not answer" in lines[0], proc.stderr
+    assert not (tmp_path / ".ganpipe").exists()
+
+
+def test_store_default_is_GANPIPE_STORE_in_help_configs_and_pipeline_files(monkeypatch, capsys):
+    from pipelines.orchestration.stage_kinds import pipeline_from_dict
+
+    monkeypatch.setenv("GANPIPE_STORE", "s3://team-bucket/shared")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "(default: s3://team-bucket/shared, from $GANPIPE_STORE)" in " ".join(capsys.readouterr().out.split())
+    assert main(["config", "--recipe", "dcgan"]) == 0
+    assert ["store", "'s3://team-bucket/shared'"] in [line.split() for line in capsys.readouterr().out.splitlines()]
+    stages = {"prep": {"kind": "prep", "config": {"source": "digits"}}}
+    assert pipeline_from_dict({"name": "p", "stages": stages}).store == "s3://team-bucket/shared"
+    assert pipeline_from_dict({"name": "p", "store": "/data/s", "stages": stages}).store == "/data/s"  # the file's
+    assert main(["config", "--recipe", "dcgan", "--store", "/elsewhere"]) == 0  # --store wins
+    assert ["store", "'/elsewhere'"] in [line.split() for line in capsys.readouterr().out.splitlines()]
+
+
 def test_bench_overrides_may_follow_the_multi_value_flags(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--family", "dcgan", "--image-size", "32", "--batch", "4", "ngf=8", "ndf=8",

@@ -102,10 +102,22 @@ def test_services_up_status_use_down(tmp_path: Path, monkeypatch: pytest.MonkeyP
         s3.put_object(Bucket="ganpipe", Key="hello/object.bin", Body=b"\x00ganpipe\xff")
         assert s3.get_object(Bucket="ganpipe", Key="hello/object.bin")["Body"].read() == b"\x00ganpipe\xff"
 
-        # A ganpipe command started here finds the store through the env file alone (_env() has no AWS_*).
-        prep = _ganpipe("prep", "digits", "--store", "s3://ganpipe/store", "--no-progress", "--holdout", "100",
-                        cwd=tmp_path)
+        # A ganpipe command started here finds the store through the env file alone (_env() has no AWS_* and no
+        # GANPIPE_STORE): no --store needed, and --help says which store and tracking server it means.
+        assert env["GANPIPE_STORE"] == "s3://ganpipe/store" and "GANPIPE_STORE=s3://ganpipe/store" in up.stdout
+        helped = _ganpipe("sweep", "--help", cwd=tmp_path)
+        assert helped.returncode == 0, helped.stderr
+        flat = " ".join(helped.stdout.split())
+        assert f"(default: {env['MLFLOW_TRACKING_URI']}, from $MLFLOW_TRACKING_URI)" in flat, helped.stdout
+        assert "(default: s3://ganpipe/store, from $GANPIPE_STORE)" in flat and "sqlite" not in flat, helped.stdout
+        prep = _ganpipe("prep", "digits", "--no-progress", "--holdout", "100", cwd=tmp_path)
         assert prep.returncode == 0, prep.stdout + prep.stderr
+        assert not (tmp_path / ".ganpipe" / "store").exists()
+
+        # `ganpipe ui` points at the running server's own UI instead of starting `mlflow ui` on its URL.
+        ui = _ganpipe("ui", "--port", str(services.seaweedfs.free_ports(1)[0]), cwd=tmp_path, timeout=60)
+        assert ui.returncode == 0, ui.stdout + ui.stderr
+        assert ui.stdout.startswith(f"MLflow UI: {env['MLFLOW_TRACKING_URI']} "), ui.stdout
         assert s3.head_object(Bucket="ganpipe", Key="store/datasets/digits/manifest.json")["ContentLength"] > 0
 
         # An MLflow run on the server; its artifact lands in the bucket through the server's proxy.

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.spec.defaults import DEFAULT_STORE
+from pipelines.spec.defaults import default_store
 
 
 def cmd_prep(args: argparse.Namespace) -> int:
@@ -37,7 +37,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from data_prep.catalog import list_datasets
     from data_prep.storage import open_store
 
-    store = open_store(args.store or DEFAULT_STORE, s3_endpoint=args.s3_endpoint)
+    store = open_store(args.store or default_store(), s3_endpoint=args.s3_endpoint)
     found = list_datasets(store)
     if not found:
         print(f"no datasets in {store.url} — run `ganpipe prep`")

@@ -57,11 +57,14 @@ def _stdout_closed() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_bench_overrides_last(list(sys.argv[1:] if argv is None else argv)))
-    if args.command != "services":  # the local services' settings, unless the environment says otherwise
+    words = _bench_overrides_last(list(sys.argv[1:] if argv is None else argv))
+    # The local services' settings, unless the environment says otherwise; before parsing, so that --help shows
+    # the defaults they make (store, tracking URI). `services` itself manages that file.
+    if next((w for w in words if not w.startswith("-")), None) != "services":
         from pipelines.ops.services import load_env_file
 
         load_env_file()
+    args = build_parser().parse_args(words)
     if getattr(args, "s3_endpoint", None):
         os.environ["GANPIPE_S3_ENDPOINT"] = args.s3_endpoint
     try:

@@ -11,15 +11,22 @@ import time
 from pathlib import Path
 
 from pipelines.ops import jobs, services
-from pipelines.spec.defaults import DEFAULT_HOME
+from pipelines.spec.defaults import DEFAULT_HOME, STORE_ENV
 from pipelines.spec.errors import UserError
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from pipelines.ops.ui import run_in_own_group
+    from pipelines.ops.ui import is_server, run_in_own_group, server_answers
     from pipelines.tracking.runs import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
+    if is_server(uri):  # a server shows its own UI; `mlflow ui` would take its URL for a store and fail
+        why = server_answers(uri)
+        if why:
+            raise UserError(f"the MLflow tracking server at {uri} does not answer ({why}); start it "
+                            "(`ganpipe services up` for the local one) or give another --tracking-uri")
+        print(f"MLflow UI: {uri} (the tracking server's own; nothing started, --host/--port unused)")
+        return 0
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port)]
@@ -91,7 +98,7 @@ def cmd_services(args: argparse.Namespace) -> int:
             print(f"  set -a; . {layout.env}; set +a")
             print("which exports:")
             print("\n".join(f"  {k}={v}" for k, v in shown.items()))
-            print(f"store:  --store s3://{state['seaweedfs']['bucket']}/store")
+            print(f"Commands without --store use {env[STORE_ENV]} (${STORE_ENV}).")
     return 0 if all(r.state == "healthy" for r in rows) else 1
 
 
@@ -106,7 +113,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for note in plan["notes"]:
         print(jobs.redact(note), file=sys.stderr)
     with jobs.jobs_client(args.address) as client:
-        job_id = client.submit_job(**kwargs)
+        try:
+            job_id = client.submit_job(**kwargs)
+        except RuntimeError as exc:  # the Jobs API refused it, e.g. "No available agent" just after `ray start`
+            raise UserError(f"the Ray Jobs API did not take the job: {_first_line(exc)}") from None
         where = f" --address {args.address}" if args.address else ""
         _print(f"submitted {job_id}: {kwargs['entrypoint']}")
         if kwargs["runtime_env"].get("env_vars"):
@@ -141,12 +151,15 @@ def _when(ms: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
 
 
+def _first_line(exc: BaseException) -> str:
+    return jobs.redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     try:
         return _jobs(args)
     except RuntimeError as exc:  # the Jobs API's answer to an unknown job id and other refused requests
-        first = jobs.redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(first) from None
+        raise UserError(_first_line(exc)) from None
 
 
 def _jobs(args: argparse.Namespace) -> int:

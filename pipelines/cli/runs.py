@@ -15,7 +15,9 @@ def cmd_run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
 
     pipe = load_pipeline(args.pipeline)
     outcome = run_pipeline(pipe, only=args.only, force=args.force, dry_run=args.dry_run, engine=args.engine, out=out)
-    return 0 if args.dry_run or outcome.ok else 1
+    if args.dry_run:  # a plan is fine as it is, unless the run would need something it cannot reach
+        return 2 if outcome.unreachable else 0
+    return 0 if outcome.ok else 1
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

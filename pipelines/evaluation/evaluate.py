@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.spec.datasets import dataset_url
 from pipelines.spec.defaults import DEFAULT_EVAL_N as DEFAULT_N
-from pipelines.spec.defaults import DEFAULT_STORE, KID_SUBSET_SIZE, KID_SUBSETS
+from pipelines.spec.defaults import KID_SUBSET_SIZE, KID_SUBSETS, default_store
 from pipelines.spec.provenance import git_commit
 from pipelines.tracking.loading import describe, load_module, load_translator, training_config
 from pipelines.tracking.registry import (
@@ -109,7 +109,7 @@ def evaluate_model(
     # inputs themselves. Only the images kind's generators are judged on latents alone.
     kind = get_family(family).dataset_kind if family else "images"
     conditional = kind != "images"
-    store_url = store or config.get("store") or DEFAULT_STORE
+    store_url = store or config.get("store") or default_store()
     url = dataset_url(dataset or config["data"]["dataset"], store_url)
     manifest = read_manifest(url)
     trained_on = source.data.tags.get("ganpipe.manifest_sha256", "")

@@ -132,16 +132,19 @@ def jobs_client(address: str | None) -> Iterator:
     The client lets those variables override its argument; an explicit --address should win, so it is put
     in RAY_API_SERVER_ADDRESS for the call.
     """
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     saved = os.environ.get("RAY_API_SERVER_ADDRESS")
     if address:
         os.environ["RAY_API_SERVER_ADDRESS"] = address
     try:
+        where = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "auto"
         try:
             client = JobSubmissionClient(address)
+        except AuthenticationError:
+            raise UserError(auth_hint(where)) from None
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "auto"
             first = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot reach the Ray Jobs API at {where}: {first}") from None
         yield client
@@ -151,6 +154,15 @@ def jobs_client(address: str | None) -> Iterator:
                 os.environ.pop("RAY_API_SERVER_ADDRESS", None)
             else:
                 os.environ["RAY_API_SERVER_ADDRESS"] = saved
+
+
+def auth_hint(where: str) -> str:
+    """What to set when the cluster at `where` refused this shell for want of its token (one line)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return (f"the Ray cluster at {where} requires token authentication: export RAY_AUTH_MODE=token in this "
+                "shell (the token is read from $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token)")
+    return (f"the Ray cluster at {where} refused this shell's token: give it the cluster's own, in $RAY_AUTH_TOKEN, "
+            "the file $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token")
 
 
 def build_submission(args: argparse.Namespace) -> dict:

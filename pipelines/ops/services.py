@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.ops import seaweedfs
-from pipelines.spec.defaults import DEFAULT_HOME
+from pipelines.spec.defaults import DEFAULT_HOME, STORE_ENV
 
 REGION = "us-east-1"
 SERVICES = ("seaweedfs", "mlflow")
 # Only these names are ever taken from the env file.
-ENV_KEYS = ("GANPIPE_S3_ENDPOINT", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-            "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI")
+ENV_KEYS = ("GANPIPE_STORE", "GANPIPE_S3_ENDPOINT", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI")
 SECRET_KEYS = ("AWS_SECRET_ACCESS_KEY",)
 
 
@@ -299,6 +299,7 @@ def _save_state(layout: Layout, state: dict) -> None:
 def service_env(layout: Layout, state: dict) -> dict[str, str]:
     access, secret = _credentials(layout)
     return {
+        STORE_ENV: f"s3://{state['seaweedfs']['bucket']}/store",  # every command's --store default
         "GANPIPE_S3_ENDPOINT": state["seaweedfs"]["url"],
         "MLFLOW_S3_ENDPOINT_URL": state["seaweedfs"]["url"],
         "AWS_ACCESS_KEY_ID": access,

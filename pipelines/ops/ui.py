@@ -1,4 +1,5 @@
-"""The MLflow UI in the foreground for `ganpipe ui`, stopped as a whole when ganpipe is.
+"""The MLflow UI in the foreground for `ganpipe ui`, stopped as a whole when ganpipe is; or, when the tracking
+URI is already a server (`ganpipe services up`, a team server), that server's own UI.
 
 `mlflow ui` forks a uvicorn server and its workers. It runs in a session (and process group) of its own, so a
 SIGTERM/SIGINT/SIGHUP that reaches only ganpipe (a supervisor, `kill PID`, a closed terminal) would otherwise
@@ -13,12 +14,27 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 GRACE_S = 15.0  # uvicorn finishes open requests on SIGTERM; after this the rest gets SIGKILL
 
+
+def is_server(uri: str) -> bool:
+    """Whether the tracking URI names a running MLflow server (which serves its own UI) rather than a store."""
+    return urlsplit(uri).scheme in ("http", "https")
+
+
+def server_answers(uri: str, *, timeout_s: float = 5.0) -> str:
+    """'' when the MLflow server at `uri` answers its health check, else why not (one line)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+            return "" if resp.status == 200 else f"/health answered HTTP {resp.status}"
+    except OSError as exc:  # URLError, HTTPError, refused, timed out
+        return str(getattr(exc, "reason", None) or exc)
 
 
 def run_in_own_group(cmd: Sequence[str], *, env: dict[str, str] | None = None, grace_s: float = GRACE_S) -> int:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipelines.spec.defaults import DEFAULT_EXPERIMENT, DEFAULT_STORE
+from pipelines.spec.defaults import DEFAULT_EXPERIMENT, DEFAULT_STORE, default_store
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 REF = re.compile(r"\$\{stages\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_]+)\}")
@@ -214,7 +214,7 @@ def from_dict(data: Mapping[str, Any], *, kinds: Mapping[str, StageKindRules], s
     ordered = _topological(stages)
     return Pipeline(
         name=name, stages={n: stages[n] for n in ordered}, engine=engine,
-        store=str(data.get("store") or DEFAULT_STORE), tracking_uri=str(data.get("tracking_uri") or ""),
+        store=str(data.get("store") or default_store()), tracking_uri=str(data.get("tracking_uri") or ""),
         experiment=str(data.get("experiment") or DEFAULT_EXPERIMENT), description=str(data.get("description") or ""),
         source=source or json.dumps(data, indent=2, sort_keys=True, default=str),
     )

@@ -48,6 +48,7 @@ class RunOutcome:
     pipeline: str
     run_id: str  # the parent run ("" for a dry run)
     stages: dict[str, StageResult]
+    unreachable: list[str] = field(default_factory=list)  # a dry run: what the run would need and cannot reach
 
     @property
     def ok(self) -> bool:
@@ -137,14 +138,30 @@ def effective_resources(stage: Stage, resolved: dict[str, Any]) -> Resources:
 class Tracker:
     """The pipeline's MLflow side: its experiment, the parent run, stage runs, cache look-ups."""
 
-    def __init__(self, pipe: Pipeline, tracking_uri: str) -> None:
+    def __init__(self, pipe: Pipeline, tracking_uri: str, *, create: bool = True) -> None:
         from pipelines.tracking.runs import client, default_artifact_location
 
         self.uri = tracking_uri
         self.mlf = client(tracking_uri)
         exp = self.mlf.get_experiment_by_name(pipe.experiment)
-        self.exp_id = exp.experiment_id if exp else self.mlf.create_experiment(
-            pipe.experiment, artifact_location=default_artifact_location(pipe.store, pipe.experiment))
+        if exp is not None:
+            self.exp_id = exp.experiment_id
+        elif create:
+            self.exp_id = self.mlf.create_experiment(
+                pipe.experiment, artifact_location=default_artifact_location(pipe.store, pipe.experiment))
+        else:
+            self.exp_id = ""  # a dry run's look-up before the first run: nothing is cached
+
+    @classmethod
+    def existing(cls, pipe: Pipeline, tracking_uri: str) -> Tracker | None:
+        """A dry run's read-only view: None when there is nothing to look up yet (no database file, no
+        experiment), so that looking does not create them."""
+        from pipelines.tracking.runs import store_exists
+
+        if not store_exists(tracking_uri):
+            return None
+        tracker = cls(pipe, tracking_uri, create=False)
+        return tracker if tracker.exp_id else None
 
     def cached(self, key: str) -> Any | None:
         found = self.mlf.search_runs([self.exp_id], filter_string=f"tags.`{CACHE_KEY_TAG}` = '{key}' and "
@@ -249,11 +266,11 @@ def run_pipeline(pipe: Pipeline, *, only: list[str] | None = None, force: list[s
     selected = [n for n in pipe.stages if n in pipe.upstream(set(only))] if only else list(pipe.stages)
     forced = pipe.downstream(set(force))
     engine = engine or pipe.engine
-    tracking_uri = resolve_tracking_uri(pipe.tracking_uri)
+    tracking_uri = resolve_tracking_uri(pipe.tracking_uri, create_home=not dry_run)
     code = code_version()
-    tracker = Tracker(pipe, tracking_uri)
     if dry_run:
-        return _plan(pipe, selected, forced, tracker=tracker, code=code, out=out)
+        return _plan(pipe, selected, forced, tracking_uri=tracking_uri, code=code, out=out)
+    tracker = Tracker(pipe, tracking_uri)
     parent = tracker.start_parent(pipe, engine=engine, code=code, only=only, force=force)
     results: dict[str, StageResult] = {}
     outputs: dict[str, dict[str, Any]] = {}
@@ -360,17 +377,21 @@ def _finish(name: str, res: dict[str, Any], *, tracker: Tracker, outputs: dict, 
         progress.update(name, "failed", res["error"])
 
 
-def _plan(pipe: Pipeline, selected: list[str], forced: set[str], *, tracker: Tracker, code: dict[str, str],
+def _plan(pipe: Pipeline, selected: list[str], forced: set[str], *, tracking_uri: str, code: dict[str, str],
           out: TextIO) -> RunOutcome:
-    """--dry-run: what would run and what is cached, computed from the cache alone; nothing is written."""
-    from pipelines.tracking.runs import resolve_tracking_uri
+    """--dry-run: what would run and what is cached, computed from the cache alone, and what the run would need
+    and cannot reach; nothing is written (no experiment, database, bucket or folder is created)."""
+    from pipelines.orchestration.reach import unreachable
 
-    uri = resolve_tracking_uri(pipe.tracking_uri)
+    uri = tracking_uri
+    problems = unreachable(pipe, tracking_uri=uri)
+    tracker = None if any(p.startswith("tracking server") for p in problems) else Tracker.existing(pipe, uri)
     outputs: dict[str, dict[str, Any]] = {}
     results: dict[str, StageResult] = {}
     width = max(len(n) for n in selected)
     needs_width = max(len(",".join(pipe.stages[n].needs) or "-") for n in selected)
-    out.write(f"pipeline {pipe.name} ({len(selected)} stages, engine {pipe.engine}); tracking {uri}\n")
+    out.write(f"pipeline {pipe.name} ({len(selected)} stages, engine {pipe.engine}); store {pipe.store}; "
+              f"tracking {uri}\n")
     for name in selected:
         stage = pipe.stages[name]
         waits = [n for n in stage.needs if n not in outputs]
@@ -393,7 +414,9 @@ def _plan(pipe: Pipeline, selected: list[str], forced: set[str], *, tracker: Tra
         out.write(f"  {name:<{width}}  {stage.kind:<7}  needs {needs:<{needs_width}}  cpus {res.cpus:g} gpus "
                   f"{res.gpus:g}  {plan}\n")
         results[name] = StageResult("cached" if name in outputs else "pending", outputs=outputs.get(name, {}))
-    return RunOutcome(pipeline=pipe.name, run_id="", stages=results)
+    for problem in problems:
+        out.write(f"unreachable: {problem}\n")
+    return RunOutcome(pipeline=pipe.name, run_id="", stages=results, unreachable=problems)
 
 
 def _literal_scale(stage: Stage) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gan_models import get_family
-from pipelines.spec.defaults import DEFAULT_STORE
+from pipelines.spec.defaults import default_store
 
 PRECISIONS = ("auto", "fp32", "bf16")  # loop.precision; pipelines.engine.precision applies them
 
@@ -90,7 +90,7 @@ class TrainSpec:
     loop: LoopConfig = field(default_factory=LoopConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
-    store: str = DEFAULT_STORE  # object store URL: a folder or s3://bucket/prefix
+    store: str = field(default_factory=default_store)  # a folder or s3://bucket/prefix; $GANPIPE_STORE by default
     run_name: str = ""  # a rerun with the same name resumes from its latest checkpoint
 
     def to_dict(self) -> dict[str, Any]:

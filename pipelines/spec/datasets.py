@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from data_prep.storage import open_store
-from pipelines.spec.defaults import DEFAULT_STORE
+from pipelines.spec.defaults import default_store
 
 
 def dataset_url(dataset: str, store: str | None = None) -> str:
     """A dataset name in `store` (datasets/NAME) or a full dataset URL, as every command resolves it."""
     if "://" in dataset or dataset.startswith(("/", ".")):
         return dataset.rstrip("/")
-    return f"{open_store(store or DEFAULT_STORE).url.rstrip('/')}/datasets/{dataset}"
+    return f"{open_store(store or default_store()).url.rstrip('/')}/datasets/{dataset}"
 
 
 def data_defined(manifest: Any) -> dict[str, Any]:

@@ -1,9 +1,12 @@
-"""Defaults that several layers and the command line's help read: one definition each, no imports."""
+"""Defaults that several layers and the command line's help read: one definition each, no project imports."""
 
 from __future__ import annotations
 
+import os
+
 DEFAULT_HOME = ".ganpipe"  # local state: store, MLflow database, services, caches
 DEFAULT_STORE = f"{DEFAULT_HOME}/store"  # datasets, checkpoints and caches when no --store is given
+STORE_ENV = "GANPIPE_STORE"  # the store of every command without --store (`ganpipe services up` writes it)
 DEFAULT_EXPERIMENT = "ganpipe-pipelines"  # MLflow experiment of `ganpipe run` pipeline runs
 
 DEFAULT_EVAL_N = 10_000  # generated samples of `ganpipe eval`
@@ -14,5 +17,11 @@ DEMO_FAMILIES = ("dcgan", "pix2pix", "cyclegan", "stargan", "text2img")  # each 
 
 # Non-secret settings a job or a training worker on a cluster needs from the submitting shell: where the store,
 # the tracking server and the bucket's region are. Credentials never travel this way (see ops.jobs).
-FORWARDED_ENV = ("GANPIPE_S3_ENDPOINT", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
-                 "AWS_DEFAULT_REGION", "AWS_REGION")
+FORWARDED_ENV = ("GANPIPE_STORE", "GANPIPE_S3_ENDPOINT", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI",
+                 "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
+
+
+def default_store() -> str:
+    """The store without --store: $GANPIPE_STORE, else DEFAULT_STORE (read at each call: the CLI may load the
+    services' env file after import)."""
+    return os.environ.get(STORE_ENV) or DEFAULT_STORE

@@ -12,7 +12,7 @@ from data_prep.options import AttributeOptions, CaptionOptions, PairedOptions, S
 from data_prep.prep import PrepConfig
 from gan_models import get_family
 from pipelines.spec.config import TrainSpec, apply_overrides
-from pipelines.spec.defaults import DEFAULT_STORE
+from pipelines.spec.defaults import default_store
 from pipelines.spec.errors import UserError
 from pipelines.spec.recipes import RECIPES, get_recipe
 
@@ -54,7 +54,7 @@ def prep_config(values: Mapping[str, Any]) -> PrepConfig:
     holdout = int(args.holdout) if args.holdout >= 1 else args.holdout
     attrs = tuple(a.strip() for a in args.attrs.split(",") if a.strip()) if args.attrs else None
     cfg = PrepConfig(
-        source=args.sources[0], kind=args.kind, name=args.name, store=args.store or DEFAULT_STORE,
+        source=args.sources[0], kind=args.kind, name=args.name, store=args.store or default_store(),
         image_size=args.image_size, channels=args.channels, holdout=holdout, shard_size=args.shard_size,
         image_format=args.image_format, seed=args.seed, s3_endpoint=args.s3_endpoint, min_size=args.min_size,
         max_aspect=args.max_aspect, max_bad_frac=args.max_bad_frac, workers=args.workers, overwrite=args.overwrite,

@@ -28,8 +28,9 @@ from pipelines.spec.provenance import git_commit
 RUN_NAME_TAG = "ganpipe.run_name"
 
 
-def resolve_tracking_uri(uri: str = "", *, home: str = DEFAULT_HOME) -> str:
-    """The explicit URI, else $MLFLOW_TRACKING_URI, else a sqlite file under the ganpipe home folder."""
+def resolve_tracking_uri(uri: str = "", *, home: str = DEFAULT_HOME, create_home: bool = True) -> str:
+    """The explicit URI, else $MLFLOW_TRACKING_URI, else a sqlite file under the ganpipe home folder (created
+    unless `create_home` is false: a dry run creates nothing)."""
     # One endpoint setting serves both the store and MLflow's S3 artifact client.
     if os.environ.get("GANPIPE_S3_ENDPOINT") and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
         os.environ["MLFLOW_S3_ENDPOINT_URL"] = os.environ["GANPIPE_S3_ENDPOINT"]
@@ -37,8 +38,21 @@ def resolve_tracking_uri(uri: str = "", *, home: str = DEFAULT_HOME) -> str:
     if uri:
         return uri
     path = Path(home).resolve() / "mlflow.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create_home:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def store_exists(tracking_uri: str) -> bool:
+    """Whether opening `tracking_uri` finds a store rather than making one: a server, or an existing sqlite
+    database file or file-store folder (MLflow creates either on first open)."""
+    if tracking_uri.startswith(("http://", "https://", "databricks")):
+        return True
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).is_file()
+    if "://" in tracking_uri and not tracking_uri.startswith("file:"):
+        return True  # another database server: it exists or fails on its own
+    return Path(tracking_uri.removeprefix("file://").removeprefix("file:")).is_dir()
 
 
 def default_artifact_location(store_url: str, experiment: str, *, home: str = DEFAULT_HOME) -> str:

@@ -167,15 +167,10 @@ def integrity_error_of(exc: BaseException) -> Exception | None:
 
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Connect to $RAY_ADDRESS / `address` when given, else start a local runtime sized to this machine."""
-    import ray
+    """Join the cluster at `address` / $RAY_ADDRESS, else start a local runtime sized to this machine, even
+    while a `ray start` cluster runs here (data_prep.ray_runtime says which, in one line)."""
+    from data_prep.ray_runtime import init_ray
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls (without it,
-        # that poll logs a warning every few seconds); it listens on 127.0.0.1 only.
-        ray.init(num_cpus=num_cpus or os.cpu_count(), dashboard_host="127.0.0.1", log_to_driver=True)
+    # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls (without it,
+    # that poll logs a warning every few seconds); it listens on 127.0.0.1 only.
+    init_ray(address=address, num_cpus=num_cpus or os.cpu_count() or 1, dashboard_host="127.0.0.1")

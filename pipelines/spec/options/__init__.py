@@ -27,7 +27,8 @@ typical session:
   ganpipe ui                                  # browse runs and models at http://127.0.0.1:5000
 
 where things live (defaults): datasets and checkpoints in .ganpipe/store (or s3://bucket/prefix with
---store), MLflow runs and registry in .ganpipe/mlflow.db (or $MLFLOW_TRACKING_URI / --tracking-uri).
+--store / $GANPIPE_STORE), MLflow runs and registry in .ganpipe/mlflow.db (or $MLFLOW_TRACKING_URI /
+--tracking-uri). `ganpipe services up` sets both for commands run in its folder.
 """
 
 HELP_ORDER = ("prep", "train", "config", "sample", "ui", "demo", "bench", "datasets", "bench-data", "eval",

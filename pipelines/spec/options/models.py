@@ -10,6 +10,7 @@ from pipelines.spec.argtypes import non_negative_int, positive_int
 from pipelines.spec.defaults import DEFAULT_EVAL_N as DEFAULT_N
 from pipelines.spec.defaults import KID_SUBSET_SIZE, KID_SUBSETS
 from pipelines.spec.defaults import TRANSLATE_BATCH as DEFAULT_BATCH
+from pipelines.spec.options.common import add_tracking_arg
 
 
 def add_parsers(sub: Any) -> None:
@@ -23,7 +24,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--interpolate", type=non_negative_int, default=0, metavar="ROWS",
                    help="also write ROWS latent interpolation strips next to --out")
     p.add_argument("--scale", type=positive_int, default=2, help="pixel enlargement of the PNG (default 2)")
-    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default .ganpipe/mlflow.db)")
+    add_tracking_arg(p)
 
 
     p = sub.add_parser(
@@ -48,7 +49,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--kid-subsets", type=int, default=KID_SUBSETS, help=f"KID subsets (default {KID_SUBSETS})")
     p.add_argument("--kid-subset-size", type=int, default=KID_SUBSET_SIZE,
                    help=f"KID subset size, capped at the smaller set (default {KID_SUBSET_SIZE})")
-    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default .ganpipe/mlflow.db)")
+    add_tracking_arg(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--store", default=None, help="store for the dataset and the caches (default: the model's)")
     p.add_argument("--s3-endpoint", default=None, help="S3 API endpoint (default: $GANPIPE_S3_ENDPOINT, then AWS)")
@@ -80,7 +81,7 @@ def add_parsers(sub: Any) -> None:
                         "estimate (which needs the model's dataset)")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
                    help=f"images per forward pass (default {DEFAULT_BATCH})")
-    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default .ganpipe/mlflow.db)")
+    add_tracking_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
@@ -106,7 +107,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--text-encoder", metavar="minilm|PATH",
                    help="sentence encoder for the prompt (default: the packaged MiniLM, if the model was trained "
                         "with it); must be the model's")
-    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default .ganpipe/mlflow.db)")
+    add_tracking_arg(p)
 
     p = sub.add_parser("models", help="list registered models and their versions (aliases, metrics, dataset)")
     models_sub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
@@ -115,7 +116,7 @@ def add_parsers(sub: Any) -> None:
                                            "every version, its aliases, creation time, dataset digest, run and "
                                            "key metrics (of its latest `ganpipe eval`, else of training).")
     ls.add_argument("name", nargs="?", help="registered model name")
-    ls.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default .ganpipe/mlflow.db)")
+    add_tracking_arg(ls)
 
     p = sub.add_parser(
         "promote", help="move the champion alias to a version that beats the champion on an eval metric",
@@ -132,4 +133,4 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--metric", required=True, help="an eval metric, e.g. eval/fid, eval/kid, eval/fd, eval/cls_score")
     p.add_argument("--mode", required=True, choices=("min", "max"), help="min: lower is better; max: higher is better")
     p.add_argument("--force", action="store_true", help="promote even if the candidate does not win (recorded)")
-    p.add_argument("--tracking-uri", default="")
+    add_tracking_arg(p)

@@ -7,13 +7,14 @@ from typing import Any
 
 from pipelines.spec.argtypes import non_negative_float, non_negative_int, positive_int
 from pipelines.spec.defaults import DEMO_FAMILIES, FORWARDED_ENV
+from pipelines.spec.options.common import add_tracking_arg
 
 
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("ui", help="start the MLflow UI on the configured tracking store (127.0.0.1)")
     p.add_argument("--port", type=positive_int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--tracking-uri", default="")
+    add_tracking_arg(p)
 
     p = sub.add_parser("demo", help="the main job: prep mnist5k, train DCGAN on 2 Ray workers, register, "
                                     "draw pictures, check the digits are recognisable (--family: the other demos)")

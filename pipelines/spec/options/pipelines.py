@@ -7,6 +7,7 @@ from typing import Any
 
 from pipelines.spec.argtypes import positive_int
 from pipelines.spec.defaults import DEFAULT_EXPERIMENT
+from pipelines.spec.options.common import add_tracking_arg
 
 
 def add_parsers(sub: Any) -> None:
@@ -38,11 +39,11 @@ def add_parsers(sub: Any) -> None:
     show.add_argument("run", metavar="RUN", help="pipeline run id (or a unique prefix, as `ganpipe run` prints)")
     for q in (ls, show):
         q.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"(default {DEFAULT_EXPERIMENT})")
-        q.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default .ganpipe/mlflow.db)")
+        add_tracking_arg(q)
 
     p = sub.add_parser("lineage", help="trace a registered model version back to its pipeline, sweep, dataset "
                                        "and code", description="Follow a model version's training run to the "
                                        "pipeline stage that made it and the stages upstream of it.")
     p.add_argument("model", metavar="MODEL", help="models:/NAME/VERSION, models:/NAME@ALIAS or a run id")
     p.add_argument("--json", action="store_true", help="print the lineage as JSON")
-    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default .ganpipe/mlflow.db)")
+    add_tracking_arg(p)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from pipelines.spec.argtypes import non_negative_float, non_negative_int, positive_int
-from pipelines.spec.options.common import add_store_args
+from pipelines.spec.options.common import add_store_args, add_tracking_arg
 
 SWEEP_EPILOG = """\
 search spaces (--space): `default` is the family's entry in pipelines/spec/sweep_space.py (the paper's λs):
@@ -87,7 +87,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--report-every", type=non_negative_int, default=0,
                    help="steps between a trial's evaluations, checkpoints and Tune reports (default steps/4)")
     p.add_argument("--name", help="sweep name (default FAMILY-DATASET-sweep-TIME); the same name resumes")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///.ganpipe/mlflow.db)")
+    add_tracking_arg(p, default=None)
     p.add_argument("--register-as", help="registered model name (default FAMILY-DATASET)")
     p.add_argument("--no-progress", action="store_true", help="no Tune progress table")
     add_store_args(p)
@@ -104,7 +104,7 @@ def add_train_args(p: argparse.ArgumentParser, *, for_config: bool = False) -> N
     p.add_argument("--gpus", action="store_true", help="one GPU per worker (AMP, channels_last, DDP over NCCL)")
     p.add_argument("--steps", type=positive_int, help="training steps (loop.steps)")
     p.add_argument("--run-name", help="run name; the same name again resumes from its last checkpoint")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///.ganpipe/mlflow.db)")
+    add_tracking_arg(p, default=None)
     p.add_argument("--register-as", help="registered model name (default FAMILY-DATASET)")
     p.add_argument("--alias", help="alias for the new model version (default candidate)")
     add_store_args(p)
