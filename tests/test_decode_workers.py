@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import multiprocessing
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +19,14 @@ from PIL import Image
 
 from data_prep import PairedOptions, PrepConfig, SourceOptions, dataset_batches, prep_dataset, prep_images
 from data_prep.batches import pins_memory
-from data_prep.prefetch import Prefetcher, default_decode_workers
+from data_prep.prefetch import POOL_KINDS, Prefetcher, default_decode_workers
 from gan_models import dcgan
+from pipelines.cli.main import main
 from pipelines.engine.loop import Report
+from pipelines.ops.bench_data import decode_rows
+from pipelines.ops.feed_table import cores_per_gpu, decode_row, format_feed_table
 from pipelines.spec.config import DataConfig, TrainSpec, apply_overrides
+from pipelines.spec.options.data import DECODE_POOLS
 from pipelines.training.worker import Job, reader_options, run_rank
 
 
@@ -154,3 +160,27 @@ def test_pin_memory_without_cuda_gives_the_same_batches(datasets: dict[str, str]
     pinned = _batches(datasets["images"], workers=1, seed=0, n=2, pin_memory=True)
     assert _equal(pinned, _batches(datasets["images"], workers=0, seed=0, n=2))
     assert all(t.is_pinned() is pins_memory(True) for b in pinned for t in b.values())
+
+
+def test_bench_data_times_decode_workers_and_computes_the_feed_table(
+    datasets: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = decode_rows(datasets["images"], size=32, batch=8, workers=[0, 1, 2], pools=["process", "thread"],
+                       images=16, passes=1)  # fmt: skip
+    assert [(r["pool"], r["workers"]) for r in rows] == [("process", 1), ("process", 2), ("thread", 1),
+                                                         ("thread", 2), ("process", 0)]  # fmt: skip
+    assert all(r["img_per_s"] > 0 and r["size"] == 32 for r in rows)
+    # The table from per-core rates: 2 workers at 2,000 img/s are 1,000 a core; DCGAN's 6,762 img/s need 7 of
+    # them and the training process's core, 3x needs 21 + 1; a size nobody measured says so.
+    measured = [decode_row(size=64, pool="process", workers=w, runs=[r], images=1, batch=1)
+                for w, r in ((1, 1200.0), (2, 2000.0))]  # fmt: skip
+    table = format_feed_table(measured, pool="process").splitlines()
+    assert table[2] == "| DCGAN | 64 px, batch 64 | 1,000 (from 2 workers) | 6,762.0 | 20,286.0 | 8 | 22 |"
+    assert "not measured at 128 px" in table[3] and cores_per_gpu(171.2, 50.0) == 5
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps(measured))
+    assert main(["bench-data", "--from-json", str(saved), "--feed-table"]) == 0
+    out = capsys.readouterr().out
+    assert table[2] in out and "64 px: 1 workers 1.00, 2 workers 0.83" in out
+    assert main(["bench-data", "--from-json", str(tmp_path / "missing.json")]) == 2
+    assert DECODE_POOLS == POOL_KINDS  # the option's choices, kept apart so `ganpipe --help` imports no data_prep
