@@ -262,8 +262,10 @@ def dataset_batches(
         raise ValueError(f"crop_size and flip apply to paired datasets; {manifest.name} is {manifest.kind!r}")
     if crop_size is not None and not 1 <= crop_size <= manifest.image_size:
         raise ValueError(f"crop_size must be in [1, {manifest.image_size}], got {crop_size}")
+    # Pinned for the caller's current GPU: a thread that pins without setting it would open a context on GPU 0.
+    pin = torch.cuda.current_device() if pins_memory(pin_memory) else None
     make = functools.partial(_batches, store, manifest, batch_size=batch_size, repeat=repeat, drop_last=drop_last,
-                             crop_size=crop_size, flip=flip, pin=pins_memory(pin_memory), split=split, rank=rank,
+                             crop_size=crop_size, flip=flip, pin=pin, split=split, rank=rank,
                              world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer, stats=stats)  # fmt: skip
     if decode_workers == 0:
         yield from make(pool=None)
@@ -287,9 +289,12 @@ def pins_memory(wanted: bool) -> bool:
 
 def _batches(
     store: Store, manifest: Manifest, *, pool: Executor | None, batch_size: int, repeat: bool, drop_last: bool,
-    crop_size: int | None, flip: bool, pin: bool, seed: int, rank: int, **kw: Any,
+    crop_size: int | None, flip: bool, pin: int | None, seed: int, rank: int, **kw: Any,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """The batches of dataset_batches, made on this thread (samples decoded on `pool` when given)."""
+    """The batches of dataset_batches, made on this thread (samples decoded on `pool` when given); page-locked
+    for CUDA device `pin` when given."""
+    if pin is not None:
+        torch.cuda.set_device(pin)
     rng = np.random.default_rng([seed, rank, 0x6261])  # augmentation and caption choices, per rank
     kw = dict(kw, seed=seed, rank=rank, pool=pool)
     if manifest.kind == "unpaired":
@@ -301,7 +306,7 @@ def _batches(
                                     else functools.partial(_augment, crop_size=crop_size, flip=flip, rng=rng)),
                                 **kw)  # fmt: skip
     for batch in batches:
-        yield {k: v.pin_memory() for k, v in batch.items()} if pin else batch
+        yield {k: v.pin_memory() for k, v in batch.items()} if pin is not None else batch
 
 
 def _kind_batches(

@@ -140,6 +140,8 @@ def run_rank(
     if not (resume_dir is not None and restore_rng(resume_dir, rank)):
         seed_everything(spec.loop.seed + start_step, rank)
 
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the reader pins its batches for the current device
     manifest = read_manifest(job.dataset_url, s3_endpoint=job.s3_endpoint)
     batches = dataset_batches(
         job.dataset_url,
