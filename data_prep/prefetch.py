@@ -13,12 +13,16 @@ Why processes by default: docs/ARCHITECTURE.md ("Decode workers") and BENCHMARKS
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
 import logging
 import math
 import multiprocessing
 import os
 import pickle
 import queue
+import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -31,6 +35,7 @@ POOL_KINDS = ("process", "thread")
 MAX_DECODE_WORKERS = 256
 _END = object()
 _JOIN_TIMEOUT_S = 60.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _log = logging.getLogger(__name__)
 
 
@@ -55,7 +60,21 @@ def make_pool(*, kind: str, workers: int) -> Executor:
     if kind == "thread":
         return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ganpipe-decode")
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                               initializer=_worker_start, initargs=(os.getpid(),))  # fmt: skip
+
+
+def _worker_start(parent: int) -> None:
+    """In each decode process: Ctrl-C is the parent's to handle (it shuts the pool down; a worker would print a
+    traceback of its own), and on Linux the worker dies with the thread that started it. A forked worker holds
+    both ends of its task pipe, so it would never see end-of-file from a parent that was killed (SIGKILL, OOM, a
+    Ray worker's end) and would wait forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent was already gone before the line above could take effect
+        os._exit(1)
 
 
 def shut(pool: Executor) -> None:

@@ -9,7 +9,12 @@ import contextlib
 import itertools
 import json
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +33,8 @@ from pipelines.ops.feed_table import cores_per_gpu, decode_row, format_feed_tabl
 from pipelines.spec.config import DataConfig, TrainSpec, apply_overrides
 from pipelines.spec.options.data import DECODE_POOLS
 from pipelines.training.worker import Job, reader_options, run_rank
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +191,28 @@ def test_bench_data_times_decode_workers_and_computes_the_feed_table(
     assert table[2] in out and "64 px: 1 workers 1.00, 2 workers 0.83" in out
     assert main(["bench-data", "--from-json", str(tmp_path / "missing.json")]) == 2
     assert DECODE_POOLS == POOL_KINDS  # the option's choices, kept apart so `ganpipe --help` imports no data_prep
+
+
+def test_decode_workers_die_with_a_killed_training_process(datasets: dict[str, str]) -> None:
+    """A rank killed outright (SIGKILL, out of memory) runs no finally: its decode processes must not wait forever."""
+    script = ("import multiprocessing, os, signal, sys; from data_prep.batches import dataset_batches; "
+              "s = dataset_batches(sys.argv[1], batch_size=4, decode_workers=2); next(s); "
+              "print(*[p.pid for p in multiprocessing.active_children()], flush=True); "
+              "os.kill(os.getpid(), signal.SIGKILL)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script, datasets["images"]], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{p}").exists() and "(Z)" not in _state(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if Path(f"/proc/{p}").exists() and "(Z)" not in _state(p)]
+
+
+def _state(pid: int) -> str:
+    """`PID (name) S ...` of /proc/PID/stat, reduced to its state letter in parentheses ('' once it is gone)."""
+    try:
+        return f"({Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]})"
+    except (OSError, IndexError):
+        return ""
