@@ -191,7 +191,8 @@ def _pooled_samples(
     """split_samples' stream, decoded on `pool`: raw samples in chunks of CHUNK, results in order."""
     raw = raw_epoch(store, manifest, epoch=epoch, domain=domain, stats=stats, **kw)
     chunks = iter(lambda: list(itertools.islice(raw, CHUNK)), [])
-    ahead = 2 * getattr(pool, "_max_workers", 1) + 2  # every worker busy, and its next chunk already queued
+    # Every worker busy and its next chunk queued (both executors keep their size in _max_workers).
+    ahead = 2 * getattr(pool, "_max_workers", 1) + 2
     for results in ordered_map(functools.partial(decode_chunk, manifest=manifest), chunks, pool=pool, ahead=ahead):
         for item in results:
             if isinstance(item, DecodeFailure):

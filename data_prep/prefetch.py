@@ -84,15 +84,27 @@ def shut(pool: Executor) -> None:
 
 def ordered_map(fn: Callable[[T], R], items: Iterator[T], *, pool: Executor, ahead: int) -> Iterator[R]:
     """fn(item) for each item, computed on `pool`, yielded in the items' order; at most `ahead` items are
-    submitted and not yet yielded (memory stays bounded however far the pool could run ahead)."""
+    submitted and not yet yielded (memory stays bounded however far the pool could run ahead). An error of
+    `items` itself (a shard that fails verification) is raised after the results of the items before it."""
     pending: collections.deque[Future[R]] = collections.deque()
+    items = iter(items)
+    failure: BaseException | None = None
     try:
-        for item in items:
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                break
+            except Exception as exn:  # noqa: BLE001 - held until the items before it are handed on
+                failure = exn
+                break
             pending.append(pool.submit(fn, item))
             if len(pending) >= max(1, ahead):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+        if failure is not None:
+            raise failure
     finally:
         for future in pending:
             future.cancel()

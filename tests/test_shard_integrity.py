@@ -263,10 +263,15 @@ def test_errors_in_decode_workers_are_the_same_one_line(store: Path) -> None:
     thread would raise without decode workers; a tolerant read skips the same sample."""
 
     def error(workers: int) -> Exception:
-        stream = dataset_batches(str(_dataset(store)), batch_size=16, repeat=False, decode_workers=workers)
+        stream = dataset_batches(str(_dataset(store)), batch_size=16, repeat=False, seed=1, shuffle_buffer=8,
+                                 decode_workers=workers)  # fmt: skip
+        before.append(0)
         with pytest.raises((ShardIntegrityError, SampleDecodeError)) as info:
-            list(stream)
+            for _ in stream:
+                before[-1] += 1
         return info.value
+
+    before: list[int] = []  # batches handed on before the error, per call
 
     shard = _dataset(store) / FIRST
     original = shard.read_bytes()
@@ -290,4 +295,7 @@ def test_errors_in_decode_workers_are_the_same_one_line(store: Path) -> None:
     shard.write_bytes(bytes(data))
     inline, pooled = error(0), error(2)
     assert isinstance(pooled, ShardIntegrityError) and str(pooled) == str(inline)
+    # At the same place in the stream: seed 1 reads train-000003 first, and 32 of its 40 samples leave the
+    # shuffle buffer (8) before train-000000 is read and refused.
+    assert before[-1] == before[-2] == 2 and before[-3] == before[-4]
     _one_line_naming(pooled, store, FIRST, "bytes with sha256 ")
