@@ -28,7 +28,7 @@ from data_prep.prefetch import POOL_KINDS, Prefetcher, default_decode_workers
 from gan_models import dcgan
 from pipelines.cli.main import main
 from pipelines.engine.loop import Report
-from pipelines.ops.bench_data import decode_rows
+from pipelines.ops.bench_data import decode_rows, gil_row
 from pipelines.ops.feed_table import cores_per_gpu, decode_row, format_feed_table
 from pipelines.spec.config import DataConfig, TrainSpec, apply_overrides
 from pipelines.spec.options.data import DECODE_POOLS
@@ -177,6 +177,8 @@ def test_bench_data_times_decode_workers_and_computes_the_feed_table(
     assert [(r["pool"], r["workers"]) for r in rows] == [("process", 1), ("process", 2), ("thread", 1),
                                                          ("thread", 2), ("process", 0)]  # fmt: skip
     assert all(r["img_per_s"] > 0 and r["size"] == 32 for r in rows)
+    where = gil_row(datasets["images"], size=32, images=16, repeats=1)
+    assert where["images"] == 16 and 0 < where["released_us"] < where["work_us"] and where["ipc_us"] > 0
     # The table from per-core rates: 2 workers at 2,000 img/s are 1,000 a core; DCGAN's 6,762 img/s need 7 of
     # them and the training process's core, 3x needs 21 + 1; a size nobody measured says so.
     measured = [decode_row(size=64, pool="process", workers=w, runs=[r], images=1, batch=1)

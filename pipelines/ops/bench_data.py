@@ -151,6 +151,64 @@ def decode_rows(dataset_url: str, *, size: int, batch: int, workers: list[int], 
             for pool, w in settings]  # fmt: skip
 
 
+class _TimedDecoder:
+    """PIL's decoder with the seconds spent in its `decode` (the C call that releases the GIL) added up."""
+
+    def __init__(self, decoder: Any, spent: list[float]) -> None:
+        self._decoder, self._spent = decoder, spent
+
+    def decode(self, data: bytes) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self._decoder.decode(data)
+        finally:
+            self._spent[0] += time.perf_counter() - t0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._decoder, name)
+
+
+def gil_row(dataset_url: str, *, size: int, images: int, repeats: int = 5) -> dict[str, Any]:
+    """Where a decode worker's time goes, per image (best of `repeats` passes, so a busy machine matters little):
+    `work_us` all of decode_chunk, `released_us` inside PIL's decoder (GIL released), and `ipc_us` what a process
+    pool adds on the parent's side, holding the GIL (pickling a chunk's member bytes, unpickling its samples).
+    Threads are bound by Amdahl: N threads at most 1 / ((1 - f) + f / N) times one, f = released / work."""
+    import itertools
+    import pickle
+
+    from PIL import Image
+
+    from data_prep.batches import CHUNK, decode_chunk
+    from data_prep.reader import open_dataset, raw_epoch
+
+    store, manifest = open_dataset(dataset_url)
+    raw = list(itertools.islice(raw_epoch(store, manifest, split="train", rank=0, world_size=1, seed=0, epoch=0,
+                                          shuffle_buffer=0, shuffle=False), images))  # fmt: skip
+    chunks = [raw[i : i + CHUNK] for i in range(0, len(raw), CHUNK)]
+    original, spent = Image._getdecoder, [0.0]
+    passes: list[tuple[float, float]] = []  # (all the work, the part in PIL's decoder) per pass
+    ipcs: list[float] = []
+    Image._getdecoder = lambda *a, **k: _TimedDecoder(original(*a, **k), spent)  # type: ignore[assignment]
+    try:
+        for _ in range(repeats):
+            spent[0], t0 = 0.0, time.perf_counter()
+            outs = [decode_chunk(chunk, manifest=manifest) for chunk in chunks]
+            passes.append((time.perf_counter() - t0, spent[0]))
+            t0 = time.perf_counter()
+            for chunk, out in zip(chunks, outs, strict=True):
+                pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.loads(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))  # dumps: the worker's, an upper bound
+            ipcs.append(time.perf_counter() - t0)
+    finally:
+        Image._getdecoder = original  # type: ignore[assignment]
+    n = len(raw)
+    work, released = min(passes)
+    work_us, released_us, ipc_us = (x / n * 1e6 for x in (work, released, min(ipcs)))
+    return {"what": f"decode {size}px, where the time goes", "kind": "gil", "size": size, "images": n,
+            "img_per_s": n / work, "work_us": work_us, "released_us": released_us, "ipc_us": ipc_us,
+            "released_share": released_us / work_us}  # fmt: skip
+
+
 @contextlib.contextmanager
 def seaweedfs(root: Path) -> Iterator[str]:
     """A throw-away SeaweedFS (pipelines.ops.seaweedfs) on 127.0.0.1; sets the AWS_* and GANPIPE_S3_ENDPOINT
@@ -241,6 +299,9 @@ def run_all(*, images: int, size: int, workers: list[int], shard_size: int, read
         for side in read_sizes if verify_reads else []:
             reads("local disk", local_urls[side], side)
         for side in decode_sizes if decode_workers else []:
+            rows.append({**gil_row(local_urls[side], size=side, images=min(read_images, 640)), "load": _load(),
+                         **common})  # fmt: skip
+            print(f"  {rows[-1]['what']:<44} {rows[-1]['released_share']:.0%} GIL released", file=sys.stderr)
             for r in decode_rows(local_urls[side], size=side, batch=batch, workers=list(decode_workers),
                                  pools=list(decode_pools), images=read_images, passes=read_passes):  # fmt: skip
                 rows.append({**r, "load": _load(), **common})
@@ -291,6 +352,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             note = f"verify {r['verify_cost']:+.1%}"
         if "verify_share" in r:
             note = f"share {r['verify_share']:+.1%}"
+        if r.get("kind") == "gil":
+            note = f"{r['released_share']:.0%} released"
         if r.get("kind") == "decode" and r["workers"] > 1:
             one = [x for x in rows if x.get("kind") == "decode" and x["size"] == r["size"] and x["pool"] == r["pool"]
                    and x["workers"] == 1]  # fmt: skip
