@@ -9,21 +9,40 @@ Batches are dicts of tensors; images are float32 (B, C, H, W) in [-1, 1], labels
   captioned   {"image", "emb" float32 (B, D): one random caption's embedding of each sample, "wrong_emb"
               float32 (B, D): a random caption's embedding of another sample (never the same one), "label"}
 Decoding is reader.py's: no unpickling, npy with allow_pickle=False.
+
+With decode_workers > 0, `dataset_batches` moves the work off the caller's thread (prefetch.py): a background
+thread reads and verifies the shards and fixes the sample order (reader.raw_epoch), a pool decodes chunks of
+samples in that order, and the same thread augments and collates (the same random draws, in the same order)
+into a bounded queue of ready batches. The batches are the same with 0, 1 or N decode workers.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
 import torch
 
 from data_prep.manifest import DOMAINS, Manifest
-from data_prep.reader import ReadStats, decoded_epoch, image_of, open_dataset
+from data_prep.prefetch import POOL_KINDS, Prefetcher, make_pool, ordered_map, picklable, shut
+from data_prep.reader import (
+    DecodeFailure,
+    ReadStats,
+    decoded_epoch,
+    decoded_or_failure,
+    image_of,
+    open_dataset,
+    raw_epoch,
+)
 from data_prep.storage import Store
 
 Sample = dict[str, Any]
+CHUNK = 32  # samples per task of a decode worker: enough to hide a process pool's per-task cost (~0.1 ms)
+PREFETCH_BATCHES = 4  # ready batches held ahead of the training thread
 
 
 def _scaled(images: list[np.ndarray]) -> torch.Tensor:
@@ -149,10 +168,47 @@ def _collater(manifest: Manifest, rng: np.random.Generator) -> Callable[[list[Sa
     return lambda batch: {"image": _scaled([s["image"] for s in batch]), "label": _labels(batch)}
 
 
-def split_samples(
-    store: Store, manifest: Manifest, *, epoch: int, domain: str | None = None, stats: ReadStats | None = None,
+def decode_chunk(samples: list[dict[str, Any]], *, manifest: Manifest) -> list[Sample | DecodeFailure]:
+    """What a decode worker does: each raw sample decoded and made a Sample, or the DecodeFailure naming it."""
+    out: list[Sample | DecodeFailure] = []
+    for raw in samples:
+        decoded = decoded_or_failure(raw)
+        if isinstance(decoded, DecodeFailure):
+            decoded.error = picklable(decoded.error)  # it may cross back from a process
+            out.append(decoded)
+            continue
+        try:
+            out.append(to_sample(decoded, manifest))
+        except Exception as exn:  # handled in order by the reading thread, as split_samples would
+            out.append(DecodeFailure("sample", str(raw.get("__key__")), str(raw.get("__url__")), picklable(exn)))
+    return out
+
+
+def _pooled_samples(
+    store: Store, manifest: Manifest, *, pool: Executor, epoch: int, domain: str | None, stats: ReadStats | None,
     **kw: Any,
 ) -> Iterator[Sample]:
+    """split_samples' stream, decoded on `pool`: raw samples in chunks of CHUNK, results in order."""
+    raw = raw_epoch(store, manifest, epoch=epoch, domain=domain, stats=stats, **kw)
+    chunks = iter(lambda: list(itertools.islice(raw, CHUNK)), [])
+    # Every worker busy and its next chunk queued (both executors keep their size in _max_workers).
+    ahead = 2 * getattr(pool, "_max_workers", 1) + 2
+    for results in ordered_map(functools.partial(decode_chunk, manifest=manifest), chunks, pool=pool, ahead=ahead):
+        for item in results:
+            if isinstance(item, DecodeFailure):
+                item.handle(store, manifest, stats)
+                continue
+            yield item
+
+
+def split_samples(
+    store: Store, manifest: Manifest, *, epoch: int, domain: str | None = None, stats: ReadStats | None = None,
+    pool: Executor | None = None, **kw: Any,
+) -> Iterator[Sample]:
+    """One epoch of Samples of a split (of a domain); decoded on `pool` when given, in the same order."""
+    if pool is not None:
+        yield from _pooled_samples(store, manifest, pool=pool, epoch=epoch, domain=domain, stats=stats, **kw)
+        return
     for decoded in decoded_epoch(store, manifest, epoch=epoch, domain=domain, stats=stats, **kw):
         if stats is None:
             yield to_sample(decoded, manifest)
@@ -180,6 +236,9 @@ def dataset_batches(
     flip: bool = False,
     s3_endpoint: str | None = None,
     stats: ReadStats | None = None,
+    decode_workers: int = 0,
+    decode_pool: str = "process",
+    pin_memory: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of any kind (the module docstring lists each kind's keys), sharded by rank like image_batches.
     With `stats` (a reader.ReadStats), undecodable samples and broken shards are skipped and counted there
@@ -188,27 +247,81 @@ def dataset_batches(
     Each epoch reshuffles shard order and samples (seeded from seed, epoch, rank); repeat=True cycles
     epochs forever. For `unpaired`, repeat=False ends once both domains have been read once (the shorter
     one restarts meanwhile, as CycleGAN's unaligned loader does). crop_size and flip are for `paired` only.
+
+    decode_workers=0 reads, decodes and collates on the caller's thread; N > 0 does it all in a background
+    thread with N decode workers (`decode_pool` "process" or "thread"), PREFETCH_BATCHES batches ahead: the same
+    batches either way. Close the stream (or let it end) to stop them. pin_memory puts batches in page-locked
+    memory where CUDA is available, so the training thread's non-blocking copies to the GPU really overlap.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if decode_workers < 0 or decode_pool not in POOL_KINDS:
+        raise ValueError(f"decode_workers must be >= 0 and decode_pool one of {', '.join(POOL_KINDS)}; got "
+                         f"{decode_workers} and {decode_pool!r}")  # fmt: skip
     store, manifest = open_dataset(dataset_url, s3_endpoint=s3_endpoint)
     if (crop_size is not None or flip) and manifest.kind != "paired":
         raise ValueError(f"crop_size and flip apply to paired datasets; {manifest.name} is {manifest.kind!r}")
     if crop_size is not None and not 1 <= crop_size <= manifest.image_size:
         raise ValueError(f"crop_size must be in [1, {manifest.image_size}], got {crop_size}")
-    rng = np.random.default_rng([seed, rank, 0x6261])  # augmentation and caption choices, per rank
-    kw = dict(split=split, rank=rank, world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer, stats=stats)
-    if manifest.kind == "unpaired":
-        yield from _unpaired_batches(store, manifest, batch_size=batch_size, repeat=repeat, drop_last=drop_last, **kw)
+    # Pinned for the caller's current GPU: a thread that pins without setting it would open a context on GPU 0.
+    pin = torch.cuda.current_device() if pins_memory(pin_memory) else None
+    make = functools.partial(_batches, store, manifest, batch_size=batch_size, repeat=repeat, drop_last=drop_last,
+                             crop_size=crop_size, flip=flip, pin=pin, split=split, rank=rank,
+                             world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer, stats=stats)  # fmt: skip
+    if decode_workers == 0:
+        yield from make(pool=None)
         return
-    collate = _collater(manifest, rng)
+
+    def produce() -> Iterator[dict[str, torch.Tensor]]:
+        pool = make_pool(kind=decode_pool, workers=decode_workers)
+        try:
+            yield from make(pool=pool)
+        finally:
+            shut(pool)
+
+    with Prefetcher(produce, depth=PREFETCH_BATCHES, name="ganpipe-batches") as ahead:
+        yield from ahead
+
+
+def pins_memory(wanted: bool) -> bool:
+    """Whether batches go to page-locked memory: asked for and possible (pinning needs a CUDA driver)."""
+    return wanted and torch.cuda.is_available()
+
+
+def _batches(
+    store: Store, manifest: Manifest, *, pool: Executor | None, batch_size: int, repeat: bool, drop_last: bool,
+    crop_size: int | None, flip: bool, pin: int | None, seed: int, rank: int, **kw: Any,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The batches of dataset_batches, made on this thread (samples decoded on `pool` when given); page-locked
+    for CUDA device `pin` when given."""
+    if pin is not None:
+        torch.cuda.set_device(pin)
+    rng = np.random.default_rng([seed, rank, 0x6261])  # augmentation and caption choices, per rank
+    kw = dict(kw, seed=seed, rank=rank, pool=pool)
+    if manifest.kind == "unpaired":
+        batches = _unpaired_batches(store, manifest, batch_size=batch_size, repeat=repeat, drop_last=drop_last, **kw)
+    else:
+        batches = _kind_batches(store, manifest, batch_size=batch_size, repeat=repeat, drop_last=drop_last,
+                                collate=_collater(manifest, rng), augment=(
+                                    None if crop_size is None and not flip
+                                    else functools.partial(_augment, crop_size=crop_size, flip=flip, rng=rng)),
+                                **kw)  # fmt: skip
+    for batch in batches:
+        yield {k: v.pin_memory() for k, v in batch.items()} if pin is not None else batch
+
+
+def _kind_batches(
+    store: Store, manifest: Manifest, *, batch_size: int, repeat: bool, drop_last: bool,
+    collate: Callable[[list[Sample]], dict[str, torch.Tensor]], augment: Callable[[Sample], Sample] | None,
+    rank: int, **kw: Any,
+) -> Iterator[dict[str, torch.Tensor]]:
     epoch = 0
     while True:
         batch: list[Sample] = []
         produced = 0
-        for sample in split_samples(store, manifest, epoch=epoch, **kw):
-            if crop_size is not None or flip:
-                sample = _augment(sample, crop_size=crop_size, flip=flip, rng=rng)
+        for sample in split_samples(store, manifest, epoch=epoch, rank=rank, **kw):
+            if augment is not None:
+                sample = augment(sample)
             batch.append(sample)
             if len(batch) == batch_size:
                 yield collate(batch)
@@ -219,7 +332,8 @@ def dataset_batches(
         if not repeat:
             return
         if produced == 0:
-            raise ValueError(f"rank {rank} gets fewer than batch_size={batch_size} samples of {split!r} per epoch")
+            raise ValueError(f"rank {rank} gets fewer than batch_size={batch_size} samples of {kw['split']!r} "
+                             "per epoch")  # fmt: skip
         epoch += 1
 
 

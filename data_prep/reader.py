@@ -208,6 +208,32 @@ def decoded_epoch(
     """One epoch of this rank's decoded samples (member name -> value, plus __key__/__url__) of one split
     (of one domain, for `unpaired`): the shared core of every kind's reader. With `stats`, a bad sample or
     shard is skipped and counted there instead of raising."""
+    samples = raw_epoch(store, manifest, split=split, rank=rank, world_size=world_size, seed=seed, epoch=epoch,
+                        shuffle_buffer=shuffle_buffer, shuffle=shuffle, domain=domain, stats=stats)  # fmt: skip
+    for sample in samples:
+        decoded = decoded_or_failure(sample)
+        if isinstance(decoded, DecodeFailure):
+            decoded.handle(store, manifest, stats)
+            continue
+        yield decoded
+
+
+def raw_epoch(
+    store: Store,
+    manifest: Manifest,
+    *,
+    split: str,
+    rank: int,
+    world_size: int,
+    seed: int,
+    epoch: int,
+    shuffle_buffer: int,
+    shuffle: bool = True,
+    domain: str | None = None,
+    stats: ReadStats | None = None,
+) -> Iterator[dict[str, Any]]:
+    """decoded_epoch's samples before decoding (member name -> bytes, plus __key__/__url__), in the same order:
+    what a decode pool (data_prep/prefetch.py) is handed, so its order is fixed here whoever decodes."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     if split not in manifest.counts:
@@ -230,15 +256,39 @@ def decoded_epoch(
         samples = (s for i, s in enumerate(samples) if i % world_size == rank)
     if shuffle:
         samples = _shuffled(samples, shuffle_buffer, random.Random(f"samples:{seed}:{epoch}:{rank}{tag}"))
-    for sample in samples:
-        try:
-            decoded = decode_sample(sample)
-        except Exception as exn:  # a corrupt member: with stats skip the sample and count it, else name it
+    yield from samples
+
+
+@dataclass
+class DecodeFailure:
+    """A sample that did not decode (stage "decode") or lacked what its kind needs (stage "sample"), kept as a
+    value so a decode worker can hand it back in order; `handle` then raises or skips it as the reader would."""
+
+    stage: str
+    key: str
+    url: str
+    error: Exception
+
+    def handle(self, store: Store, manifest: Manifest, stats: ReadStats | None) -> None:
+        """Raise (no stats) or count and log in `stats`: a decode error as SampleDecodeError naming the shard,
+        a missing or malformed member as itself (stats skip only ValueError/KeyError there, as ever)."""
+        where = {"__key__": self.key, "__url__": self.url}
+        if self.stage == "decode":
             if stats is None:
-                raise _decode_error(store, manifest, sample, exn) from exn
-            stats.skip(f"sample {sample.get('__key__')} in {sample.get('__url__')}", exn)
-            continue
-        yield decoded
+                raise _decode_error(store, manifest, where, self.error) from self.error
+            stats.skip(f"sample {self.key} in {self.url}", self.error)
+            return
+        if stats is None or not isinstance(self.error, (ValueError, KeyError)):
+            raise self.error
+        stats.skip(f"sample {self.key} in {self.url}", self.error)
+
+
+def decoded_or_failure(sample: dict[str, Any]) -> dict[str, Any] | DecodeFailure:
+    """decode_sample's result, or the DecodeFailure naming the sample."""
+    try:
+        return decode_sample(sample)
+    except Exception as exn:  # a corrupt member: with stats skip the sample and count it, else name it
+        return DecodeFailure("decode", str(sample.get("__key__")), str(sample.get("__url__")), exn)
 
 
 def _decode_error(store: Store, manifest: Manifest, sample: dict[str, Any], exn: Exception) -> SampleDecodeError:

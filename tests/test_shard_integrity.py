@@ -5,10 +5,12 @@ its samples is yielded; through `ganpipe train` it exits non-zero with that line
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import os
 import pickle
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,7 +25,7 @@ from ray.train import WorkerGroupError
 
 from data_prep import PrepConfig, SourceOptions, integrity, iter_samples, prep_images, read_manifest
 from data_prep.batches import dataset_batches
-from data_prep.integrity import ShardIntegrityError, unverified_reads_for_benchmark
+from data_prep.integrity import SampleDecodeError, ShardIntegrityError, unverified_reads_for_benchmark
 from data_prep.reader import ReadStats
 from pipelines.cli.main import main
 from pipelines.evaluation.evaluator import ensure_evaluator
@@ -253,3 +255,47 @@ def test_bench_data_times_reads_with_and_without_verification(prepared: Path) ->
     runs = read_rates(str(_dataset(prepared)), batch=16, passes=2)
     assert sorted(runs) == ["files_u", "files_v", "unverified", "verified"]
     assert all(len(r) == 2 and all(x > 0 for x in r) for r in runs.values())
+
+
+def test_errors_in_decode_workers_are_the_same_one_line(store: Path) -> None:
+    """Shards are verified in the reading thread and samples decoded in worker processes: a flipped byte, and a
+    sample whose shard matches the manifest but does not decode, stop the stream with the line the training
+    thread would raise without decode workers; a tolerant read skips the same sample."""
+
+    def error(workers: int) -> Exception:
+        stream = dataset_batches(str(_dataset(store)), batch_size=16, repeat=False, seed=1, shuffle_buffer=8,
+                                 decode_workers=workers)  # fmt: skip
+        before.append(0)
+        with pytest.raises((ShardIntegrityError, SampleDecodeError)) as info:
+            for _ in stream:
+                before[-1] += 1
+        return info.value
+
+    before: list[int] = []  # batches handed on before the error, per call
+
+    shard = _dataset(store) / FIRST
+    original = shard.read_bytes()
+    members = _members(shard)
+    with tarfile.open(shard, "w") as tar:  # the first image: PNG signature, then zeros
+        for i, (member, payload) in enumerate(members):
+            bad = i == next(j for j, (m, _) in enumerate(members) if m.name.endswith(".png"))
+            tar.addfile(member, io.BytesIO(payload[:16] + b"\0" * (len(payload) - 16) if bad else payload))
+    _agree(store, FIRST)
+    inline, pooled = error(0), error(2)
+    unplaced = functools.partial(re.sub, r"0x[0-9a-f]+", "0x")  # PIL names its BytesIO by address
+    assert isinstance(pooled, SampleDecodeError) and unplaced(str(pooled)) == unplaced(str(inline))
+    assert "\n" not in str(pooled)
+    assert str(pooled).startswith(f"dataset digits, shard {FIRST}: sample digits-")
+    stats = ReadStats()
+    batches = list(dataset_batches(str(_dataset(store)), batch_size=16, repeat=False, drop_last=False, stats=stats,
+                                   decode_workers=2))  # fmt: skip
+    assert sum(len(b["image"]) for b in batches) == 159 and stats.skipped == 1
+    data = bytearray(original)
+    data[1600] ^= 0x01
+    shard.write_bytes(bytes(data))
+    inline, pooled = error(0), error(2)
+    assert isinstance(pooled, ShardIntegrityError) and str(pooled) == str(inline)
+    # At the same place in the stream: seed 1 reads train-000003 first, and 32 of its 40 samples leave the
+    # shuffle buffer (8) before train-000000 is read and refused.
+    assert before[-1] == before[-2] == 2 and before[-3] == before[-4]
+    _one_line_naming(pooled, store, FIRST, "bytes with sha256 ")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from pipelines.spec.defaults import default_store
+from pipelines.spec.errors import UserError
 
 
 def cmd_prep(args: argparse.Namespace) -> int:
@@ -98,12 +99,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_data(args: argparse.Namespace) -> int:
-    from pipelines.ops.bench_data import format_table, run_all, write_json
+    import json
 
-    results = run_all(images=args.images, size=args.size, workers=args.workers, shard_size=args.shard_size,
-                      read_sizes=args.read_sizes, batch=args.batch, s3=not args.no_s3,
-                      repeats=args.repeats, read_images=args.read_images, read_passes=args.read_passes,
-                      prep=not args.reads_only)  # fmt: skip
+    from pipelines.ops.bench_data import format_table, run_all, write_json
+    from pipelines.ops.feed_table import format_feed_table, scaling
+
+    if args.from_json:
+        try:
+            results = json.loads(Path(args.from_json).read_text())
+        except (OSError, ValueError) as exn:
+            raise UserError(f"--from-json {args.from_json}: {exn} — give the JSON a bench-data run wrote "
+                            "(--out)") from None
+    else:
+        results = run_all(images=args.images, size=args.size, workers=args.workers, shard_size=args.shard_size,
+                          read_sizes=args.read_sizes, batch=args.batch, s3=not args.no_s3,
+                          repeats=args.repeats, read_images=args.read_images, read_passes=args.read_passes,
+                          prep=not (args.reads_only or args.decode_only), verify_reads=not args.decode_only,
+                          decode_workers=args.decode_workers, decode_pools=args.decode_pools,
+                          decode_sizes=args.decode_sizes)  # fmt: skip
     print(format_table(results))
-    print(f"wrote {write_json(results, args.out)}")
+    if not args.from_json:
+        print(f"wrote {write_json(results, args.out)}")
+    if args.feed_table:
+        for pool in dict.fromkeys(r["pool"] for r in results if r.get("kind") == "decode"):
+            ratios = "; ".join(f"{size} px: " + ", ".join(f"{w} workers {x:.2f}" for w, x in by.items())
+                               for size, by in sorted(scaling(results, pool=pool).items()))  # fmt: skip
+            print(f"\n{pool} pool, rate / (workers x rate of 1 worker): {ratios}")
+            print(format_feed_table(results, pool=pool))
     return 0

@@ -1,5 +1,7 @@
 """`ganpipe bench-data`: data throughput on this machine — prep (in-process, 1 and 2 Ray workers) against a bare
-decode -> resize -> PNG encode -> tar loop, and reading shards into batches from local disk and from SeaweedFS.
+decode -> resize -> PNG encode -> tar loop, reading shards into batches from local disk and from SeaweedFS, and
+training's reader with 0..N decode workers (processes or threads) per size, from which feed_table.py computes
+the cores per GPU each family needs.
 
 Inputs are JPEGs made from scikit-image's bundled photos (seeded random crops), in a temp folder; nothing is
 downloaded. Ray start-up is outside the timings (a warm-up prep starts the workers first). Every read is timed
@@ -116,6 +118,97 @@ def files_rate(dataset_url: str, *, verify: bool) -> float:
         return sum(s.samples for s in shards) / (time.perf_counter() - t0)
 
 
+def decode_rate(dataset_url: str, *, batch: int, workers: int, pool: str, images: int) -> float:
+    """Steady images/s of training's reader (verified shards, shuffle buffer 256) with `workers` decode workers
+    of `pool`: the first batch (pool start, first shard verified) is left out, then `images` are timed."""
+    import itertools
+
+    from data_prep.batches import dataset_batches
+
+    stream = dataset_batches(dataset_url, batch_size=batch, shuffle_buffer=256, decode_workers=workers,
+                             decode_pool=pool)  # fmt: skip
+    with contextlib.closing(stream):
+        next(stream)
+        t0, n = time.perf_counter(), 0
+        for b in itertools.islice(stream, max(1, images // batch)):
+            n += len(b["image"])
+        return n / (time.perf_counter() - t0)
+
+
+def decode_rows(dataset_url: str, *, size: int, batch: int, workers: list[int], pools: list[str], images: int,
+                passes: int) -> list[dict[str, Any]]:  # fmt: skip
+    """decode_rate for every (pool, workers), `passes` interleaved rounds (the order rotating each round, so no
+    setting always gets the quieter moment of a shared machine); rows as feed_table.decode_row (best of rounds)."""
+    from pipelines.ops.feed_table import decode_row
+
+    settings = [(pool, w) for pool in pools for w in workers if w > 0] + ([(pools[0], 0)] if 0 in workers else [])
+    runs: dict[tuple[str, int], list[float]] = {s: [] for s in settings}
+    for i in range(passes):
+        for setting in settings[i % len(settings):] + settings[: i % len(settings)]:
+            runs[setting].append(decode_rate(dataset_url, batch=batch, workers=setting[1], pool=setting[0],
+                                             images=images))  # fmt: skip
+    return [decode_row(size=size, pool=pool, workers=w, runs=runs[(pool, w)], images=images, batch=batch)
+            for pool, w in settings]  # fmt: skip
+
+
+class _TimedDecoder:
+    """PIL's decoder with the seconds spent in its `decode` (the C call that releases the GIL) added up."""
+
+    def __init__(self, decoder: Any, spent: list[float]) -> None:
+        self._decoder, self._spent = decoder, spent
+
+    def decode(self, data: bytes) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self._decoder.decode(data)
+        finally:
+            self._spent[0] += time.perf_counter() - t0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._decoder, name)
+
+
+def gil_row(dataset_url: str, *, size: int, images: int, repeats: int = 5) -> dict[str, Any]:
+    """Where a decode worker's time goes, per image (best of `repeats` passes, so a busy machine matters little):
+    `work_us` all of decode_chunk, `released_us` inside PIL's decoder (GIL released), and `ipc_us` what a process
+    pool adds on the parent's side, holding the GIL (pickling a chunk's member bytes, unpickling its samples).
+    Threads are bound by Amdahl: N threads at most 1 / ((1 - f) + f / N) times one, f = released / work."""
+    import itertools
+    import pickle
+
+    from PIL import Image
+
+    from data_prep.batches import CHUNK, decode_chunk
+    from data_prep.reader import open_dataset, raw_epoch
+
+    store, manifest = open_dataset(dataset_url)
+    raw = list(itertools.islice(raw_epoch(store, manifest, split="train", rank=0, world_size=1, seed=0, epoch=0,
+                                          shuffle_buffer=0, shuffle=False), images))  # fmt: skip
+    chunks = [raw[i : i + CHUNK] for i in range(0, len(raw), CHUNK)]
+    original, spent = Image._getdecoder, [0.0]
+    passes: list[tuple[float, float]] = []  # (all the work, the part in PIL's decoder) per pass
+    ipcs: list[float] = []
+    Image._getdecoder = lambda *a, **k: _TimedDecoder(original(*a, **k), spent)  # type: ignore[assignment]
+    try:
+        for _ in range(repeats):
+            spent[0], t0 = 0.0, time.perf_counter()
+            outs = [decode_chunk(chunk, manifest=manifest) for chunk in chunks]
+            passes.append((time.perf_counter() - t0, spent[0]))
+            t0 = time.perf_counter()
+            for chunk, out in zip(chunks, outs, strict=True):
+                pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.loads(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))  # dumps: the worker's, an upper bound
+            ipcs.append(time.perf_counter() - t0)
+    finally:
+        Image._getdecoder = original  # type: ignore[assignment]
+    n = len(raw)
+    work, released = min(passes)
+    work_us, released_us, ipc_us = (x / n * 1e6 for x in (work, released, min(ipcs)))
+    return {"what": f"decode {size}px, where the time goes", "kind": "gil", "size": size, "images": n,
+            "img_per_s": n / work, "work_us": work_us, "released_us": released_us, "ipc_us": ipc_us,
+            "released_share": released_us / work_us}  # fmt: skip
+
+
 @contextlib.contextmanager
 def seaweedfs(root: Path) -> Iterator[str]:
     """A throw-away SeaweedFS (pipelines.ops.seaweedfs) on 127.0.0.1; sets the AWS_* and GANPIPE_S3_ENDPOINT
@@ -154,14 +247,16 @@ def _load() -> str:
 
 def run_all(*, images: int, size: int, workers: list[int], shard_size: int, read_sizes: list[int], batch: int,
             s3: bool, repeats: int = 3, read_images: int = 3000, read_passes: int = 4,
-            prep: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+            prep: bool = True, verify_reads: bool = True, decode_workers: list[int] = (),
+            decode_pools: list[str] = ("process",), decode_sizes: list[int] = ()) -> list[dict[str, Any]]:  # fmt: skip
     """Every measurement, as rows {"what", "img_per_s", "load" (1/5/15-min load average at the time), ...}.
     Reads use their own `read_images` inputs: opening a dataset costs a fixed ~0.1 s (manifest, S3 client),
     which would dominate an epoch of a few hundred small images and say nothing about a training run.
     Each read is measured with and without shard verification, `read_passes` interleaved epochs each (the best
     reported; the cost of verification is the median over passes of 1 - verified/unverified), and the shards'
     members alone, verified and not (the difference over an epoch's time: verification's share); prep=False
-    measures reads only."""
+    skips prep, verify_reads=False these reads. Decode rows (feed_table.py): each size of `decode_sizes` read from local
+    disk with every count of `decode_workers` in every pool of `decode_pools`, `read_passes` interleaved rounds."""
     from data_prep.prep import PrepConfig, prep_images
 
     rows: list[dict[str, Any]] = []
@@ -175,7 +270,8 @@ def run_all(*, images: int, size: int, workers: list[int], shard_size: int, read
         tmp = Path(tmp_name)
         if prep:
             run_prep(tmp, row, images=images, size=size, workers=workers, shard_size=shard_size, repeats=repeats)
-        read_inputs = {side: make_jpegs(tmp / f"read{side}", n=read_images, side=side, seed=2) for side in read_sizes}
+        sides = sorted({*(read_sizes if verify_reads else ()), *(decode_sizes if decode_workers else ())})
+        read_inputs = {side: make_jpegs(tmp / f"read{side}", n=read_images, side=side, seed=2) for side in sides}
 
         def read_cfg(side: int, store: str) -> PrepConfig:
             return PrepConfig(source=str(tmp / f"read{side}"), store=store, image_size=side, holdout=0,
@@ -198,10 +294,20 @@ def run_all(*, images: int, size: int, workers: list[int], shard_size: int, read
             row("  members alone (read+parse), unverified", max(runs["files_u"]), runs=runs["files_u"],
                 **common_read)  # fmt: skip
 
-        for side in read_sizes:
-            local = prep_images(read_cfg(side, str(tmp / f"r{side}")), progress=False)
-            reads("local disk", local.dataset_url, side)
-        if s3:
+        local_urls = {side: prep_images(read_cfg(side, str(tmp / f"r{side}")), progress=False).dataset_url
+                      for side in sorted(read_inputs)}  # fmt: skip
+        for side in read_sizes if verify_reads else []:
+            reads("local disk", local_urls[side], side)
+        for side in decode_sizes if decode_workers else []:
+            rows.append({**gil_row(local_urls[side], size=side, images=min(read_images, 640)), "load": _load(),
+                         **common})  # fmt: skip
+            print(f"  {rows[-1]['what']:<44} {rows[-1]['released_share']:.0%} GIL released", file=sys.stderr)
+            for r in decode_rows(local_urls[side], size=side, batch=batch, workers=list(decode_workers),
+                                 pools=list(decode_pools), images=read_images, passes=read_passes):  # fmt: skip
+                rows.append({**r, "load": _load(), **common})
+                print(f"  {r['what']:<44} {r['img_per_s']:>9.1f} img/s   load {rows[-1]['load']}", file=sys.stderr,
+                      flush=True)  # fmt: skip
+        if s3 and verify_reads:
             with seaweedfs(tmp / "weed"):
                 for side in read_sizes:
                     remote = prep_images(read_cfg(side, f"s3://bench-data/r{side}"), progress=False)
@@ -246,7 +352,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             note = f"verify {r['verify_cost']:+.1%}"
         if "verify_share" in r:
             note = f"share {r['verify_share']:+.1%}"
-        lines.append(f"{r['what']:<46} {r['img_per_s']:>9.1f}  {note:<14}  {r['load']}")
+        if r.get("kind") == "gil":
+            note = f"{r['released_share']:.0%} released"
+        if r.get("kind") == "decode" and r["workers"] > 1:
+            one = [x for x in rows if x.get("kind") == "decode" and x["size"] == r["size"] and x["pool"] == r["pool"]
+                   and x["workers"] == 1]  # fmt: skip
+            note = f"{r['img_per_s'] / one[0]['img_per_s']:.2f}x of 1" if one else ""
+        lines.append(f"{r['what']:<46} {r['img_per_s']:>9.1f}  {note:<14}  {r.get('load', '?')}")
     return "\n".join(lines)
 
 

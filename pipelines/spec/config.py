@@ -9,6 +9,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_prep.prefetch import MAX_DECODE_WORKERS, POOL_KINDS
 from gan_models import get_family
 from pipelines.spec.defaults import default_store
 
@@ -28,9 +29,18 @@ class DataConfig:
     dataset: str = "mnist5k"  # a dataset name under `store` (datasets/NAME) or a full dataset URL
     batch_size: int = 64  # per worker; the global batch is batch_size * workers
     shuffle_buffer: int = 1000  # samples held for shuffling within a worker's shard stream
+    # Processes (or threads, decode_pool) decoding, augmenting and collating beside each training worker, a few
+    # batches ahead; 0: on the training thread; None: the worker's CPUs less one (at least 1). Same batches either way.
+    decode_workers: int | None = None
+    decode_pool: str = "process"  # "process" or "thread" (data_prep/prefetch.py; BENCHMARKS.md measures both)
 
     def __post_init__(self) -> None:
         _check_at_least(self, "data", batch_size=1, shuffle_buffer=0)
+        if self.decode_workers is not None and not 0 <= self.decode_workers <= MAX_DECODE_WORKERS:
+            raise ValueError(f"data.decode_workers must be in [0, {MAX_DECODE_WORKERS}] (0: decode on the training "
+                             f"thread) or none (the worker's CPUs less one); got {self.decode_workers}")  # fmt: skip
+        if self.decode_pool not in POOL_KINDS:
+            raise ValueError(f"data.decode_pool must be one of {', '.join(POOL_KINDS)}; got {self.decode_pool!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -112,7 +112,7 @@ def train_worker(config: dict[str, Any]) -> None:
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
         run_rank(
             job, rank=rank, world_size=world, device=device, prepare_model=prepare,
-            resume_dir=Path(resume_dir) if resume_dir else None, report=report,
+            resume_dir=Path(resume_dir) if resume_dir else None, report=report, cpus=job.spec.scale.cpus_per_worker,
         )
     unlogged = logger.close() if logger is not None else ""
     if unlogged:

@@ -135,7 +135,8 @@ def _run_in_trial(job: Job, ctx: dict[str, Any], logger: tracking.RunLogger, hp:
             resume = None
             if resume_dir is not None and (Path(resume_dir) / STATE_FILE).exists():
                 resume = adopt_config(Path(resume_dir), job.spec, get_family(job.spec.family), Path(tmp) / "adopted")
-            run_rank(job, rank=0, world_size=1, device=device, resume_dir=resume, report=report)
+            run_rank(job, rank=0, world_size=1, device=device, resume_dir=resume, report=report,
+                     cpus=job.spec.scale.cpus_per_worker)
 
 
 def _stop_file(trial_id: str) -> Path:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from torch import nn
 
 from data_prep.batches import dataset_batches
 from data_prep.manifest import Manifest
+from data_prep.prefetch import default_decode_workers
 from data_prep.reader import read_manifest
 from gan_models import get_family
 from pipelines.engine.checkpoint import load_state, restore, restore_rng, training_state
@@ -107,8 +109,10 @@ def run_rank(
     prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m,
     resume_dir: Path | None = None,
     report: Callable[[Report], Any],
+    cpus: float | None = None,
 ) -> int:
-    """Train this rank to the end; returns the last step. `resume_dir` holds the checkpoint to continue from."""
+    """Train this rank to the end; returns the last step. `resume_dir` holds the checkpoint to continue from;
+    `cpus` is what Ray gave this rank (None: the CPUs this process may run on), which sizes the decode pool."""
     spec = job.spec
     family = get_family(spec.family)
     if spec.loop.threads:
@@ -136,6 +140,8 @@ def run_rank(
     if not (resume_dir is not None and restore_rng(resume_dir, rank)):
         seed_everything(spec.loop.seed + start_step, rank)
 
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the reader pins its batches for the current device
     manifest = read_manifest(job.dataset_url, s3_endpoint=job.s3_endpoint)
     batches = dataset_batches(
         job.dataset_url,
@@ -146,7 +152,32 @@ def run_rank(
         seed=spec.loop.seed + start_step,
         shuffle_buffer=spec.data.shuffle_buffer,
         s3_endpoint=job.s3_endpoint,
+        **reader_options(spec, device=device, cpus=cpus),
     )
+    # Closed however fit ends (steps done, an error, a stop): the decode workers and the prefetch thread end too.
+    with contextlib.closing(batches):
+        return _fit_rank(job, spec=spec, family=family, manifest=manifest, batches=batches, rank=rank,
+                         world_size=world_size, device=device, nets=nets, opts=opts, ema=ema, extra=extra,
+                         start_step=start_step, amp_dtype=amp_dtype, report=report)  # fmt: skip
+
+
+def reader_options(spec: TrainSpec, *, device: torch.device, cpus: float | None = None) -> dict[str, Any]:
+    """dataset_batches' decode_workers, decode_pool and pin_memory for a rank of this run on `device`: the
+    decode workers by default one per CPU of the rank less the training thread's (`cpus`: what Ray gave it, as
+    Ray does not pin a worker's CPUs; None: this process's CPUs); page-locked batches only for a CUDA device,
+    where the loop's non-blocking copies can then overlap the step."""
+    workers = spec.data.decode_workers
+    if workers is None:
+        workers = default_decode_workers(cpus=cpus)
+    return {"decode_workers": workers, "decode_pool": spec.data.decode_pool, "pin_memory": device.type == "cuda"}
+
+
+def _fit_rank(
+    job: Job, *, spec: TrainSpec, family: Any, manifest: Manifest, batches: Iterator[dict[str, torch.Tensor]],
+    rank: int, world_size: int, device: torch.device, nets: dict[str, nn.Module], opts: Any, ema: Any, extra: Any,
+    start_step: int, amp_dtype: Any, report: Callable[[Report], Any],
+) -> int:
+    """Figures, evaluation and checkpoints of this rank around `fit`; returns the last step."""
     # What conditions G in figures and the EMA's BN calibration: fixed, so grids compare across steps and runs.
     sample_batch = None if family.sample_latent is not None and manifest.kind == "images" else (
         {k: v.to(device) for k, v in _fixed_batch(job, manifest, n=64).items()}

@@ -10,6 +10,7 @@ from pipelines.spec.options.common import add_store_args
 
 # = data_prep.options.DERIVATIONS; not imported from there, which would load pyarrow for `ganpipe --help`
 DERIVATIONS = ("edges", "colorize", "superres", "inpaint")
+DECODE_POOLS = ("process", "thread")  # = data_prep.prefetch.POOL_KINDS (tests/test_decode_workers.py checks)
 
 PREP_EPILOG = """\
 formats (--format) and the sources each accepts:
@@ -160,5 +161,18 @@ def add_parsers(sub: Any) -> None:
                    help="interleaved epochs with and without shard verification per read (default 4; best img/s "
                         "shown, verification cost = median over the passes)")
     p.add_argument("--reads-only", action="store_true", help="skip the prep benchmark, measure reads only")
+    p.add_argument("--decode-workers", type=non_negative_int, nargs="*", default=[0, 1, 2],
+                   help="decode worker counts to time training's reader with, per --decode-sizes (default 0 1 2; "
+                        "none: skip)")
+    p.add_argument("--decode-pools", choices=DECODE_POOLS, nargs="+", default=list(DECODE_POOLS),
+                   help="decode pools to time (default: process thread)")
+    p.add_argument("--decode-sizes", type=positive_int, nargs="+", default=[64, 128, 256],
+                   help="sides for the decode worker reads (default 64 128 256)")
+    p.add_argument("--decode-only", action="store_true",
+                   help="measure only the decode worker reads (no prep, no verification or SeaweedFS reads)")
+    p.add_argument("--feed-table", action="store_true",
+                   help="then print the table of CPU cores per GPU each family needs at its official H200 rate "
+                        "and 3x it, from the decode rows' per-core rates (with --from-json: of a saved run)")
+    p.add_argument("--from-json", help="measure nothing: read the rows of an earlier run's --out JSON")
     p.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS read benchmark")
     p.add_argument("--out", default=".ganpipe/bench-data.json")
