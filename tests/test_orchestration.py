@@ -168,6 +168,11 @@ def test_three_stages_run_then_cache_then_rerun_what_changed(tmp_path, monkeypat
     assert took < 15, took  # look-ups only; the first run trained and evaluated
     assert second.stages["train"].outputs == first.stages["train"].outputs
 
+    # How the batches are decoded changes no batch (data_prep/prefetch.py), so it is no reason to retrain.
+    data["stages"]["train"]["config"]["overrides"].update({"data.decode_workers": 0, "data.decode_pool": "thread"})
+    neutral, text = _run(data)
+    assert _statuses(neutral) == {"prep": "cached", "train": "cached", "eval": "cached"}, text
+
     data["stages"]["train"]["config"]["overrides"]["loop.steps"] = 6
     third, text = _run(data)
     assert _statuses(third) == {"prep": "cached", "train": "done", "eval": "done"}, text

@@ -193,7 +193,7 @@ def train_call(stage: Stage, config: dict[str, Any], *, store: str, tracking_uri
     base = {k: v for k, v in config.items() if k not in ("overrides", *SWEEP_KEYS)}
     ns = KINDS["train"].namespace(stage, base, store=store, tracking_uri=tracking_uri)
     spec = stage_train_spec(stage, config, ns=ns)
-    resolved = spec.to_dict()
+    resolved = spec.result_dict()
     resolved.pop("run_name")
     call = {"args": {**ns, "overrides": override_strings(stage.name, config.get("overrides"))}}
     if stage.kind == "sweep":

@@ -7,7 +7,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from data_prep.prefetch import MAX_DECODE_WORKERS, POOL_KINDS
 from gan_models import get_family
@@ -103,8 +103,19 @@ class TrainSpec:
     store: str = field(default_factory=default_store)  # a folder or s3://bucket/prefix; $GANPIPE_STORE by default
     run_name: str = ""  # a rerun with the same name resumes from its latest checkpoint
 
+    # How a run is executed, not what it computes: the batches are the same whatever these are
+    # (data_prep/prefetch.py), so a pipeline's cache key leaves them out.
+    RESULT_NEUTRAL: ClassVar[tuple[tuple[str, str], ...]] = (("data", "decode_workers"), ("data", "decode_pool"))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def result_dict(self) -> dict[str, Any]:
+        """`to_dict` less the fields that cannot change the result (`RESULT_NEUTRAL`)."""
+        d = self.to_dict()
+        for section, key in self.RESULT_NEUTRAL:
+            d[section].pop(key, None)
+        return d
 
     def flat(self) -> dict[str, Any]:
         """`section.key -> value`, the form used for MLflow params and CLI overrides."""
