@@ -144,7 +144,8 @@ class Tracker:
         self.mlf = client(tracking_uri)
         exp = self.mlf.get_experiment_by_name(pipe.experiment)
         self.exp_id = exp.experiment_id if exp else self.mlf.create_experiment(
-            pipe.experiment, artifact_location=default_artifact_location(pipe.store, pipe.experiment))
+            pipe.experiment, artifact_location=default_artifact_location(pipe.store, pipe.experiment,
+                                                                          tracking_uri=tracking_uri))
 
     def cached(self, key: str) -> Any | None:
         found = self.mlf.search_runs([self.exp_id], filter_string=f"tags.`{CACHE_KEY_TAG}` = '{key}' and "

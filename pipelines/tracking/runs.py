@@ -41,8 +41,16 @@ def resolve_tracking_uri(uri: str = "", *, home: str = DEFAULT_HOME) -> str:
     return f"sqlite:///{path}"
 
 
-def default_artifact_location(store_url: str, experiment: str, *, home: str = DEFAULT_HOME) -> str:
-    # Artifacts go to the object store when it is S3, so a cluster's workers and the UI see the same files.
+def default_artifact_location(store_url: str, experiment: str, *, tracking_uri: str = "",
+                              home: str = DEFAULT_HOME) -> str | None:
+    """Where a new experiment keeps its artifacts; None leaves it to the tracking server.
+
+    A tracking server decides for itself: `ganpipe services up` (and infra/mlflow-server.sh) proxy artifacts
+    (`mlflow-artifacts:/`), so clients need no bucket keys; a direct s3:// location set here would bypass
+    that. Without a server, artifacts go to the object store when it is S3, so a cluster's workers and the UI
+    see the same files."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
     if store_url.startswith("s3://"):
         return f"{store_url.rstrip('/')}/mlartifacts/{experiment}"
     return (Path(home).resolve() / "mlartifacts" / experiment).as_uri()
@@ -96,7 +104,7 @@ def start_run(
     experiment = spec.track.experiment or f"{spec.family}-{dataset_name}"
     exp = mlf.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else mlf.create_experiment(
-        experiment, artifact_location=default_artifact_location(spec.store, experiment)
+        experiment, artifact_location=default_artifact_location(spec.store, experiment, tracking_uri=tracking_uri)
     )
     if resume:
         found = mlf.search_runs(
