@@ -62,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipelines.ops.services import load_env_file
 
         load_env_file()
+    from pipelines.engine.quiet import quiet_logs
+    from pipelines.engine.stop import Stopped, on_sigterm
+
+    quiet_logs()
+    on_sigterm()
     if getattr(args, "s3_endpoint", None):
         os.environ["GANPIPE_S3_ENDPOINT"] = args.s3_endpoint
     try:
@@ -78,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ganpipe: interrupted", file=sys.stderr)
         return 130
+    except Stopped as exc:  # `ganpipe jobs stop`: runs in progress are marked KILLED on the way out
+        print(f"ganpipe {args.command}: {exc}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as exc:  # user errors become one line; anything else keeps its traceback
         if is_user_error(exc):
             print(f"ganpipe {args.command}: error: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from pipelines.engine.stop import Stopped
 from pipelines.orchestration.dag import Pipeline, PipelineError, Resources, Stage, substitute
 from pipelines.orchestration.progress import Progress
 from pipelines.orchestration.stage_kinds import KINDS, StageContext, resolve_call
@@ -61,6 +62,9 @@ def _digest(value: Any) -> str:
 
 def execute_stage(kind: str, call: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     """Run one stage with its output captured (the body of a Ray task, or called in-process)."""
+    from pipelines.engine.quiet import quiet_logs
+
+    quiet_logs()  # a Ray task's process too
     buf = io.StringIO()
     start = time.time()
     try:
@@ -98,9 +102,11 @@ class RayExecutor:
     def __init__(self) -> None:
         import ray
 
+        from pipelines.engine.stop import on_sigterm
         from pipelines.training.ray_train import ensure_ray
 
         ensure_ray()
+        on_sigterm()  # again: ray.init replaced it
         self.ray = ray
         self.task = ray.remote(execute_stage)
         self.refs: dict[Any, str] = {}
@@ -264,6 +270,7 @@ def run_pipeline(pipe: Pipeline, *, only: list[str] | None = None, force: list[s
     code_tags = {"ganpipe.code_version": code["ganpipe"], "ganpipe.git_commit": code["git_commit"]}
     pending = list(selected)
     t0 = time.time()
+    stopped = False
     try:
         while pending or executor.busy:
             for name in list(pending):
@@ -287,10 +294,15 @@ def run_pipeline(pipe: Pipeline, *, only: list[str] | None = None, force: list[s
             if executor.busy:
                 name, res = executor.wait_any()
                 _finish(name, res, tracker=tracker, outputs=outputs, results=results, runs=runs, progress=progress)
+    except Stopped:  # `ganpipe jobs stop`: the pipeline run and the stages it was running end as KILLED
+        stopped = True
+        for name in set(runs) - set(results):
+            tracker.end(runs[name][0], "KILLED", {"ganpipe.status": "stopped"})
+        raise
     finally:
         progress.close()
         status = "FINISHED" if all(r.status in ("done", "cached") for r in results.values()) and \
-            len(results) == len(selected) else "FAILED"
+            len(results) == len(selected) else "KILLED" if stopped else "FAILED"
         counts = {s: sum(r.status == s for r in results.values()) for s in ("done", "cached", "failed", "skipped")}
         tracker.end(parent, status, {"ganpipe.summary": json.dumps(counts)})
     outcome = RunOutcome(pipeline=pipe.name, run_id=parent, stages=results)

@@ -6,6 +6,7 @@ registers the generator. Nothing here logs a secret: params come from the config
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -13,6 +14,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +336,8 @@ def log_generator(
     mlflow.set_registry_uri(tracking_uri)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with mlflow.start_run(run_id=run_id):
+        # The fluent run's end would print MLflow's "View run" line, and finish_run prints it again.
+        with _no_run_url(), mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
                 generator,
                 name=artifact,
@@ -352,6 +355,21 @@ def log_generator(
         mlf.set_model_version_tag(registered_name, version, key, value)
     mlf.set_registered_model_alias(registered_name, alias, version)
     return mlf.get_model_version(registered_name, version)
+
+
+@contextlib.contextmanager
+def _no_run_url() -> Iterator[None]:
+    """Within: MLflow does not print its "View run ... at: URL" lines (read when a run ends)."""
+    name = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    saved = os.environ.get(name)
+    os.environ[name] = "true"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def _model_metadata(config: dict[str, Any] | None, extra: dict[str, Any] | None) -> dict[str, Any] | None:
