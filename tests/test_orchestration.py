@@ -388,9 +388,11 @@ def test_a_moved_working_directory_reuses_every_stage_and_samples_go_to_mlflow(t
     (first_dir / "grid.png").unlink()  # gone with the first job's working directory: the artifact remains
     second, text = _run(data)
     assert _statuses(second) == {"prep": "cached", "train": "cached", "sample": "cached"}, text
-    assert [v.version for v in mlf.search_model_versions("name = 'dcgan-photos'")] == ["1"]
+    assert [str(v.version) for v in mlf.search_model_versions("name = 'dcgan-photos'")] == ["1"]
     assert read_manifest(second.stages["prep"].outputs["dataset"]).version == manifest.version == 1
 
-    (second_dir / "photos" / "p00.png").write_bytes((first_dir / "photos" / "p01.png").read_bytes())
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(second_dir / "photos" / "p00.png")
     third, text = _run(data, only=["prep"])  # changed content is a new input
     assert _statuses(third)["prep"] == "done", text

@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         load_env_file()
     from pipelines.engine.quiet import quiet_logs
-    from pipelines.engine.stop import Stopped, on_sigterm
+    from pipelines.engine.stop import on_sigterm
 
     quiet_logs()
     on_sigterm()
@@ -83,9 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ganpipe: interrupted", file=sys.stderr)
         return 130
-    except Stopped as exc:  # `ganpipe jobs stop`: runs in progress are marked KILLED on the way out
-        print(f"ganpipe {args.command}: {exc}", file=sys.stderr)
-        return 128 + signal.SIGTERM
     except Exception as exc:  # user errors become one line; anything else keeps its traceback
         if is_user_error(exc):
             print(f"ganpipe {args.command}: error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ import os
 QUIET_LOGGERS = (
     "botocore.credentials",  # "Found credentials in environment variables.", once per S3 client
     "ray.train.v2._internal.execution.storage",  # "Checkpoint successfully created at: ..." per rank and report
+    "ray.train._internal.storage",  # the same line from a Tune trial
 )
 
 RAY_SETTINGS = {

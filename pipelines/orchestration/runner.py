@@ -25,7 +25,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from pipelines.engine.stop import Stopped
+from pipelines.engine.stop import add_cleanup, remove_cleanup
 from pipelines.orchestration.dag import Pipeline, PipelineError, Resources, Stage, substitute
 from pipelines.orchestration.progress import Progress
 from pipelines.orchestration.stage_kinds import KINDS, StageContext, resolve_call
@@ -270,7 +270,13 @@ def run_pipeline(pipe: Pipeline, *, only: list[str] | None = None, force: list[s
     code_tags = {"ganpipe.code_version": code["ganpipe"], "ganpipe.git_commit": code["git_commit"]}
     pending = list(selected)
     t0 = time.time()
-    stopped = False
+
+    def stopped() -> None:  # `ganpipe jobs stop`: the stages in flight and the pipeline run end as KILLED
+        for name in set(runs) - set(results):
+            tracker.end(runs[name][0], "KILLED", {"ganpipe.status": "stopped"})
+        tracker.end(parent, "KILLED", {})
+
+    add_cleanup(stopped)
     try:
         while pending or executor.busy:
             for name in list(pending):
@@ -294,15 +300,11 @@ def run_pipeline(pipe: Pipeline, *, only: list[str] | None = None, force: list[s
             if executor.busy:
                 name, res = executor.wait_any()
                 _finish(name, res, tracker=tracker, outputs=outputs, results=results, runs=runs, progress=progress)
-    except Stopped:  # `ganpipe jobs stop`: the pipeline run and the stages it was running end as KILLED
-        stopped = True
-        for name in set(runs) - set(results):
-            tracker.end(runs[name][0], "KILLED", {"ganpipe.status": "stopped"})
-        raise
     finally:
+        remove_cleanup(stopped)
         progress.close()
         status = "FINISHED" if all(r.status in ("done", "cached") for r in results.values()) and \
-            len(results) == len(selected) else "KILLED" if stopped else "FAILED"
+            len(results) == len(selected) else "FAILED"
         counts = {s: sum(r.status == s for r in results.values()) for s in ("done", "cached", "failed", "skipped")}
         tracker.end(parent, status, {"ganpipe.summary": json.dumps(counts)})
     outcome = RunOutcome(pipeline=pipe.name, run_id=parent, stages=results)

@@ -159,7 +159,7 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
     from ray import tune
 
     from data_prep.storage import open_store
-    from pipelines.engine.stop import Stopped, on_sigterm
+    from pipelines.engine.stop import on_sigterm, when_stopped
     from pipelines.evaluation.kinds import Evaluators, prepare_evaluators
     from pipelines.spec.sweep_space import count_trials, format_space, load_space, tune_param_space, validate_space
     from pipelines.tracking import runs as tracking
@@ -243,9 +243,10 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
                 ),
             )
         started = time.monotonic()
-        grid = tuner.fit()
-    except BaseException as exc:  # the same --name resumes it
-        mlf.set_terminated(parent_id, status="KILLED" if isinstance(exc, Stopped) else "FAILED")
+        with when_stopped(lambda: mlf.set_terminated(parent_id, status="KILLED")):
+            grid = tuner.fit()
+    except BaseException:  # the same --name resumes it
+        mlf.set_terminated(parent_id, status="FAILED")
         raise
     records = collect(grid, mlf=mlf, experiment_id=mlf.get_run(parent_id).info.experiment_id, cfg=cfg,
                       steps=spec.loop.steps)
