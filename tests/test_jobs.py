@@ -108,6 +108,27 @@ def test_unreachable_jobs_api_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], proc.stderr
 
 
+def test_boto_credentials_line_is_quiet_where_ray_train_logs_info(monkeypatch, caplog) -> None:
+    """Ray Train sets its workers' root logger to INFO, and botocore then logs "Found credentials in
+    environment variables." for every S3 client; quiet_logs (run by every ganpipe process) silences it."""
+    import logging
+
+    import boto3
+
+    from pipelines.engine.quiet import quiet_logs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPLANTED0000000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", PLANTED)
+    monkeypatch.setattr(logging.getLogger("botocore.credentials"), "level", logging.NOTSET)
+    with caplog.at_level(logging.INFO):
+        boto3.session.Session().client("s3", region_name="us-east-1")
+        assert "Found credentials in environment variables." in caplog.text  # what a job's log showed
+        caplog.clear()
+        quiet_logs()
+        boto3.session.Session().client("s3", region_name="us-east-1")
+    assert "Found credentials" not in caplog.text
+
+
 # ---- against a real Ray head ----------------------------------------------------------------------------
 
 
