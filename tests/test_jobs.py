@@ -406,6 +406,7 @@ def test_training_job_spreads_its_workers_over_two_nodes(ray_head: RayHead, seco
     assert sub.returncode == 0, sub.stdout[-4000:] + sub.stderr[-2000:]
     assert PLANTED not in sub.stdout + sub.stderr
     assert "registered models:/dcgan-digits/1" in sub.stdout, sub.stdout[-3000:]
+    assert not _noise(sub.stdout + sub.stderr), _noise(sub.stdout + sub.stderr)  # issue 20: readable job logs
 
     workers = _train_workers(ray_head, job_id)
     assert len(workers) == 2, [a["class_name"] for a in workers]
