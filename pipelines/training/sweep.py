@@ -243,7 +243,7 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
                 ),
             )
         started = time.monotonic()
-        with when_stopped(lambda: mlf.set_terminated(parent_id, status="KILLED")):
+        with when_stopped(lambda: _stopped(mlf, parent_id=parent_id, name=cfg.name)):
             grid = tuner.fit()
     except BaseException:  # the same --name resumes it
         mlf.set_terminated(parent_id, status="FAILED")
@@ -262,6 +262,16 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
         cfg.metric: outcome.best.value if outcome.best else None, "model": outcome.model_uri,
         "trials": {r.trial_id: r.status for r in records}})
     return outcome
+
+
+def _stopped(mlf: Any, *, parent_id: str, name: str) -> None:
+    """`ganpipe jobs stop`: the sweep's parent run and its unfinished trial runs end as KILLED."""
+    experiment_id = mlf.get_run(parent_id).info.experiment_id
+    unfinished = (f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{TRIAL_TAG}` != '' "
+                  "and attributes.status = 'RUNNING'")
+    for run in mlf.search_runs([experiment_id], filter_string=unfinished, max_results=1000):
+        mlf.set_terminated(run.info.run_id, status="KILLED")
+    mlf.set_terminated(parent_id, status="KILLED")
 
 
 def quiet_tune(*, tune_output: bool) -> None:
