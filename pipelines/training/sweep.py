@@ -159,6 +159,7 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
     from ray import tune
 
     from data_prep.storage import open_store
+    from pipelines.engine.quiet import tune_result_files, tune_settings
     from pipelines.engine.stop import on_sigterm, when_stopped
     from pipelines.evaluation.kinds import Evaluators, prepare_evaluators
     from pipelines.spec.sweep_space import count_trials, format_space, load_space, tune_param_space, validate_space
@@ -213,7 +214,7 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
     # Tune forces an experiment snapshot whenever a trial has saved num_to_keep checkpoints, and warns each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tune_output = progress and sys.stdout.isatty()
-    quiet_tune(tune_output=tune_output)
+    tune_settings(tune_output=tune_output)
     ensure_ray()
     on_sigterm()  # again: ray.init replaced it
     sweeps = open_store(spec.store).child("sweeps")
@@ -236,7 +237,7 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
                 ),
                 run_config=tune.RunConfig(
                     name=cfg.name, storage_path=root, storage_filesystem=fs, verbose=1 if tune_output else 0,
-                    callbacks=_result_files(),
+                    callbacks=tune_result_files(),
                     # PBT's exploit loads a donor's checkpoint some time after it was reported: keep them all.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None if cfg.scheduler == "pbt" else 2),
                     failure_config=tune.FailureConfig(max_failures=0),
@@ -272,22 +273,6 @@ def _stopped(mlf: Any, *, parent_id: str, name: str) -> None:
     for run in mlf.search_runs([experiment_id], filter_string=unfinished, max_results=1000):
         mlf.set_terminated(run.info.run_id, status="KILLED")
     mlf.set_terminated(parent_id, status="KILLED")
-
-
-def quiet_tune(*, tune_output: bool) -> None:
-    """Tune prints a TensorBoard hint into Ray's temp dir and "View detailed results here: PATH" (the store's
-    path without its s3://) even at verbose=0; its legacy output engine at verbose=0 prints nothing. With
-    `tune_output` (a terminal that asked for progress) Tune's tables stay."""
-    if not tune_output:
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard files: see _result_files
-
-
-def _result_files() -> list[Any]:
-    """Each trial's progress.csv and result.json, as before; only Tune's TensorBoard logger is left out."""
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-    return [CSVLoggerCallback(), JsonLoggerCallback()]
 
 
 def trial_dirname(trial: Any) -> str:
