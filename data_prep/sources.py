@@ -183,6 +183,16 @@ def unique_keys(rels: list[Path]) -> list[str]:
     return out
 
 
+def path_spec(path: Path) -> str:
+    """How a manifest's `prep.source` records a local source: relative to the working directory when it lies
+    inside it, else absolute. A job's working_dir is unpacked by Ray under a new temporary path; the same files
+    there are the same source (the fingerprint tells whether they are the same files)."""
+    try:
+        return path.relative_to(Path.cwd()).as_posix() or "."
+    except ValueError:
+        return str(path)
+
+
 def stat_fingerprint(root: Path, rels: list[Path], *, digest: Any = None) -> str:
     """sha256 over (relative path, size, mtime) of each file."""
     digest = digest or hashlib.sha256()
@@ -201,7 +211,7 @@ class FolderSource(Source):
         self.root = Path(root).expanduser().absolute()
         if not self.root.is_dir():
             raise SourceError(f"source folder {self.root} does not exist or is not a directory")
-        self.spec = str(self.root)
+        self.spec = path_spec(self.root)
         self.name = sanitise(self.root.name).lower() or "images"
 
     @cached_property

@@ -28,6 +28,7 @@ from data_prep.sources import (
     SourceEntry,
     SourceError,
     list_images,
+    path_spec,
     safe_file,
     sanitise,
     stat_fingerprint,
@@ -152,7 +153,7 @@ class CelebASource(_RowSource):
         self._all_names = lines[1].split()
         self._columns = _select(self._all_names, attrs, self.table)
         self._lines = lines[2:]
-        self.spec, self.name = str(self.table), "celeba"
+        self.spec, self.name = path_spec(self.table), "celeba"
         hair = tuple(n for n in CELEBA_HAIR if n in self.attribute_names)
         self.groups = (hair,) if len(hair) > 1 else ()
         partition = next((p for p in (base / CELEBA_PARTITION, base / "Eval" / CELEBA_PARTITION) if p.is_file()), None)
@@ -222,7 +223,7 @@ class TableSource(_RowSource):
         self._names = [names[i] for i in _select(names, attrs, self.table)]
         if not self._names:
             raise SourceError(f"{self.table} has no attribute columns besides {self.file_column!r}")
-        self.spec, self.name = str(self.table), sanitise(self.table.stem).lower() or "attributes"
+        self.spec, self.name = path_spec(self.table), sanitise(self.table.stem).lower() or "attributes"
 
     @property
     def attribute_names(self) -> list[str]:

@@ -24,6 +24,7 @@ from data_prep.sources import (
     Source,
     SourceEntry,
     SourceError,
+    path_spec,
     safe_file,
     sanitise,
     stat_fingerprint,
@@ -52,7 +53,7 @@ class TextFolderSource(FolderSource):
             raise SourceError(f"{base} needs an images/ (or jpg/) folder and a text/ (or text_c10/) folder")
         self.text_root = next(base / d for d in TEXT_DIRS if (base / d).is_dir())
         super().__init__(next(base / d for d in IMAGE_DIRS if (base / d).is_dir()))
-        self.spec, self.name = str(base), sanitise(base.name).lower() or "captioned"
+        self.spec, self.name = path_spec(base), sanitise(base.name).lower() or "captioned"
 
     @cached_property
     def _texts(self) -> dict[str, Path]:
@@ -127,7 +128,7 @@ class CocoSource(Source):
         self._images, self._captions = listed, captions
         self._ids = {str(i): i for i in listed}  # entry origins carry the id as text
         self._unlisted = {str(i): i for i in captions if i not in listed}
-        self.spec, self.name = str(self.path), sanitise(self.path.stem).lower() or "coco"
+        self.spec, self.name = path_spec(self.path), sanitise(self.path.stem).lower() or "coco"
 
     @property
     def class_names(self) -> list[str] | None:
@@ -197,7 +198,7 @@ class ParquetCaptionSource(Source):
 
         self.image_column = pick(image_column, IMAGE_COLUMNS, "image", "--image-column")
         self.caption_column = pick(caption_column, CAPTION_COLUMNS, "caption", "--caption-column")
-        self.spec, self.name = str(self.path), sanitise(self.path.stem).lower() or "captioned"
+        self.spec, self.name = path_spec(self.path), sanitise(self.path.stem).lower() or "captioned"
 
     @property
     def class_names(self) -> list[str] | None:

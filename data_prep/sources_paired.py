@@ -22,6 +22,7 @@ from data_prep.sources import (
     SourceError,
     get_source,
     list_images,
+    path_spec,
     safe_file,
     sanitise,
     stat_fingerprint,
@@ -56,7 +57,7 @@ def aligned_source(spec: str) -> Source:
     parts = [(split, split, FolderSource(root / split)) for split in LAYOUT_SPLITS if _has_images(root / split)]
     if not parts:
         raise SourceError(f"{root} has none of the folders {', '.join(LAYOUT_SPLITS)} of the aligned layout")
-    return ConcatSource(parts, name=sanitise(root.name).lower() or "paired", spec=str(root))
+    return ConcatSource(parts, name=sanitise(root.name).lower() or "paired", spec=path_spec(root))
 
 
 class ABFolderSource(Source):
@@ -68,7 +69,7 @@ class ABFolderSource(Source):
         self.root = _dir(spec)
         if not is_ab_layout(self.root):
             raise SourceError(f"{self.root} needs both an A/ and a B/ folder")
-        self.spec, self.name = str(self.root), sanitise(self.root.name).lower() or "paired"
+        self.spec, self.name = path_spec(self.root), sanitise(self.root.name).lower() or "paired"
 
     @property
     def class_names(self) -> list[str] | None:
@@ -159,5 +160,5 @@ def domain_sources(spec: str, spec_b: str | None, *, crops: int = 256, seed: int
         ]
         if not parts:
             raise SourceError(f"{root / f'train{side}'} holds no images")
-        out[domain] = ConcatSource(parts, name=f"{root.name}{side}", spec=str(root / f"*{side}"))
+        out[domain] = ConcatSource(parts, name=f"{root.name}{side}", spec=f"{path_spec(root)}/*{side}")
     return out

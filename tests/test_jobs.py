@@ -108,6 +108,27 @@ def test_unreachable_jobs_api_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], proc.stderr
 
 
+def test_boto_credentials_line_is_quiet_where_ray_train_logs_info(monkeypatch, caplog) -> None:
+    """Ray Train sets its workers' root logger to INFO, and botocore then logs "Found credentials in
+    environment variables." for every S3 client; quiet_logs (run by every ganpipe process) silences it."""
+    import logging
+
+    import boto3
+
+    from pipelines.engine.quiet import quiet_logs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPLANTED0000000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", PLANTED)
+    monkeypatch.setattr(logging.getLogger("botocore.credentials"), "level", logging.NOTSET)
+    with caplog.at_level(logging.INFO):
+        boto3.session.Session().client("s3", region_name="us-east-1")
+        assert "Found credentials in environment variables." in caplog.text  # what a job's log showed
+        caplog.clear()
+        quiet_logs()
+        boto3.session.Session().client("s3", region_name="us-east-1")
+    assert "Found credentials" not in caplog.text
+
+
 # ---- against a real Ray head ----------------------------------------------------------------------------
 
 
@@ -341,11 +362,11 @@ def _prep_digits(root: Path) -> Path:
 
 
 def _submit_training(head: RayHead, *settings: str, store: Path, tracking: str, job_id: str, run_name: str,
-                     cwd: Path, follow: bool) -> subprocess.CompletedProcess:
-    """`ganpipe submit --workers 2 -- train` (DCGAN on digits) as a user runs it, AWS secret planted."""
+                     cwd: Path, follow: bool, workers: int = 2) -> subprocess.CompletedProcess:
+    """`ganpipe submit --workers N -- train` (DCGAN on digits) as a user runs it, AWS secret planted."""
     env = {**head.env, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": tracking, "AWS_SECRET_ACCESS_KEY": PLANTED}
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "submit", "--address", head.address, "--workers", "2",
+        [sys.executable, "-m", "pipelines.cli", "submit", "--address", head.address, "--workers", str(workers),
          "--submission-id", job_id, *(["--follow"] if follow else []), "--",
          "train", "--recipe", "dcgan", "--dataset", "digits", "--store", str(store), "--run-name", run_name,
          "--no-progress", *settings],
@@ -385,6 +406,7 @@ def test_training_job_spreads_its_workers_over_two_nodes(ray_head: RayHead, seco
     assert sub.returncode == 0, sub.stdout[-4000:] + sub.stderr[-2000:]
     assert PLANTED not in sub.stdout + sub.stderr
     assert "registered models:/dcgan-digits/1" in sub.stdout, sub.stdout[-3000:]
+    assert not _noise(sub.stdout + sub.stderr), _noise(sub.stdout + sub.stderr)  # issue 20: readable job logs
 
     workers = _train_workers(ray_head, job_id)
     assert len(workers) == 2, [a["class_name"] for a in workers]
@@ -548,3 +570,115 @@ def test_jobs_and_training_workers_forward_the_same_settings_region_included(mon
     assert jobs.FORWARDED_ENV is FORWARDED_ENV  # one definition for submitted jobs and Ray Train workers
     env = worker_env()
     assert env["AWS_REGION"] == "eu-west-3" and env["AWS_DEFAULT_REGION"] == "eu-west-3"
+
+
+# ---- issue 20: a pipeline submitted with its working dir, on 2 nodes of one machine; readable job logs --------
+
+NOISE = ("Found credentials in environment variables", "PreemptionWatcher", "Checkpoint successfully created",
+         "tensorboard --logdir", "View detailed results here", "*** SIGTERM received", "Traceback")
+
+
+def _noise(log: str) -> list[str]:
+    """The lines of `log` that hold any of NOISE. Not Ray Train's PlacementGroupCleaner's: on a machine where
+    other Ray clusters run too (other test sessions), its state-API address lookup finds several and fails
+    with a traceback; a cluster's own machine has one."""
+    return [line for line in log.splitlines()
+            if any(n in line for n in NOISE) and "(PlacementGroupCleaner" not in line]
+
+
+def _working_dir(root: Path) -> Path:
+    """What a user's `--working-dir .` holds: the project's code, a folder of photos, a pipeline file."""
+    from PIL import Image
+
+    work = root / "work"
+    for package in ("pipelines", "data_prep", "gan_models"):
+        shutil.copytree(ROOT / package, work / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", work)
+    (work / "photos").mkdir()
+    for i in range(12):  # tiny distinct RGB images, no class folders (so no evaluator is trained)
+        Image.frombytes("RGB", (20, 20), bytes((i * 37 + j) % 256 for j in range(1200))).save(work / f"photos/p{i}.png")
+    return work
+
+
+def _photo_pipeline(root: Path) -> str:
+    """prep of ./photos, training with one Ray Train worker per node, a sample grid: on the Ray engine."""
+    import yaml
+
+    return yaml.safe_dump({
+        "name": "photos", "engine": "ray", "store": str(root / "store"),
+        "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+        "stages": {
+            "prep": {"kind": "prep", "config": {"source": "photos", "holdout": 0, "shard_size": 100}},
+            "train": {"kind": "train", "config": {
+                "family": "dcgan", "dataset": "${stages.prep.dataset}", "workers": 2,
+                "overrides": {"loop.steps": 2, "loop.log_every": 1, "loop.checkpoint_every": 2,
+                              "loop.sample_every": 0, "model.ngf": 8, "model.ndf": 8, "model.nz": 8,
+                              "data.batch_size": 4}}},
+            "sample": {"kind": "sample", "config": {"model": "${stages.train.model}", "n": 4, "out": "grid.png"}},
+        },
+    })
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_pipeline_submitted_twice_from_its_working_dir_on_two_nodes_reuses_every_stage(
+    ray_head: RayHead, second_node: RayNode, tmp_path: Path
+) -> None:
+    """Issue 20, items 3, 5, 10: `ganpipe submit --working-dir DIR -- run photos.yaml` on 2 nodes of one machine
+    (the second with its own --temp-dir): the training stage's workers run one per node, every log line shows
+    once and none of Ray's noise; submitted again, every stage is cached although Ray unpacked the folder anew,
+    and the manifest names the source relative to the working dir."""
+    work = _working_dir(tmp_path)
+    (work / "photos.yaml").write_text(_photo_pipeline(tmp_path))
+    addr = ("--address", ray_head.address)
+    first = _ganpipe(ray_head, "submit", *addr, "--working-dir", str(work), "--submission-id", "photos-1",
+                     "--follow", "--", "run", "photos.yaml", cwd=tmp_path, timeout=900)
+    log = first.stdout + first.stderr
+    assert first.returncode == 0, log[-5000:]
+    assert "pipeline photos: 3 done, 0 cached" in log, log[-5000:]
+    assert {a["node_id"] for a in _train_workers(ray_head, "photos-1")} == set(_nodes(ray_head))  # both nodes
+    lines = Counter(line for line in log.splitlines() if "(RayTrainWorker" in line or "(TrainController" in line)
+    assert lines and not {line: n for line, n in lines.items() if n > 1 and "Moving model" not in line
+                          and "Wrapping provided" not in line}, lines  # G and D each: twice per worker by right
+    assert not _noise(log), _noise(log)
+
+    second = _ganpipe(ray_head, "submit", *addr, "--working-dir", str(work), "--submission-id", "photos-2",
+                      "--follow", "--", "run", "photos.yaml", cwd=tmp_path, timeout=900)
+    assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-2000:]
+    assert "pipeline photos: 0 done, 3 cached" in second.stdout, second.stdout[-5000:]
+
+    from data_prep.reader import read_manifest
+
+    manifest = read_manifest(str(tmp_path / "store/datasets/photos"))
+    assert manifest.prep["source"] == "photos" and manifest.version == 1
+    import mlflow
+
+    mlf = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [str(v.version) for v in mlf.search_model_versions("name = 'dcgan-photos'")] == ["1"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_stopped_training_job_ends_its_run_killed_without_a_stack_dump(ray_head: RayHead, tmp_path: Path) -> None:
+    """`ganpipe jobs stop` of a training job on Ray Train: the MLflow run is KILLED (not FAILED), and the job's
+    log ends with one line, no native stack dump and no traceback."""
+    store = _prep_digits(tmp_path)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job_id = f"stopped-{secrets.token_hex(4)}"
+    sub = _submit_training(ray_head, "loop.steps=100000", "loop.log_every=50", "loop.checkpoint_every=100000",
+                           "loop.sample_every=0", *TINY_DCGAN, store=store, tracking=tracking, job_id=job_id,
+                           run_name="stopped", cwd=tmp_path, follow=False, workers=1)
+    assert sub.returncode == 0, sub.stdout[-4000:] + sub.stderr[-2000:]
+
+    def training() -> bool:
+        return "Started training worker group" in _jobs_api(ray_head, f"{job_id}/logs")["logs"]
+
+    _wait_job(ray_head, job_id, training, "the worker group to start", timeout=300)
+    stop = _ganpipe(ray_head, "jobs", "stop", job_id, "--address", ray_head.address, cwd=tmp_path)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert _job_end(ray_head, job_id, timeout=120) == "STOPPED"
+    logs = _jobs_api(ray_head, f"{job_id}/logs")["logs"]
+    assert not _noise(logs), _noise(logs)
+    assert "stopped by signal SIGTERM" in logs, logs[-3000:]
+    runs, _ = _metric_history(tracking)
+    assert [r.info.status for r in runs] == ["KILLED"], logs[-3000:]

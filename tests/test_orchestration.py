@@ -340,3 +340,64 @@ def test_ray_engine_runs_stages_as_ray_tasks(tmp_path, monkeypatch):
         assert int(tags["ganpipe.worker_pid"]) != os.getpid(), name  # ran in a Ray worker process
         assert json.loads(tags["ganpipe.resources"]) == {"cpus": 1.0, "gpus": 0.0}
     assert mlf.get_model_version("dcgan-digits", "1").run_id == outcome.stages["train"].outputs["run_id"]
+
+
+# --- issue 20: a pipeline whose working directory moves (a job's working_dir, unpacked anew by Ray) ------------
+
+
+def write_photos(folder: Path, *, count: int = 12) -> None:
+    """Tiny distinct RGB PNGs (no class folders: no evaluator to train)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"p{i:02d}.png")
+
+
+def photo_pipeline(*, store: Path, tracking_uri: str, engine: str = "local", workers: int = 0) -> dict:
+    """prep of ./photos (relative: the working directory's), train, sample: what `--working-dir .` submits."""
+    return {
+        "name": "photos", "engine": engine, "store": str(store), "tracking_uri": tracking_uri,
+        "stages": {
+            "prep": {"kind": "prep", "config": {"source": "photos", "holdout": 0, "shard_size": 100}},
+            "train": {"kind": "train", "config": {"family": "dcgan", "dataset": "${stages.prep.dataset}",
+                                                  "workers": workers, "overrides": TINY_TRAIN}},
+            "sample": {"kind": "sample", "config": {"model": "${stages.train.model}", "n": 4, "out": "grid.png"}},
+        },
+    }
+
+
+def test_a_moved_working_directory_reuses_every_stage_and_samples_go_to_mlflow(tmp_path, monkeypatch):
+    data = photo_pipeline(store=tmp_path / "store", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first_dir, second_dir = tmp_path / "unpacked-1", tmp_path / "elsewhere" / "unpacked-2"
+    write_photos(first_dir / "photos")
+    second_dir.mkdir(parents=True)
+    for src in sorted((first_dir / "photos").iterdir()):  # the same bytes, new modification times
+        (second_dir / "photos").mkdir(exist_ok=True)
+        (second_dir / "photos" / src.name).write_bytes(src.read_bytes())
+        os.utime(second_dir / "photos" / src.name, (1_000_000_000, 1_000_000_000))
+
+    monkeypatch.chdir(first_dir)
+    first, text = _run(data)
+    assert _statuses(first) == {"prep": "done", "train": "done", "sample": "done"}, text
+    manifest = read_manifest(first.stages["prep"].outputs["dataset"])
+    assert manifest.prep["source"] == "photos"  # not where this copy of the working directory happens to be
+    artifact = first.stages["sample"].outputs["artifact"]
+    mlf = _client(data)
+    local = mlflow.artifacts.download_artifacts(artifact, tracking_uri=data["tracking_uri"], dst_path=str(tmp_path))
+    assert Path(local).read_bytes().startswith(b"\x89PNG")
+
+    monkeypatch.chdir(second_dir)
+    (first_dir / "grid.png").unlink()  # gone with the first job's working directory: the artifact remains
+    second, text = _run(data)
+    assert _statuses(second) == {"prep": "cached", "train": "cached", "sample": "cached"}, text
+    assert [str(v.version) for v in mlf.search_model_versions("name = 'dcgan-photos'")] == ["1"]
+    assert read_manifest(second.stages["prep"].outputs["dataset"]).version == manifest.version == 1
+
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(second_dir / "photos" / "p00.png")
+    third, text = _run(data, only=["prep"])  # changed content is a new input
+    assert _statuses(third)["prep"] == "done", text

@@ -45,6 +45,22 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+# Runs in a process with no AWS_* variable (and no profile): only the tracking server can reach the bucket.
+_PROXIED_CLIENT = """
+import dataclasses
+import os
+assert not any(k.startswith("AWS_") and "KEY" in k for k in os.environ)
+from pipelines.spec.recipes import get_recipe
+from pipelines.tracking.runs import client, start_run
+spec = dataclasses.replace(get_recipe("dcgan")("digits"), store="s3://ganpipe/store", run_name="keyless")
+run_id, _ = start_run(spec, tracking_uri="{uri}", dataset_name="digits", dataset_url="s3://ganpipe/store/d",
+                      manifest_digest="0" * 64)
+mlf = client("{uri}")
+mlf.log_text(run_id, "written without bucket keys", "notes/keyless.txt")
+print(mlf.get_experiment(mlf.get_run(run_id).info.experiment_id).artifact_location, run_id)
+"""
+
+
 def test_home_default_matches_config() -> None:
     assert services.DEFAULT_HOME == DEFAULT_HOME
 
@@ -134,6 +150,17 @@ def test_services_up_status_use_down(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert got.data.params == {"lr": "0.0002"} and got.data.metrics == {"loss/G": 1.5}
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="ganpipe", Prefix="mlartifacts/")["Contents"]]
         assert any(k.endswith(f"{run.info.run_id}/artifacts/notes/hello.txt") for k in keys), keys
+
+        # A ganpipe run created by a client WITHOUT bucket keys (store on S3): its experiment's artifacts are
+        # proxied (mlflow-artifacts:/), so the client's artifact still lands in the bucket.
+        client = _PROXIED_CLIENT.format(uri=env["MLFLOW_TRACKING_URI"])
+        proc = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, cwd=tmp_path,
+                              env=_env(), timeout=240)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        location, run_id = proc.stdout.split()[-2:]
+        assert location.startswith("mlflow-artifacts:"), location
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="ganpipe", Prefix="mlartifacts/")["Contents"]]
+        assert any(k.endswith(f"{run_id}/artifacts/notes/keyless.txt") for k in keys), keys
     finally:
         down = _ganpipe("services", "down", cwd=tmp_path)
     assert down.returncode == 0, down.stdout + down.stderr

@@ -183,6 +183,25 @@ def test_csv_plot_and_best_skip_diverged_trials(tmp_path):
         assert img.size[0] > img.size[1] > 100
 
 
+def test_a_stopped_sweep_ends_its_parent_and_unfinished_trial_runs_killed(tmp_path):
+    """What `ganpipe jobs stop` (SIGTERM) does to a sweep's MLflow runs: the unfinished ones end KILLED."""
+    import mlflow
+
+    from pipelines.training.sweep import _stopped
+    from pipelines.training.sweep_trial import SWEEP_TAG, TRIAL_TAG
+
+    mlf = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlf.create_experiment("sweeps", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = mlf.create_run(exp, tags={SWEEP_TAG: "sw"}).info.run_id
+    done, running = (mlf.create_run(exp, tags={SWEEP_TAG: "sw", TRIAL_TAG: t}).info.run_id for t in ("t0", "t1"))
+    other = mlf.create_run(exp, tags={SWEEP_TAG: "another", TRIAL_TAG: "t0"}).info.run_id
+    mlf.set_terminated(done, status="FINISHED")
+    _stopped(mlf, parent_id=parent, name="sw")
+    status = {k: mlf.get_run(v).info.status for k, v in
+              {"parent": parent, "done": done, "running": running, "other": other}.items()}
+    assert status == {"parent": "KILLED", "done": "FINISHED", "running": "KILLED", "other": "RUNNING"}
+
+
 # ---------------------------------------------------------------- real sweeps (Ray Tune + mlflow server)
 
 

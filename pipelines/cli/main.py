@@ -65,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         load_env_file()
     args = build_parser().parse_args(words)
+    from pipelines.engine.quiet import quiet_logs
+    from pipelines.engine.stop import on_sigterm
+
+    quiet_logs()
+    on_sigterm()
     if getattr(args, "s3_endpoint", None):
         os.environ["GANPIPE_S3_ENDPOINT"] = args.s3_endpoint
     try:

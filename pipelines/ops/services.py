@@ -271,6 +271,8 @@ def up(
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_URI"):
             env.pop(name, None)
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{layout.mlflow_db}",
+               # Proxied: new experiments get mlflow-artifacts:/ locations and the server writes the bucket.
+               "--serve-artifacts", "--default-artifact-root", "mlflow-artifacts:/",
                "--artifacts-destination", f"s3://{s3['bucket']}/mlartifacts", "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1"]
         proc = _spawn(cmd, log=layout.log("mlflow"), env=env)

@@ -25,6 +25,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from pipelines.engine.stop import add_cleanup, remove_cleanup
 from pipelines.orchestration.dag import Pipeline, PipelineError, Resources, Stage, substitute
 from pipelines.orchestration.progress import Progress
 from pipelines.orchestration.stage_kinds import KINDS, StageContext, resolve_call
@@ -62,6 +63,9 @@ def _digest(value: Any) -> str:
 
 def execute_stage(kind: str, call: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     """Run one stage with its output captured (the body of a Ray task, or called in-process)."""
+    from pipelines.engine.quiet import quiet_logs
+
+    quiet_logs()  # a Ray task's process too
     buf = io.StringIO()
     start = time.time()
     try:
@@ -99,9 +103,11 @@ class RayExecutor:
     def __init__(self) -> None:
         import ray
 
+        from pipelines.engine.stop import on_sigterm
         from pipelines.training.ray_train import ensure_ray
 
         ensure_ray()
+        on_sigterm()  # again: ray.init replaced it
         self.ray = ray
         self.task = ray.remote(execute_stage)
         self.refs: dict[Any, str] = {}
@@ -148,7 +154,8 @@ class Tracker:
             self.exp_id = exp.experiment_id
         elif create:
             self.exp_id = self.mlf.create_experiment(
-                pipe.experiment, artifact_location=default_artifact_location(pipe.store, pipe.experiment))
+                pipe.experiment, artifact_location=default_artifact_location(pipe.store, pipe.experiment,
+                                                                      tracking_uri=tracking_uri))
         else:
             self.exp_id = ""  # a dry run's look-up before the first run: nothing is cached
 
@@ -280,6 +287,13 @@ def run_pipeline(pipe: Pipeline, *, only: list[str] | None = None, force: list[s
     code_tags = {"ganpipe.code_version": code["ganpipe"], "ganpipe.git_commit": code["git_commit"]}
     pending = list(selected)
     t0 = time.time()
+
+    def stopped() -> None:  # `ganpipe jobs stop`: the stages in flight and the pipeline run end as KILLED
+        for name in set(runs) - set(results):
+            tracker.end(runs[name][0], "KILLED", {"ganpipe.status": "stopped"})
+        tracker.end(parent, "KILLED", {})
+
+    add_cleanup(stopped)
     try:
         while pending or executor.busy:
             for name in list(pending):
@@ -304,6 +318,7 @@ def run_pipeline(pipe: Pipeline, *, only: list[str] | None = None, force: list[s
                 name, res = executor.wait_any()
                 _finish(name, res, tracker=tracker, outputs=outputs, results=results, runs=runs, progress=progress)
     finally:
+        remove_cleanup(stopped)
         progress.close()
         status = "FINISHED" if all(r.status in ("done", "cached") for r in results.values()) and \
             len(results) == len(selected) else "FAILED"

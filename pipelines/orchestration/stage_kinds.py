@@ -10,7 +10,7 @@ pipeline's store), `no_progress`, and a training stage's `run_name`. Outputs are
   sweep    best (overrides mapping), run_id (sweep parent run), best_run_id, model
   eval     run_id (the evaluation run), model, metrics (mapping)
   promote  promoted (bool), model (the candidate), champion (models:/NAME/VERSION after the decision)
-  sample   path (the PNG written), model
+  sample   path (the PNG written where the stage ran), artifact (runs:/STAGE_RUN/samples/NAME.png), model
 """
 
 from __future__ import annotations
@@ -292,8 +292,10 @@ def _run_prep(call: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
 
 
 def _source_fingerprint(call: dict[str, Any], ctx: StageContext) -> dict[str, str]:
-    """Local source files by (path, size, mtime): editing, adding or removing one re-runs prep. Built-in sets
-    are fixed by the code version; remote sources are not listed (use --force after changing one)."""
+    """Local source files by content (relative path and sha256 of the bytes): editing, adding or removing one
+    re-runs prep; the same files elsewhere (a job's working_dir unpacked by Ray under a new path, with new
+    modification times) are the same input. Built-in sets are fixed by the code version; remote sources are
+    not listed (use --force after changing one)."""
     out: dict[str, str] = {}
     for source in call.get("sources") or []:
         if source not in BUILTIN_SOURCES:
@@ -313,9 +315,17 @@ def _fingerprint(label: str, spec: str) -> dict[str, str]:
     digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for p in files:
-        st = p.stat()
-        digest.update(f"{p.relative_to(path) if p != path else p.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        name = p.name if p == path else p.relative_to(path).as_posix()
+        digest.update(f"{name}\t{_file_sha256(p)}\n".encode())
     return {label: f"{len(files)} files sha256:{digest.hexdigest()}"}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _manifest_unchanged(outputs: dict[str, Any], ctx: StageContext) -> bool:
@@ -375,15 +385,37 @@ def promote_call(stage: Stage, config: dict[str, Any], *, store: str, tracking_u
 
 
 def _run_sample(call: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """Writes the PNGs at `out` and logs them to the stage's MLflow run: on a cluster `out` is inside the job's
+    temporary working directory, gone with it; the artifact is what a user opens (`artifact` output)."""
     from pipelines.inference.sample import sample_to_png
+    from pipelines.tracking.runs import client
 
-    sample_to_png(model=call["model"], out=call["out"], n=call["n"], seed=call["seed"], interpolate=call["interpolate"],
-                  scale=call["scale"], tracking_uri=call["tracking_uri"])
-    return {"path": str(Path(call["out"]).absolute()), "model": call["model"]}
+    written = sample_to_png(model=call["model"], out=call["out"], n=call["n"], seed=call["seed"],
+                            interpolate=call["interpolate"], scale=call["scale"], tracking_uri=call["tracking_uri"])
+    mlf = client(ctx.tracking_uri)
+    for path in written:
+        mlf.log_artifact(ctx.stage_run_id, str(path), SAMPLE_ARTIFACTS)
+    artifact = f"runs:/{ctx.stage_run_id}/{SAMPLE_ARTIFACTS}/{Path(call['out']).name}"
+    print(f"logged {artifact} ({mlf.get_run(ctx.stage_run_id).info.artifact_uri}/{SAMPLE_ARTIFACTS})")
+    return {"path": str(Path(call["out"]).absolute()), "artifact": artifact, "model": call["model"]}
 
 
-def _file_exists(outputs: dict[str, Any], ctx: StageContext) -> bool:
-    return os.path.exists(outputs["path"])
+SAMPLE_ARTIFACTS = "samples"
+
+
+def _artifact_exists(outputs: dict[str, Any], ctx: StageContext) -> bool:
+    """A sample stage's PNG is still in its run's artifacts (a local `path` may be long gone: a job's)."""
+    from pipelines.tracking.runs import client
+
+    uri = outputs.get("artifact", "")
+    if not uri.startswith("runs:/"):  # recorded before samples were logged: the local file is all there is
+        return os.path.exists(outputs["path"])
+    run_id, _, rel = uri.removeprefix("runs:/").partition("/")
+    try:
+        listed = client(ctx.tracking_uri).list_artifacts(run_id, str(Path(rel).parent))
+    except Exception:
+        return False
+    return any(f.path == rel for f in listed)
 
 
 def command_call(stage: Stage, config: dict[str, Any], *, store: str, tracking_uri: str) -> tuple[dict, dict]:
@@ -419,8 +451,8 @@ KINDS: dict[str, StageKind] = {
                          outputs={"promoted": "bool", "model": "model version", "champion": "model version",
                                   "reason": "text"}),
     "sample": StageKind(name="sample", command="sample", run=_run_sample,
-                        outputs={"path": "file", "model": "model version"},
-                        external=_model_version, still_valid=_file_exists),
+                        outputs={"path": "file", "artifact": "MLflow artifact", "model": "model version"},
+                        external=_model_version, still_valid=_artifact_exists),
 }
 
 

@@ -6,6 +6,7 @@ registers the generator. Nothing here logs a secret: params come from the config
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -13,6 +14,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +57,16 @@ def store_exists(tracking_uri: str) -> bool:
     return Path(tracking_uri.removeprefix("file://").removeprefix("file:")).is_dir()
 
 
-def default_artifact_location(store_url: str, experiment: str, *, home: str = DEFAULT_HOME) -> str:
-    # Artifacts go to the object store when it is S3, so a cluster's workers and the UI see the same files.
+def default_artifact_location(store_url: str, experiment: str, *, tracking_uri: str = "",
+                              home: str = DEFAULT_HOME) -> str | None:
+    """Where a new experiment keeps its artifacts; None leaves it to the tracking server.
+
+    A tracking server decides for itself: `ganpipe services up` (and infra/mlflow-server.sh) proxy artifacts
+    (`mlflow-artifacts:/`), so clients need no bucket keys; a direct s3:// location set here would bypass
+    that. Without a server, artifacts go to the object store when it is S3, so a cluster's workers and the UI
+    see the same files."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
     if store_url.startswith("s3://"):
         return f"{store_url.rstrip('/')}/mlartifacts/{experiment}"
     return (Path(home).resolve() / "mlartifacts" / experiment).as_uri()
@@ -110,7 +120,7 @@ def start_run(
     experiment = spec.track.experiment or f"{spec.family}-{dataset_name}"
     exp = mlf.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else mlf.create_experiment(
-        experiment, artifact_location=default_artifact_location(spec.store, experiment)
+        experiment, artifact_location=default_artifact_location(spec.store, experiment, tracking_uri=tracking_uri)
     )
     if resume:
         found = mlf.search_runs(
@@ -340,7 +350,8 @@ def log_generator(
     mlflow.set_registry_uri(tracking_uri)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with mlflow.start_run(run_id=run_id):
+        # The fluent run's end would print MLflow's "View run" line, and finish_run prints it again.
+        with _no_run_url(), mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
                 generator,
                 name=artifact,
@@ -358,6 +369,21 @@ def log_generator(
         mlf.set_model_version_tag(registered_name, version, key, value)
     mlf.set_registered_model_alias(registered_name, alias, version)
     return mlf.get_model_version(registered_name, version)
+
+
+@contextlib.contextmanager
+def _no_run_url() -> Iterator[None]:
+    """Within: MLflow does not print its "View run ... at: URL" lines (read when a run ends)."""
+    name = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    saved = os.environ.get(name)
+    os.environ[name] = "true"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def _model_metadata(config: dict[str, Any] | None, extra: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from torch import nn
 from data_prep.integrity import SampleDecodeError, ShardIntegrityError
 from pipelines.engine.checkpoint import save_rng, save_state
 from pipelines.engine.loop import Report
+from pipelines.engine.quiet import quiet_logs, ray_settings
 from pipelines.spec.defaults import FORWARDED_ENV as SETTINGS_ENV
 from pipelines.tracking.runs import MLFLOW_RETRY_ENV, RETRY_ENV
 from pipelines.training.worker import Job, run_rank
@@ -71,6 +72,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     _quiet_report_logs()
+    quiet_logs()
     job = Job.from_dict(config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -132,6 +134,7 @@ def launch(job: Job, *, storage_fs: Any, storage_path: str, max_failures: int = 
     scale = job.spec.scale
     resources = {"CPU": scale.cpus_per_worker, **({"GPU": 1} if scale.use_gpu else {})}
     env = worker_env()
+    ray_settings()
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": job.to_dict()},

@@ -13,6 +13,7 @@ import dataclasses
 import io
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -158,6 +159,8 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
     from ray import tune
 
     from data_prep.storage import open_store
+    from pipelines.engine.quiet import tune_result_files, tune_settings
+    from pipelines.engine.stop import on_sigterm, when_stopped
     from pipelines.evaluation.kinds import Evaluators, prepare_evaluators
     from pipelines.spec.sweep_space import count_trials, format_space, load_space, tune_param_space, validate_space
     from pipelines.tracking import runs as tracking
@@ -206,13 +209,19 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
         "params": [dataclasses.asdict(p) for p in params], "sweep": cfg.name, "parent_run_id": parent_id,
         "metric": cfg.metric, "mode": cfg.mode, "gpus_per_worker": cfg.gpus_per_worker,
         "dataset_name": manifest.name, "manifest_digest": manifest.digest,
+        "ray_job_id": tracking.ray_job_id(),  # the parent's: `raysubmit_...` when submitted through the Jobs API
     }
     # Tune forces an experiment snapshot whenever a trial has saved num_to_keep checkpoints, and warns each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    tune_output = progress and sys.stdout.isatty()
+    tune_settings(tune_output=tune_output)
     ensure_ray()
-    fs, root = open_store(spec.store).child("sweeps").pyarrow_fs()
+    on_sigterm()  # again: ray.init replaced it
+    sweeps = open_store(spec.store).child("sweeps")
+    fs, root = sweeps.pyarrow_fs()
     trainable = _trainable(cfg, spec, ctx)
     path = f"{root.rstrip('/')}/{cfg.name}"
+    log(f"results   {sweeps.url.rstrip('/')}/{cfg.name}")  # Tune's own line drops the s3:// of the store
     try:
         if tune.Tuner.can_restore(path, storage_filesystem=fs):
             log(f"resuming  sweep {cfg.name} from {path} (finished trials are kept, unfinished ones continue)")
@@ -227,16 +236,18 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
                     max_concurrent_trials=_max_concurrent(cfg, spec), trial_dirname_creator=trial_dirname,
                 ),
                 run_config=tune.RunConfig(
-                    name=cfg.name, storage_path=root, storage_filesystem=fs, verbose=1 if progress else 0,
+                    name=cfg.name, storage_path=root, storage_filesystem=fs, verbose=1 if tune_output else 0,
+                    callbacks=tune_result_files(),
                     # PBT's exploit loads a donor's checkpoint some time after it was reported: keep them all.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None if cfg.scheduler == "pbt" else 2),
                     failure_config=tune.FailureConfig(max_failures=0),
                 ),
             )
         started = time.monotonic()
-        grid = tuner.fit()
-    except BaseException:
-        mlf.set_terminated(parent_id, status="FAILED")  # the same --name resumes it
+        with when_stopped(lambda: _stopped(mlf, parent_id=parent_id, name=cfg.name)):
+            grid = tuner.fit()
+    except BaseException:  # the same --name resumes it
+        mlf.set_terminated(parent_id, status="FAILED")
         raise
     records = collect(grid, mlf=mlf, experiment_id=mlf.get_run(parent_id).info.experiment_id, cfg=cfg,
                       steps=spec.loop.steps)
@@ -252,6 +263,16 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
         cfg.metric: outcome.best.value if outcome.best else None, "model": outcome.model_uri,
         "trials": {r.trial_id: r.status for r in records}})
     return outcome
+
+
+def _stopped(mlf: Any, *, parent_id: str, name: str) -> None:
+    """`ganpipe jobs stop`: the sweep's parent run and its unfinished trial runs end as KILLED."""
+    experiment_id = mlf.get_run(parent_id).info.experiment_id
+    unfinished = (f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{TRIAL_TAG}` != '' "
+                  "and attributes.status = 'RUNNING'")
+    for run in mlf.search_runs([experiment_id], filter_string=unfinished, max_results=1000):
+        mlf.set_terminated(run.info.run_id, status="KILLED")
+    mlf.set_terminated(parent_id, status="KILLED")
 
 
 def trial_dirname(trial: Any) -> str:

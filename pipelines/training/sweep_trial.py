@@ -70,6 +70,8 @@ def _child_run(job: Job, ctx: dict[str, Any], trial_id: str, config: dict[str, A
                                                               for k, v in config.items())}.items():
             mlf.set_tag(run_id, key, value)
     mlf.set_tag(run_id, STATUS_TAG, "running")
+    if ctx.get("ray_job_id"):  # inside a Tune actor Ray knows only its internal job id, not the submission's
+        mlf.set_tag(run_id, "ganpipe.ray_job_id", ctx["ray_job_id"])
     return run_id
 
 
@@ -219,12 +221,14 @@ def _run_on_train(job: Job, ctx: dict[str, Any], trial_id: str) -> None:
     from ray.train.torch import TorchTrainer
 
     from data_prep.storage import open_store
+    from pipelines.engine.quiet import ray_settings
     from pipelines.training.ray_train import train_worker, worker_env
 
     scale = job.spec.scale
     resources = {"CPU": scale.cpus_per_worker, **({"GPU": ctx["gpus_per_worker"]} if scale.use_gpu else {})}
     fs, root = open_store(job.spec.store).child(f"sweeps/{ctx['sweep']}-train").pyarrow_fs()
     env = worker_env()
+    ray_settings()
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": job.to_dict()},
@@ -244,6 +248,9 @@ def trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """The Tune function trainable (bound to the sweep's context with `tune.with_parameters`)."""
     from ray import tune
 
+    from pipelines.engine.quiet import quiet_logs
+
+    quiet_logs()
     params = [Param(**p) for p in ctx["params"]]
     base = Job.from_dict(ctx["job"])
     trial_id = tune.get_context().get_trial_id()

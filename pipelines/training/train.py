@@ -28,6 +28,7 @@ from pipelines.engine.checkpoint import (
     save_state,
 )
 from pipelines.engine.loop import Report
+from pipelines.engine.stop import on_sigterm, when_stopped
 from pipelines.evaluation.evaluator import Evaluator
 from pipelines.evaluation.kinds import prepare_evaluators
 from pipelines.spec.config import TrainSpec
@@ -85,13 +86,15 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     log(f"run       {spec.run_name} (MLflow run {run_id}{', resuming' if resumed else ''})")
     job = Job(spec=spec, dataset_url=dataset_url, run_id=run_id, tracking_uri=tracking_uri,
               evaluator_url=evaluators.evaluator_url, task_evaluators=evaluators.task_evaluators)
+    mlf = tracking.client(tracking_uri)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        # Leave the run visibly failed or stopped (not "running" forever); the same --run-name resumes it.
+        with when_stopped(lambda: mlf.set_terminated(run_id, status="KILLED")), \
+                tempfile.TemporaryDirectory() as tmp:
             state = _train_in_process(job, Path(tmp)) if spec.scale.workers == 0 else _train_on_ray(job)
     except BaseException:
-        # Leave the run visibly failed (not "running" forever); the same --run-name resumes it.
         with contextlib.suppress(Exception):  # the tracking server may be what is down
-            tracking.client(tracking_uri).set_terminated(run_id, status="FAILED")
+            mlf.set_terminated(run_id, status="FAILED")
         raise
     generator = family.build(spec.model)[family.generator]
     generator.load_state_dict(state["ema"] if state.get("ema") is not None else state["nets"][family.generator])
@@ -172,6 +175,7 @@ def _train_on_ray(job: Job) -> dict[str, Any]:
     from pipelines.training.ray_train import ensure_ray, launch
 
     ensure_ray()
+    on_sigterm()  # again: ray.init replaced it
     fs, root = open_store(job.spec.store).child("ray").pyarrow_fs()
     result = launch(job, storage_fs=fs, storage_path=root)
     if result.checkpoint is None:
