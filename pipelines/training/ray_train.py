@@ -1,7 +1,8 @@
 """Ray Train V2 adapter: a `TorchTrainer` whose workers each run `worker.run_rank` on their split of shards.
 
 The only Ray-specific parts are here: the worker's rank/device, DDP wrapping (`prepare_model`), checkpoint
-upload through `ray.train.report`, and resume through `ray.train.get_checkpoint`.
+upload through `ray.train.report`, resume through `ray.train.get_checkpoint`, and rank 0's progress bar drawn by
+the driver (`ray_bar`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pipelines.engine.checkpoint import save_rng, save_state
 from pipelines.engine.loop import Report
 from pipelines.spec.defaults import FORWARDED_ENV as SETTINGS_ENV
 from pipelines.tracking.runs import MLFLOW_RETRY_ENV, RETRY_ENV
-from pipelines.training.worker import Job, run_rank
+from pipelines.training.worker import Job, progress_of, run_rank
 
 # Environment a worker needs to reach the store and the tracking server. Credentials travel the way the
 # cluster provides them (instance roles, AWS_* on the nodes), never inside the job's config.
@@ -113,10 +114,22 @@ def train_worker(config: dict[str, Any]) -> None:
         run_rank(
             job, rank=rank, world_size=world, device=device, prepare_model=prepare,
             resume_dir=Path(resume_dir) if resume_dir else None, report=report,
+            progress=progress_of(job, bar=ray_bar) if rank == 0 else None,
         )
     unlogged = logger.close() if logger is not None else ""
     if unlogged:
         print(f"[ganpipe] {unlogged}", flush=True)
+
+
+def ray_bar(total: int, start: int) -> Any:
+    """Rank 0's bar as Ray's distributed tqdm: the worker sends its state through its log, and the driver (started
+    with log_to_driver) draws it, clearing it around other workers' log lines."""
+    from ray.experimental.tqdm_ray import tqdm
+
+    bar = tqdm(total=total, unit="step", desc="train")
+    if start:
+        bar.update(start)
+    return bar
 
 
 def worker_env() -> dict[str, str]:

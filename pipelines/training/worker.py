@@ -17,6 +17,7 @@ from gan_models import get_family
 from pipelines.engine.checkpoint import load_state, restore, restore_rng, training_state
 from pipelines.engine.loop import GeneratorEMA, Report, fit, sample_grid
 from pipelines.engine.precision import autocast_dtype, to_channels_last, wants_channels_last
+from pipelines.engine.progress import BarFactory, TrainProgress
 from pipelines.evaluation.kinds import Evaluators, kind_metrics_fn
 from pipelines.spec.config import TrainSpec
 
@@ -34,6 +35,7 @@ class Job:
     # Image-to-image families: domain -> URL of that domain's offline classifier (evaluation.i2i); the task metrics
     # (L1/PSNR/SSIM, cycle L1) need none, class preservation and per-domain Fréchet distance do.
     task_evaluators: dict[str, str] = field(default_factory=dict)
+    progress: str = ""  # rank 0's console progress (engine/progress.py MODES): "" none, "lines", "bar"
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "spec": self.spec.to_dict()}
@@ -85,6 +87,15 @@ def _figure_fn(
     return lambda generator: sample_grid(generator, inputs)
 
 
+def progress_of(job: Job, *, bar: BarFactory | None) -> Callable[[int], TrainProgress] | None:
+    """Rank 0's console progress in the job's mode (None: none), for `run_rank`; `bar` draws it in "bar" mode."""
+    if not job.progress:
+        return None
+    loop = job.spec.loop
+    drawn = bar if job.progress == "bar" else None
+    return lambda start: TrainProgress(total=loop.steps, log_every=loop.log_every, start_step=start, bar=drawn)
+
+
 def evaluation_fn(
     job: Job, *, manifest: Manifest, device: torch.device
 ) -> Callable[[nn.Module], dict[str, float]] | None:
@@ -107,8 +118,11 @@ def run_rank(
     prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m,
     resume_dir: Path | None = None,
     report: Callable[[Report], Any],
+    progress: Callable[[int], TrainProgress] | None = None,
 ) -> int:
-    """Train this rank to the end; returns the last step. `resume_dir` holds the checkpoint to continue from."""
+    """Train this rank to the end; returns the last step. `resume_dir` holds the checkpoint to continue from.
+
+    `progress` (rank 0's, when it shows one): start step -> what shows the run's progress on the console."""
     spec = job.spec
     family = get_family(spec.family)
     if spec.loop.threads:
@@ -172,23 +186,22 @@ def run_rank(
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return fit(
-        family=family,
-        model_cfg=spec.model,
-        nets=nets,
-        opts=opts,
-        batches=batches,
-        loop=spec.loop,
-        report=report,
-        make_checkpoint=make_checkpoint,
-        ema=ema,
-        evaluate=evaluate,
-        figure=figure,
-        calibration_inputs=calibration_inputs,
-        extra=extra,
-        steps_per_epoch=steps_per_epoch_of(manifest, batch_size=spec.data.batch_size, world_size=world_size),
-        start_step=start_step,
-        world_size=world_size,
-        device=device,
-        amp_dtype=amp_dtype,
-    )
+    shown = progress(start_step) if progress is not None else None
+
+    def report_shown(r: Report) -> None:
+        if shown is not None:
+            shown.report(r.step, r.metrics)
+        report(r)
+
+    try:
+        return fit(
+            family=family, model_cfg=spec.model, nets=nets, opts=opts, batches=batches, loop=spec.loop,
+            report=report_shown, make_checkpoint=make_checkpoint, ema=ema, evaluate=evaluate, figure=figure,
+            calibration_inputs=calibration_inputs, extra=extra,
+            steps_per_epoch=steps_per_epoch_of(manifest, batch_size=spec.data.batch_size, world_size=world_size),
+            start_step=start_step, world_size=world_size, device=device, amp_dtype=amp_dtype,
+            on_step=shown.step if shown is not None else None,
+        )
+    finally:
+        if shown is not None:
+            shown.close()
