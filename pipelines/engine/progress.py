@@ -113,7 +113,10 @@ class TrainProgress:
             self.bar.set_description(self.description())
         elif step % self.log_every == 0 or step == self.total:
             self._measure_pace(step)
-            print(self.line(), file=self.out or sys.stdout, flush=True)
+            # A write, not print: Ray Train patches print in its workers to log it too, which doubles each line.
+            out = self.out or sys.stdout
+            out.write(self.line() + "\n")
+            out.flush()
 
     def _measure_pace(self, step: int) -> None:
         now = self.clock()
