@@ -2,14 +2,16 @@
 
 The only Ray-specific parts are here: the worker's rank/device, DDP wrapping (`prepare_model`), checkpoint
 upload through `ray.train.report`, resume through `ray.train.get_checkpoint`, and rank 0's progress bar drawn by
-the driver (`ray_bar`).
+the driver (`RayBar`).
 """
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import logging
 import os
+import sys
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -114,22 +116,51 @@ def train_worker(config: dict[str, Any]) -> None:
         run_rank(
             job, rank=rank, world_size=world, device=device, prepare_model=prepare,
             resume_dir=Path(resume_dir) if resume_dir else None, report=report,
-            progress=progress_of(job, bar=ray_bar) if rank == 0 else None,
+            progress=progress_of(job, bar=RayBar) if rank == 0 else None,
         )
     unlogged = logger.close() if logger is not None else ""
     if unlogged:
         print(f"[ganpipe] {unlogged}", flush=True)
 
 
-def ray_bar(total: int, start: int) -> Any:
-    """Rank 0's bar as Ray's distributed tqdm: the worker sends its state through its log, and the driver (started
-    with log_to_driver) draws it, clearing it around other workers' log lines."""
-    from ray.experimental.tqdm_ray import tqdm
+class RayBar:
+    """Rank 0's bar as Ray's distributed tqdm (`ray.experimental.tqdm_ray`): the worker prints its state as a log
+    line and the driver (started with log_to_driver) draws it, clearing it around other workers' lines.
 
-    bar = tqdm(total=total, unit="step", desc="train")
-    if start:
-        bar.update(start)
-    return bar
+    Its state lines are written to stdout alone: Ray Train V2 patches `print` in workers to also log each line
+    (ray/train/v2/_internal/logging/patch_print.py), and the driver would receive every state twice, the closed
+    bar's last state after its close, and draw a second bar that never ends."""
+
+    def __init__(self, total: int, start: int) -> None:
+        from ray.experimental.tqdm_ray import tqdm
+
+        self.bar = self._plain(lambda: tqdm(total=total, unit="step", desc="train"))
+        if start:
+            self.update(start)
+
+    @staticmethod
+    def _plain(call: Any) -> Any:
+        patched = builtins.print
+        builtins.print = _write
+        try:
+            return call()
+        finally:
+            builtins.print = patched
+
+    def update(self, n: int = 1) -> None:
+        self._plain(lambda: self.bar.update(n))
+
+    def set_description(self, desc: str) -> None:
+        self._plain(lambda: self.bar.set_description(desc))
+
+    def close(self) -> None:
+        self._plain(self.bar.close)
+
+
+def _write(*objects: Any, sep: str = " ", end: str = "\n", file: Any = None, flush: bool = False) -> None:
+    out = file or sys.stdout
+    out.write(sep.join(map(str, objects)) + end)
+    out.flush()
 
 
 def worker_env() -> dict[str, str]:
