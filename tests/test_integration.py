@@ -84,6 +84,12 @@ def test_prep_train_kill_resume_register_sample_on_s3(s3_server, bucket_url, tmp
     assert resumed_from and resumed_from[0] >= saved_step, output[-4000:]
     assert "resuming)" in output  # the same MLflow run continues
     assert f"{STEPS} steps" in output
+    # Progress (plain lines: no terminal here) comes from rank 0 alone, one line per log_every steps to the end.
+    progress = [line for line in output.splitlines() if "[ganpipe] step " in line]
+    steps = [int(re.search(r"\[ganpipe\] step (\d+)/(\d+)", line).group(1)) for line in progress]
+    assert steps and steps == sorted(set(steps)) and steps[-1] == STEPS, output[-4000:]
+    assert all(s % 10 == 0 and re.search(r" [\d,]+ img/s ", line) for s, line in zip(steps, progress, strict=True))
+    assert len({line.split(")")[0] for line in progress}) == 1, progress  # one worker's lines
 
     # 4. MLflow: params, step metrics from both sessions, sample images, the dataset input, a model version.
     import mlflow
@@ -95,10 +101,11 @@ def test_prep_train_kill_resume_register_sample_on_s3(s3_server, bucket_url, tmp
     assert run.data.tags["ganpipe.manifest_sha256"] == result.manifest.digest
     steps_logged = {m.step for m in client.get_metric_history(run.info.run_id, "loss/D")}
     assert {10, STEPS} <= steps_logged
-    assert client.get_metric_history(run.info.run_id, "eval/fd")[-1].step == STEPS
+    eval_steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/fd")]
+    assert eval_steps[-1] == STEPS and eval_steps.count(STEPS) == 1  # the final evaluation, logged once
     assert run.inputs.dataset_inputs[0].dataset.name == "digits"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.json", "summary.json"} <= artifacts
+    assert {"config.json", "summary.json", "curves.png"} <= artifacts
     version = client.get_model_version_by_alias("dcgan-digits", "candidate")
     assert version.run_id == run.info.run_id
 

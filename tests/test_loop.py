@@ -61,6 +61,27 @@ def test_only_checkpoints_evaluations_and_the_end_reach_ray_train():
     assert [r.step for r in reports if reaches_ray(r, eval_every=0)] == [8, 12]
 
 
+def test_samples_evaluation_and_checkpoints_fire_at_their_own_steps():
+    fam, nets, opts = _build()
+    reports: list[Report] = []
+    loop = LoopConfig(steps=30, log_every=10, sample_every=25, eval_every=25, checkpoint_every=25)
+    fit(family=fam, model_cfg=TINY, nets=nets, opts=opts, batches=_batches(), loop=loop, report=reports.append,
+        make_checkpoint=lambda step: {"step": step}, evaluate=lambda g: {"eval/x": 1.0},
+        figure=lambda g: torch.zeros(1, 2, 2))
+    assert [r.step for r in reports] == [10, 20, 25, 30]
+    assert [r.step for r in reports if r.samples is not None] == [25, 30]
+    assert [r.step for r in reports if r.checkpoint is not None] == [25, 30]
+    assert [r.step for r in reports if "eval/x" in r.metrics] == [25]  # the driver evaluates the final generator
+    assert [r.step for r in reports if "loss/D" in r.metrics] == [10, 20, 30]  # windows stay log_every long
+
+    # Ranks other than 0 (no evaluate, no figure) report on exactly the same steps: Ray Train's report is a barrier.
+    others: list[Report] = []
+    fam, nets, opts = _build()
+    fit(family=fam, model_cfg=TINY, nets=nets, opts=opts, batches=_batches(), loop=loop, report=others.append,
+        make_checkpoint=lambda step: {})
+    assert [r.step for r in others] == [10, 20, 25, 30]
+
+
 def test_checkpoint_round_trip_restores_identical_outputs(tmp_path):
     fam, nets, opts = _build()
     ema = GeneratorEMA.of(nets["G"], decay=0.9)

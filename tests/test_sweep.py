@@ -47,7 +47,7 @@ from pipelines.training.sweep import (
     trials_csv,
     with_cadence,
 )
-from pipelines.training.sweep_trial import adopt_config
+from pipelines.training.sweep_trial import adopt_config, metric_first
 
 TINY = ["model.ngf=8", "model.ndf=8", "model.nz=16", "data.batch_size=16"]
 
@@ -153,6 +153,13 @@ def test_cadence_aligns_evaluation_checkpoints_and_reports():
     assert spec.scale.workers == 1
 
 
+def test_trials_report_the_optimised_metric_first_for_tunes_table():
+    report = {"loss/D": 1.0, "loss/G": 2.0, "d/real_score": 0.5, "d/fake_score": 0.4, "step": 40, "eval/fd": 9.0}
+    assert list(metric_first(report, "eval/fd")) == ["eval/fd", "step", "loss/D", "loss/G", "d/real_score",
+                                                      "d/fake_score"]
+    assert metric_first(report, "eval/fd") == report
+
+
 def test_pbt_exploit_continues_under_the_new_learning_rate(tmp_path):
     """A checkpoint saved at lr 2e-4 continues at the trial's perturbed lr; the networks are the donor's."""
     family = get_family("dcgan")
@@ -234,10 +241,10 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
-def _sweep_cmd(store: str, uri: str, name: str, *extra: str) -> list[str]:
+def _sweep_cmd(store: str, uri: str, name: str, *extra: str, progress: bool = False) -> list[str]:
     return [sys.executable, "-m", "pipelines.cli", "sweep", "--family", "dcgan", "--dataset", "digits", "--store",
-            store, "--tracking-uri", uri, "--name", name, "--metric", "eval/fd", "--mode", "min", "--no-progress",
-            *extra, *TINY]
+            store, "--tracking-uri", uri, "--name", name, "--metric", "eval/fd", "--mode", "min",
+            *([] if progress else ["--no-progress"]), *extra, *TINY]
 
 
 def _env() -> dict[str, str]:
@@ -263,10 +270,15 @@ def test_asha_sweep_with_a_diverging_trial_registers_the_best(digits_s3_store, m
     space = tmp_path / "lr.yaml"
     space.write_text("model.lr_g: {grid: [1.0e-4, 4.0e-4, 1.0e-3, 1.0e+30]}\n")  # 1e30: NaN within two steps
     cmd = _sweep_cmd(digits_s3_store, mlflow_server, "asha4", "--space", str(space), "--num-samples", "1",
-                     "--steps", "8", "--report-every", "4", "--max-concurrent", "2", "--scheduler", "asha")
+                     "--steps", "8", "--report-every", "4", "--max-concurrent", "2", "--scheduler", "asha",
+                     progress=True)
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
+    # Tune's trial table has a column for the metric being optimised once trials report (before, only params).
+    headers = [line for line in proc.stdout.splitlines() if "Trial name" in line and " status " in line]
+    assert headers and "eval/fd" in headers[-1], proc.stdout[-4000:]
+    assert all("eval/fd" in h for h in headers if "iter" in h), headers
 
     client = mlflow.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     children = _children(client, "asha4")

@@ -22,7 +22,8 @@ from pipelines.spec.config import LoopConfig
 
 @dataclass
 class Report:
-    """What the loop hands to its caller every `log_every` steps (and at the end)."""
+    """What the loop hands to its caller whenever something is due (`events_due`): averaged metrics every
+    `log_every` steps, eval/*, samples and a checkpoint on their own periods, and everything at the end."""
 
     step: int
     metrics: dict[str, float]
@@ -171,13 +172,18 @@ def fit(
             on_step(step)
 
         final = step == loop.steps
-        if step % loop.log_every and not final:
+        due = events_due(step, loop)
+        if not due:
             continue
-        metrics = window.summary(world_size)
-        window = MetricWindow()
-        do_eval = evaluate is not None and bool(loop.eval_every) and step % loop.eval_every == 0
-        do_samples = figure is not None and (final or (loop.sample_every and step % loop.sample_every == 0))
-        do_checkpoint = make_checkpoint is not None and (final or step % loop.checkpoint_every == 0)
+        # Loss averages cover log_every steps; a sample, evaluation or checkpoint between two of them reports
+        # on its own step without cutting the averaging window short.
+        metrics: dict[str, float] = {}
+        if "log" in due:
+            metrics = window.summary(world_size)
+            window = MetricWindow()
+        do_eval = evaluate is not None and "eval" in due
+        do_samples = figure is not None and "samples" in due
+        do_checkpoint = make_checkpoint is not None and "checkpoint" in due
         if ema is not None and (do_eval or do_samples or do_checkpoint):
             ema.recalibrate(calibration_inputs)
         if do_eval:
@@ -186,6 +192,25 @@ def fit(
         checkpoint = make_checkpoint(step) if do_checkpoint else None
         report(Report(step=step, metrics=metrics, checkpoint=checkpoint, samples=samples, final=final))
     return step
+
+
+def events_due(step: int, loop: LoopConfig) -> frozenset[str]:
+    """What is due after `step`: "log", "eval", "samples", "checkpoint", each on its own period, everything at
+    the last step (evaluation only where eval_every divides it: the driver evaluates the final generator).
+
+    A pure function of the step and the config, never of the rank: every rank reports on the same steps, as Ray
+    Train's report (a barrier) requires, and rank 0 alone fills in the evaluation and the samples."""
+    final = step == loop.steps
+    due = set()
+    if final or step % loop.log_every == 0:
+        due.add("log")
+    if loop.eval_every and step % loop.eval_every == 0:
+        due.add("eval")
+    if final or (loop.sample_every and step % loop.sample_every == 0):
+        due.add("samples")
+    if final or step % loop.checkpoint_every == 0:
+        due.add("checkpoint")
+    return frozenset(due)
 
 
 def _batch_size(batch: dict[str, torch.Tensor]) -> int:

@@ -1,14 +1,17 @@
 """Ray Train V2 adapter: a `TorchTrainer` whose workers each run `worker.run_rank` on their split of shards.
 
 The only Ray-specific parts are here: the worker's rank/device, DDP wrapping (`prepare_model`), checkpoint
-upload through `ray.train.report`, and resume through `ray.train.get_checkpoint`.
+upload through `ray.train.report`, resume through `ray.train.get_checkpoint`, and rank 0's progress bar drawn by
+the driver (`RayBar`).
 """
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import logging
 import os
+import sys
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,7 +26,7 @@ from pipelines.engine.loop import Report
 from pipelines.engine.quiet import quiet_logs, ray_settings
 from pipelines.spec.defaults import FORWARDED_ENV as SETTINGS_ENV
 from pipelines.tracking.runs import MLFLOW_RETRY_ENV, RETRY_ENV
-from pipelines.training.worker import Job, run_rank
+from pipelines.training.worker import Job, progress_of, run_rank
 
 # Environment a worker needs to reach the store and the tracking server. Credentials travel the way the
 # cluster provides them (instance roles, AWS_* on the nodes), never inside the job's config.
@@ -115,10 +118,51 @@ def train_worker(config: dict[str, Any]) -> None:
         run_rank(
             job, rank=rank, world_size=world, device=device, prepare_model=prepare,
             resume_dir=Path(resume_dir) if resume_dir else None, report=report, cpus=job.spec.scale.cpus_per_worker,
+            progress=progress_of(job, bar=RayBar) if rank == 0 else None,
         )
     unlogged = logger.close() if logger is not None else ""
     if unlogged:
         print(f"[ganpipe] {unlogged}", flush=True)
+
+
+class RayBar:
+    """Rank 0's bar as Ray's distributed tqdm (`ray.experimental.tqdm_ray`): the worker prints its state as a log
+    line and the driver (started with log_to_driver) draws it, clearing it around other workers' lines.
+
+    Its state lines are written to stdout alone: Ray Train V2 patches `print` in workers to also log each line
+    (ray/train/v2/_internal/logging/patch_print.py), and the driver would receive every state twice, the closed
+    bar's last state after its close, and draw a second bar that never ends."""
+
+    def __init__(self, total: int, start: int) -> None:
+        from ray.experimental.tqdm_ray import tqdm
+
+        self.bar = self._plain(lambda: tqdm(total=total, unit="step", desc="train"))
+        if start:
+            self.update(start)
+
+    @staticmethod
+    def _plain(call: Any) -> Any:
+        patched = builtins.print
+        builtins.print = _write
+        try:
+            return call()
+        finally:
+            builtins.print = patched
+
+    def update(self, n: int = 1) -> None:
+        self._plain(lambda: self.bar.update(n))
+
+    def set_description(self, desc: str) -> None:
+        self._plain(lambda: self.bar.set_description(desc))
+
+    def close(self) -> None:
+        self._plain(self.bar.close)
+
+
+def _write(*objects: Any, sep: str = " ", end: str = "\n", file: Any = None, flush: bool = False) -> None:
+    out = file or sys.stdout
+    out.write(sep.join(map(str, objects)) + end)
+    out.flush()
 
 
 def worker_env() -> dict[str, str]:

@@ -52,6 +52,14 @@ def check_finite(report: Report) -> None:
             raise Diverged(report.step, key, value)
 
 
+def metric_first(metrics: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The report with the optimised metric and the step first: Tune's progress table shows the first four
+    metrics of a trial's result (Ray 2.60's ray/tune/experimental/output.py, `_infer_user_metrics`), and with
+    losses first it never showed the metric being optimised."""
+    head = {k: metrics[k] for k in (metric, "step") if k in metrics}
+    return {**head, **{k: v for k, v in metrics.items() if k not in head}}
+
+
 def trial_run_name(sweep: str, trial_id: str) -> str:
     return f"{sweep}-{trial_id}"
 
@@ -123,6 +131,7 @@ def _run_in_trial(job: Job, ctx: dict[str, Any], logger: tracking.RunLogger, hp:
             return
         metrics = {**r.metrics, "step": r.step, DIVERGED: 0.0}
         metrics.setdefault(metric, worst(ctx["mode"]))  # a checkpoint between evaluations
+        metrics = metric_first(metrics, metric)
         if r.checkpoint is None:
             tune.report(metrics)
             return
@@ -193,7 +202,7 @@ def _controller_callbacks(trial_id: str, ctx: dict[str, Any]) -> list[Any]:
             m[DIVERGED] = 1.0 if bad else 0.0
             if bad or ctx["metric"] not in m:
                 m[ctx["metric"]] = worst(ctx["mode"])
-            super().after_report(run_context, [m, *metrics[1:]], checkpoint)
+            super().after_report(run_context, [metric_first(m, ctx["metric"]), *metrics[1:]], checkpoint)
 
     class AbortOnStopFile(ControllerCallback):
         def __init__(self, path: str) -> None:

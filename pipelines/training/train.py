@@ -28,6 +28,7 @@ from pipelines.engine.checkpoint import (
     save_state,
 )
 from pipelines.engine.loop import Report
+from pipelines.engine.progress import progress_mode, tqdm_bar
 from pipelines.engine.stop import on_sigterm, when_stopped
 from pipelines.evaluation.evaluator import Evaluator
 from pipelines.evaluation.kinds import prepare_evaluators
@@ -35,8 +36,9 @@ from pipelines.spec.config import TrainSpec
 from pipelines.spec.datasets import data_defined, data_info, dataset_url
 from pipelines.spec.provenance import git_commit
 from pipelines.tracking import runs as tracking
+from pipelines.tracking.curves import log_curves
 from pipelines.tracking.registry import PARTNER_TAG
-from pipelines.training.worker import Job, evaluation_fn, run_rank
+from pipelines.training.worker import Job, evaluation_fn, progress_of, run_rank
 
 
 @dataclass
@@ -85,13 +87,14 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     )
     log(f"run       {spec.run_name} (MLflow run {run_id}{', resuming' if resumed else ''})")
     job = Job(spec=spec, dataset_url=dataset_url, run_id=run_id, tracking_uri=tracking_uri,
-              evaluator_url=evaluators.evaluator_url, task_evaluators=evaluators.task_evaluators)
+              evaluator_url=evaluators.evaluator_url, task_evaluators=evaluators.task_evaluators,
+              progress=progress_mode(enabled=progress))
     mlf = tracking.client(tracking_uri)
     try:
         # Leave the run visibly failed or stopped (not "running" forever); the same --run-name resumes it.
         with when_stopped(lambda: mlf.set_terminated(run_id, status="KILLED")), \
                 tempfile.TemporaryDirectory() as tmp:
-            state = _train_in_process(job, Path(tmp)) if spec.scale.workers == 0 else _train_on_ray(job)
+            state, last = _train_in_process(job, Path(tmp)) if spec.scale.workers == 0 else _train_on_ray(job)
     except BaseException:
         with contextlib.suppress(Exception):  # the tracking server may be what is down
             mlf.set_terminated(run_id, status="FAILED")
@@ -100,9 +103,10 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     generator.load_state_dict(state["ema"] if state.get("ema") is not None else state["nets"][family.generator])
     generator.eval()
 
-    metrics: dict[str, float] = {}
     evaluator = Evaluator.load(job.evaluator_url) if job.evaluator_url and manifest.kind == "images" else None
-    final_metrics = evaluation_fn(job, manifest=manifest, device=torch.device("cpu"))
+    # When eval_every divides loop.steps, rank 0 has already evaluated (and logged) these very weights.
+    metrics = {k: float(v) for k, v in last.items() if k.startswith("eval/")}
+    final_metrics = None if metrics else evaluation_fn(job, manifest=manifest, device=torch.device("cpu"))
     if final_metrics is not None:
         metrics = final_metrics(generator)
     # Checkpoints are saved by now; if the tracking server is down, say what is missing and how to complete it.
@@ -110,11 +114,12 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
         # Quiet: an outage is reported once, by the error below (training already warned if it saw one).
         final_logger = tracking.RunLogger(tracking_uri, run_id, log=lambda _line: None,
                                           spill=tracking.unlogged_store(spec.store, spec.run_name))
-        if metrics:
+        if final_metrics is not None and metrics:
             final_logger.log_metrics(int(state["step"]), metrics)
         unlogged = final_logger.close()  # also what a worker left unsent (the spill file)
         if unlogged:
             raise tracking.TrackingUnavailable(unlogged)
+        log_curves(tracking_uri, run_id)
         name = spec.track.register_as or f"{spec.family}-{manifest.name}"
         version = register_generator(spec, family=family, generator=generator, tracking_uri=tracking_uri,
                                      run_id=run_id, name=name, manifest_digest=manifest.digest,
@@ -171,7 +176,8 @@ def register_generator(spec: TrainSpec, *, family: Any, generator: nn.Module, tr
     return version
 
 
-def _train_on_ray(job: Job) -> dict[str, Any]:
+def _train_on_ray(job: Job) -> tuple[dict[str, Any], dict[str, float]]:
+    """The final state and rank 0's metrics of the last report (Ray Train's latest checkpoint carries them)."""
     from pipelines.training.ray_train import ensure_ray, launch
 
     ensure_ray()
@@ -181,11 +187,12 @@ def _train_on_ray(job: Job) -> dict[str, Any]:
     if result.checkpoint is None:
         raise RuntimeError(f"run {job.spec.run_name} ended without a checkpoint (see the Ray logs above)")
     with result.checkpoint.as_directory() as directory:
-        return load_state(Path(directory))
+        return load_state(Path(directory)), dict(result.metrics or {})
 
 
-def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
-    """workers=0: the same rank function in this process, checkpoints under runs/NAME/ in the store."""
+def _train_in_process(job: Job, tmp: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """workers=0: the same rank function in this process, checkpoints under runs/NAME/ in the store.
+    Returns the final state and the metrics of the loop's last report."""
     store = open_store(job.spec.store).child(f"runs/{job.spec.run_name}/checkpoints")
     resume_dir, resumed_from = None, ""
     if store.exists("latest"):
@@ -199,9 +206,13 @@ def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
         logger = tracking.RunLogger(job.tracking_uri, job.run_id,
                                     spill=tracking.unlogged_store(job.spec.store, job.spec.run_name))
 
+    last: dict[str, float] = {}
+
     def report(r: Report) -> None:
         if logger is not None:
             logger.log_report(r)
+        if r.final:
+            last.update(r.metrics)
         if r.checkpoint:
             out = tmp / "out"
             out.mkdir(exist_ok=True)
@@ -213,7 +224,8 @@ def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
             store.put_bytes("latest", step_dir.encode())  # published last: a reader never sees half a checkpoint
 
     try:
-        run_rank(job, rank=0, world_size=1, device=torch.device("cpu"), resume_dir=resume_dir, report=report)
+        run_rank(job, rank=0, world_size=1, device=torch.device("cpu"), resume_dir=resume_dir, report=report,
+                 progress=progress_of(job, bar=tqdm_bar))
     except CheckpointRefused as exc:  # name the stored file, not the temporary copy
         if resume_dir is None or Path(exc.path).parent != resume_dir:
             raise
@@ -221,7 +233,7 @@ def _train_in_process(job: Job, tmp: Path) -> dict[str, Any]:
     if logger is not None:
         logger.close()  # what is still unsent goes to the spill file; the driver reports it once, at the end
     step_dir = store.get_bytes("latest").decode().strip()
-    return load_tensors(_fetch(store, f"{step_dir}/{STATE_FILE}", tmp))
+    return load_tensors(_fetch(store, f"{step_dir}/{STATE_FILE}", tmp)), last
 
 
 def _fetch(store: Any, key: str, tmp: Path) -> Path:

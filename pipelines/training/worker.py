@@ -19,6 +19,7 @@ from gan_models import get_family
 from pipelines.engine.checkpoint import load_state, restore, restore_rng, training_state
 from pipelines.engine.loop import GeneratorEMA, Report, fit, sample_grid
 from pipelines.engine.precision import autocast_dtype, to_channels_last, wants_channels_last
+from pipelines.engine.progress import BarFactory, TrainProgress
 from pipelines.evaluation.kinds import Evaluators, kind_metrics_fn
 from pipelines.spec.config import TrainSpec
 
@@ -36,6 +37,7 @@ class Job:
     # Image-to-image families: domain -> URL of that domain's offline classifier (evaluation.i2i); the task metrics
     # (L1/PSNR/SSIM, cycle L1) need none, class preservation and per-domain Fréchet distance do.
     task_evaluators: dict[str, str] = field(default_factory=dict)
+    progress: str = ""  # rank 0's console progress (engine/progress.py MODES): "" none, "lines", "bar"
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "spec": self.spec.to_dict()}
@@ -87,6 +89,15 @@ def _figure_fn(
     return lambda generator: sample_grid(generator, inputs)
 
 
+def progress_of(job: Job, *, bar: BarFactory | None) -> Callable[[int], TrainProgress] | None:
+    """Rank 0's console progress in the job's mode (None: none), for `run_rank`; `bar` draws it in "bar" mode."""
+    if not job.progress:
+        return None
+    loop = job.spec.loop
+    drawn = bar if job.progress == "bar" else None
+    return lambda start: TrainProgress(total=loop.steps, log_every=loop.log_every, start_step=start, bar=drawn)
+
+
 def evaluation_fn(
     job: Job, *, manifest: Manifest, device: torch.device
 ) -> Callable[[nn.Module], dict[str, float]] | None:
@@ -110,9 +121,12 @@ def run_rank(
     resume_dir: Path | None = None,
     report: Callable[[Report], Any],
     cpus: float | None = None,
+    progress: Callable[[int], TrainProgress] | None = None,
 ) -> int:
     """Train this rank to the end; returns the last step. `resume_dir` holds the checkpoint to continue from;
-    `cpus` is what Ray gave this rank (None: the CPUs this process may run on), which sizes the decode pool."""
+    `cpus` is what Ray gave this rank (None: the CPUs this process may run on), which sizes the decode pool.
+
+    `progress` (rank 0's, when it shows one): start step -> what shows the run's progress on the console."""
     spec = job.spec
     family = get_family(spec.family)
     if spec.loop.threads:
@@ -158,7 +172,7 @@ def run_rank(
     with contextlib.closing(batches):
         return _fit_rank(job, spec=spec, family=family, manifest=manifest, batches=batches, rank=rank,
                          world_size=world_size, device=device, nets=nets, opts=opts, ema=ema, extra=extra,
-                         start_step=start_step, amp_dtype=amp_dtype, report=report)  # fmt: skip
+                         start_step=start_step, amp_dtype=amp_dtype, report=report, progress=progress)  # fmt: skip
 
 
 def reader_options(spec: TrainSpec, *, device: torch.device, cpus: float | None = None) -> dict[str, Any]:
@@ -176,6 +190,7 @@ def _fit_rank(
     job: Job, *, spec: TrainSpec, family: Any, manifest: Manifest, batches: Iterator[dict[str, torch.Tensor]],
     rank: int, world_size: int, device: torch.device, nets: dict[str, nn.Module], opts: Any, ema: Any, extra: Any,
     start_step: int, amp_dtype: Any, report: Callable[[Report], Any],
+    progress: Callable[[int], TrainProgress] | None,
 ) -> int:
     """Figures, evaluation and checkpoints of this rank around `fit`; returns the last step."""
     # What conditions G in figures and the EMA's BN calibration: fixed, so grids compare across steps and runs.
@@ -203,23 +218,22 @@ def _fit_rank(
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return fit(
-        family=family,
-        model_cfg=spec.model,
-        nets=nets,
-        opts=opts,
-        batches=batches,
-        loop=spec.loop,
-        report=report,
-        make_checkpoint=make_checkpoint,
-        ema=ema,
-        evaluate=evaluate,
-        figure=figure,
-        calibration_inputs=calibration_inputs,
-        extra=extra,
-        steps_per_epoch=steps_per_epoch_of(manifest, batch_size=spec.data.batch_size, world_size=world_size),
-        start_step=start_step,
-        world_size=world_size,
-        device=device,
-        amp_dtype=amp_dtype,
-    )
+    shown = progress(start_step) if progress is not None else None
+
+    def report_shown(r: Report) -> None:
+        if shown is not None:
+            shown.report(r.step, r.metrics)
+        report(r)
+
+    try:
+        return fit(
+            family=family, model_cfg=spec.model, nets=nets, opts=opts, batches=batches, loop=spec.loop,
+            report=report_shown, make_checkpoint=make_checkpoint, ema=ema, evaluate=evaluate, figure=figure,
+            calibration_inputs=calibration_inputs, extra=extra,
+            steps_per_epoch=steps_per_epoch_of(manifest, batch_size=spec.data.batch_size, world_size=world_size),
+            start_step=start_step, world_size=world_size, device=device, amp_dtype=amp_dtype,
+            on_step=shown.step if shown is not None else None,
+        )
+    finally:
+        if shown is not None:
+            shown.close()

@@ -109,6 +109,7 @@ def add_train_args(p: argparse.ArgumentParser, *, for_config: bool = False) -> N
     p.add_argument("--alias", help="alias for the new model version (default candidate)")
     add_store_args(p)
     if not for_config:
-        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--no-progress", action="store_true",
+                       help="no bars: a plain progress line every loop.log_every steps, as in a log file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. loop.steps=500 model.ngf=32 (see `ganpipe config`)")
