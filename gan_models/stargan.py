@@ -43,6 +43,8 @@ class Config:
     lambda_cls: float = 1.0  # λ_cls
     lambda_rec: float = 10.0  # λ_rec
     lambda_gp: float = 10.0  # λ_gp
+    lambda_id: float = 0.0  # beyond the paper (0 = the paper): weight of an identity term E[|G(x, c') - x|_1],
+    #                        CycleGAN's λ_identity for StarGAN: translating to the image's own labels keeps it
     n_critic: int = 5  # D updates per G update
     g_lr: float = 1e-4
     d_lr: float = 1e-4
@@ -61,7 +63,7 @@ class Config:
                  g_lr=self.g_lr, d_lr=self.d_lr, num_iters=self.num_iters, lr_update_step=self.lr_update_step)
         in_unit_interval(beta1=self.beta1, beta2=self.beta2)
         if self.g_repeat_num < 0 or self.num_iters_decay < 0 or min(self.lambda_cls, self.lambda_rec,
-                                                                     self.lambda_gp) < 0:
+                                                                     self.lambda_gp, self.lambda_id) < 0:
             raise ValueError("g_repeat_num, num_iters_decay and the λ weights must be >= 0")
         if self.num_iters_decay > self.num_iters:
             raise ValueError(f"num_iters_decay={self.num_iters_decay} exceeds num_iters={self.num_iters}")
@@ -419,7 +421,8 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     }
 
     # (2) G step every n_critic iterations: L_G = L_adv + λ_cls L_cls^f + λ_rec L_rec, with
-    #     L_adv = -E[D_src(G(x, c))], L_cls^f = E[-log D_cls(c|G(x, c))], L_rec = E[||x - G(G(x, c), c')||_1].
+    #     L_adv = -E[D_src(G(x, c))], L_cls^f = E[-log D_cls(c|G(x, c))], L_rec = E[||x - G(G(x, c), c')||_1];
+    #     beyond the paper, + λ_id E[||x - G(x, c')||_1] when lambda_id > 0.
     if g_turn:
         opt_g.zero_grad(set_to_none=True)
         with frozen(d_net) as d_fixed:  # the updated D, without its weight gradients or DDP
@@ -429,6 +432,10 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
         x_rec = g_net(x_fake, c_org)
         g_loss_rec = (x_real - x_rec).abs().mean()
         g_loss = g_loss_fake + cfg.lambda_cls * g_loss_cls + cfg.lambda_rec * g_loss_rec
+        if cfg.lambda_id > 0:  # an extra G pass only when asked, so the paper's step costs what it did
+            g_loss_id = (x_real - g_net(x_real, c_org)).abs().mean()
+            g_loss = g_loss + cfg.lambda_id * g_loss_id
+            out["loss/G_id"] = g_loss_id.detach()
         g_loss.backward()
         opt_g.step()
         out.update({"loss/G": g_loss.detach(), "loss/G_fake": g_loss_fake.detach(),
