@@ -88,11 +88,12 @@ def _stargan_checks(m: dict[str, float]) -> list[Check]:
     """Print the per-attribute table; the bar: the asked-for attribute changes, the rest and the digit stay."""
     nan = float("nan")
     names = [k.removeprefix("eval/attr_acc/") for k in m if k.startswith("eval/attr_acc/")]
-    print(f"{'changed attribute':<20}{'translated':>12}")
+    print(f"{'changed attribute':<20}{'attribute seen':>16}{'digit kept':>12}")
     for name in names:
-        print(f"{name:<20}{m[f'eval/attr_acc/{name}']:>12.3f}")
+        print(f"{name:<20}{m[f'eval/attr_acc/{name}']:>16.3f}{m.get(f'eval/class_kept/{name}', nan):>12.3f}")
     score, floor = m["eval/attr_acc"], m["eval/attr_acc_floor"]
-    print(f"{'mean':<20}{score:>12.3f}   floor (untranslated inputs): {floor:.3f}")
+    print(f"{'mean':<20}{score:>16.3f}{m.get('eval/class_kept', nan):>12.3f}   attribute floor (untranslated "
+          f"inputs): {floor:.3f}")
     print(f"reconstruction L1 |G(G(x, c), c') - x| {m['eval/rec_l1']:.3f}, Fréchet distance {m['eval/fd']:.3f}")
     return [
         Check(aim="change", label="asked-for attribute seen (mean)", value=score, op=">=", threshold=ATTR_BAR),
