@@ -110,6 +110,23 @@ def test_stargan_losses_equal_the_paper_terms_computed_by_hand():
     assert_close(out["loss/G"], -src_g.mean() + 0.7 * bce_f + 3.0 * rec)
 
 
+def test_stargan_identity_term_is_off_by_default_and_adds_lambda_id_times_l1_of_g_on_own_labels():
+    cfg, nets = _stargan(lambda_id=2.0)
+    ref_g = stargan.build(cfg)["G"]
+    ref_g.load_state_dict(nets["G"].state_dict())
+    batch = _stargan_step_inputs(cfg, 3)
+    batch["target_attrs"] = batch["attrs"].roll(1, dims=0)
+    out = stargan.train_step(nets, _sgd(nets, lr=0.0), batch, cfg)
+    ident = (batch["image"] - ref_g(batch["image"], batch["attrs"])).abs().mean()
+    assert_close(out["loss/G_id"], ident)
+    assert_close(out["loss/G"], out["loss/G_fake"] + out["loss/G_cls"] + 10.0 * out["loss/G_rec"] + 2.0 * ident)
+    paper_cfg, paper_nets = _stargan()
+    assert paper_cfg.lambda_id == 0 and "loss/G_id" not in stargan.train_step(
+        paper_nets, _sgd(paper_nets, lr=0.0), _stargan_step_inputs(paper_cfg, 3), paper_cfg)
+    with pytest.raises(ValueError, match="λ weights"):
+        stargan.Config(lambda_id=-1.0)
+
+
 def test_stargan_exclusive_domains_use_cross_entropy():
     cfg, nets = _stargan(label_mode="exclusive")
     batch = _stargan_step_inputs(cfg, 4)
