@@ -127,6 +127,23 @@ def test_stargan_identity_term_is_off_by_default_and_adds_lambda_id_times_l1_of_
         stargan.Config(lambda_id=-1.0)
 
 
+def test_stargan_labels_at_output_feed_c_to_the_last_conv_and_keep_the_official_keys_when_off():
+    paper_cfg, paper = _stargan()
+    cfg, nets = _stargan(g_labels_at_output=True)
+    assert not any(k.startswith("out.") for k in paper["G"].state_dict())
+    assert nets["G"].out[0].in_channels == paper["G"].main[-2].in_channels + cfg.c_dim
+    x = torch.zeros(1, 3, 16, 16)
+    g = nets["G"]
+    with torch.no_grad():
+        # Only the last conv sees c: zero every other weight and the output is tanh(conv(c)), one level per c.
+        for name, p in g.named_parameters():
+            if not name.startswith("out."):
+                p.zero_()
+        g.out[0].weight.fill_(0.01)
+        a, b = g(x, torch.tensor([[1.0, 0, 0, 0]])), g(x, torch.tensor([[1.0, 0, 0, 1]]))
+    assert (b[..., 6:10, 6:10] - a[..., 6:10, 6:10]).abs().min() > 0.25  # tanh(0.98) - tanh(0.49)
+
+
 def test_stargan_exclusive_domains_use_cross_entropy():
     cfg, nets = _stargan(label_mode="exclusive")
     batch = _stargan_step_inputs(cfg, 4)
