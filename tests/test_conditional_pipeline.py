@@ -179,7 +179,7 @@ def test_demo_bars_need_twice_the_floor_plus_a_margin_and_a_spread_over_z(capsys
     assert not print_bar(_text2img_checks({**m, "eval/z_spread_real": float("nan")}))  # no reference: no pass
     assert not print_bar(_text2img_checks({**m, "eval/text_colour_acc": 0.4}))  # wrong colours fail
     out = capsys.readouterr().out
-    assert re.search(r"KEEP  spread over z for one caption +0\.053  >= +0\.039  PASS", out)
+    assert re.search(r"KEEP +spread over z for one caption +0\.053  >= +0\.039  PASS", out)
 
 
 def test_stargan_bar_asks_for_the_change_and_the_digit_kept(capsys):
@@ -196,7 +196,7 @@ def test_stargan_bar_asks_for_the_change_and_the_digit_kept(capsys):
     del no_digit["eval/class_kept"]
     assert not print_bar(_stargan_checks(no_digit))  # a missing metric fails rather than passing unseen
     out = capsys.readouterr().out
-    assert re.search(r"KEEP  digit kept \(the dataset's digit classifier\) +0\.122  >= +0\.800  FAIL", out)
+    assert re.search(r"KEEP +digit kept \(the dataset's digit classifier\) +0\.122  >= +0\.800  FAIL", out)
 
 
 def test_caption_attributes_and_derangement():

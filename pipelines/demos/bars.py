@@ -41,10 +41,10 @@ def floor_check(*, aim: str, label: str, value: float, floor: float, floor_name:
 
 def print_bar(checks: Sequence[Check]) -> bool:
     """Print one line per check and a verdict; True when every check passes."""
-    print(f"{'bar':<6}{'term':<44}{'value':>9}  {'':<2}{'threshold':>9}")
+    print(f"{'bar':<7}{'term':<44}{'value':>9}  {'':<2}{'threshold':>9}")
     for c in checks:
         source = f"  ({c.threshold_text})" if c.threshold_text else ""
-        print(f"{c.aim.upper():<6}{c.label:<44}{c.value:>9.3f}  {c.op:<2}{c.threshold:>9.3f}  "
+        print(f"{c.aim.upper():<7}{c.label:<44}{c.value:>9.3f}  {c.op:<2}{c.threshold:>9.3f}  "
               f"{'PASS' if c.passed else 'FAIL'}{source}")
     passed = all(c.passed for c in checks)
     print(f"bar: {sum(c.passed for c in checks)}/{len(checks)} terms met -> {'PASS' if passed else 'FAIL'}")

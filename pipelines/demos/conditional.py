@@ -124,7 +124,7 @@ def _text2img_checks(m: dict[str, float]) -> list[Check]:
     return checks
 
 
-def _stargan_pictures(model_uri: str, dataset: str, store: str, out: Path) -> None:
+def _stargan_pictures(model_uri: str, dataset: str, store: str, out: Path) -> dict[str, Path]:
     from data_prep.batches import load_split_arrays
     from pipelines.evaluation.figures import save_png
     from pipelines.inference.conditional import translate_attributes
@@ -137,14 +137,18 @@ def _stargan_pictures(model_uri: str, dataset: str, store: str, out: Path) -> No
     report = translate_attributes(model_uri, [inputs], out / "stargan", {"blue": 1, "thick": 1}, scale=3)
     print(f"attribute grid  {report.grid}  (columns: {', '.join(report.grid_columns)})")
     print(f"--set blue=1,thick=1  {len(report.outputs)} images in {report.outputs[0].parent}")
+    return {"attribute grid": Path(report.grid), "blue=1,thick=1": Path(report.outputs[0].parent)}
 
 
-def _text2img_pictures(model_uri: str, out: Path) -> None:
+def _text2img_pictures(model_uri: str, out: Path) -> dict[str, Path]:
     from pipelines.evaluation.figures import save_png, upscale
     from pipelines.inference.conditional import generate_from_prompts
 
     grid = generate_from_prompts(model_uri, prompt="a thick red seven on a black background", n=16)
-    print(f"prompt grid     {save_png(upscale(grid, 3), out / 'text2img-red-seven.png')}")
+    paths = {"prompt grid": save_png(upscale(grid, 3), out / "text2img-red-seven.png")}
+    print(f"prompt grid     {paths['prompt grid']}")
     strip = generate_from_prompts(model_uri, interpolate=["a green one on a black background",
                                                           "a blue eight on a white background"], n=4)
-    print(f"interpolation   {save_png(upscale(strip, 3), out / 'text2img-interpolation.png')}")
+    paths["interpolation"] = save_png(upscale(strip, 3), out / "text2img-interpolation.png")
+    print(f"interpolation   {paths['interpolation']}")
+    return paths
