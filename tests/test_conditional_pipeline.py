@@ -100,6 +100,9 @@ def test_stargan_metrics_identity_scores_the_floor_and_reconstructs_exactly(loca
     assert m["eval/attr_acc"] == pytest.approx(m["eval/attr_acc_floor"])
     assert m["eval/rec_l1"] == 0.0
     assert m["eval/attr_acc_floor"] < 0.5  # flipping is what the input does not show
+    # The identity keeps every digit it can read: each attribute's digit kept is the mean's.
+    per_attr = [m[f"eval/class_kept/{name}"] for name in ev.meta["attr_names"]]
+    assert per_attr == pytest.approx([m["eval/class_kept"]] * len(per_attr))
 
 
 def test_stargan_metrics_a_recolouring_oracle_scores_far_above_the_floor(local_attrs):
