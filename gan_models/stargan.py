@@ -43,6 +43,9 @@ class Config:
     lambda_cls: float = 1.0  # λ_cls
     lambda_rec: float = 10.0  # λ_rec
     lambda_gp: float = 10.0  # λ_gp
+    lambda_id: float = 0.0  # beyond the paper (0 = the paper): weight of an identity term E[|G(x, c') - x|_1],
+    #                        CycleGAN's λ_identity for StarGAN: translating to the image's own labels keeps it
+    g_labels_at_output: bool = False  # beyond the paper: c is concatenated again before G's last conv (see Generator)
     n_critic: int = 5  # D updates per G update
     g_lr: float = 1e-4
     d_lr: float = 1e-4
@@ -61,7 +64,7 @@ class Config:
                  g_lr=self.g_lr, d_lr=self.d_lr, num_iters=self.num_iters, lr_update_step=self.lr_update_step)
         in_unit_interval(beta1=self.beta1, beta2=self.beta2)
         if self.g_repeat_num < 0 or self.num_iters_decay < 0 or min(self.lambda_cls, self.lambda_rec,
-                                                                     self.lambda_gp) < 0:
+                                                                     self.lambda_gp, self.lambda_id) < 0:
             raise ValueError("g_repeat_num, num_iters_decay and the λ weights must be >= 0")
         if self.num_iters_decay > self.num_iters:
             raise ValueError(f"num_iters_decay={self.num_iters_decay} exceeds num_iters={self.num_iters}")
@@ -126,9 +129,15 @@ class Generator(nn.Module):
 
     c is replicated spatially and concatenated with x; 7x7 conv, two stride-2 downsamplings, `repeat_num`
     residual blocks, two stride-2 upsamplings, 7x7 conv, tanh. State-dict keys as the official Generator.
+
+    labels_at_output (beyond the paper; off by default): c is concatenated again before the last 7x7 conv
+    (layers `out.*`). Every block of the official G ends in an instance norm, which removes each channel's
+    per-image mean, so a change of the whole image's level (a black background turned white) has to be drawn
+    from spatial features; c at the last conv gives it a per-image offset directly.
     """
 
-    def __init__(self, *, conv_dim: int, c_dim: int, repeat_num: int, channels: int) -> None:
+    def __init__(self, *, conv_dim: int, c_dim: int, repeat_num: int, channels: int,
+                 labels_at_output: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = [
             nn.Conv2d(channels + c_dim, conv_dim, 7, 1, 3, bias=False), InstanceNorm(conv_dim), nn.ReLU(inplace=True)
@@ -142,13 +151,18 @@ class Generator(nn.Module):
             layers += [nn.ConvTranspose2d(dim, dim // 2, 4, 2, 1, bias=False), InstanceNorm(dim // 2),
                        nn.ReLU(inplace=True)]
             dim //= 2
-        layers += [nn.Conv2d(dim, channels, 7, 1, 3, bias=False), nn.Tanh()]
-        self.main = nn.Sequential(*layers)
+        last: list[nn.Module] = [nn.Conv2d(dim + c_dim * labels_at_output, channels, 7, 1, 3, bias=False), nn.Tanh()]
+        self.labels_at_output = labels_at_output
+        if labels_at_output:
+            self.main, self.out = nn.Sequential(*layers), nn.Sequential(*last)
+        else:  # the official layout and state-dict keys
+            self.main = nn.Sequential(*layers, *last)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         # The official `c.view(...)` breaks under channels_last; indexing + expand is the same replication.
         c = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
-        return self.main(torch.cat([x, c], dim=1))
+        h = self.main(torch.cat([x, c], dim=1))
+        return self.out(torch.cat([h, c], dim=1)) if self.labels_at_output else h
 
 
 class Discriminator(nn.Module):
@@ -178,7 +192,8 @@ def build(cfg: Config) -> Nets:
     """{"G": Generator, "D": Discriminator} with PyTorch's default initialisation, as the official code."""
     if not isinstance(cfg, Config):  # field values were already checked by Config.__post_init__
         raise TypeError(f"stargan.build needs a stargan.Config, got {type(cfg).__name__}")
-    g = Generator(conv_dim=cfg.g_conv_dim, c_dim=cfg.c_dim, repeat_num=cfg.g_repeat_num, channels=cfg.channels)
+    g = Generator(conv_dim=cfg.g_conv_dim, c_dim=cfg.c_dim, repeat_num=cfg.g_repeat_num, channels=cfg.channels,
+                  labels_at_output=cfg.g_labels_at_output)
     d = Discriminator(image_size=cfg.image_size, conv_dim=cfg.d_conv_dim, c_dim=cfg.c_dim,
                       repeat_num=cfg.d_repeat_num, channels=cfg.channels)
     return {"G": g, "D": d}
@@ -419,7 +434,8 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     }
 
     # (2) G step every n_critic iterations: L_G = L_adv + λ_cls L_cls^f + λ_rec L_rec, with
-    #     L_adv = -E[D_src(G(x, c))], L_cls^f = E[-log D_cls(c|G(x, c))], L_rec = E[||x - G(G(x, c), c')||_1].
+    #     L_adv = -E[D_src(G(x, c))], L_cls^f = E[-log D_cls(c|G(x, c))], L_rec = E[||x - G(G(x, c), c')||_1];
+    #     beyond the paper, + λ_id E[||x - G(x, c')||_1] when lambda_id > 0.
     if g_turn:
         opt_g.zero_grad(set_to_none=True)
         with frozen(d_net) as d_fixed:  # the updated D, without its weight gradients or DDP
@@ -429,6 +445,10 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
         x_rec = g_net(x_fake, c_org)
         g_loss_rec = (x_real - x_rec).abs().mean()
         g_loss = g_loss_fake + cfg.lambda_cls * g_loss_cls + cfg.lambda_rec * g_loss_rec
+        if cfg.lambda_id > 0:  # an extra G pass only when asked, so the paper's step costs what it did
+            g_loss_id = (x_real - g_net(x_real, c_org)).abs().mean()
+            g_loss = g_loss + cfg.lambda_id * g_loss_id
+            out["loss/G_id"] = g_loss_id.detach()
         g_loss.backward()
         opt_g.step()
         out.update({"loss/G": g_loss.detach(), "loss/G_fake": g_loss_fake.detach(),

@@ -37,6 +37,8 @@ def test_demo_accepts_every_demo_family_and_each_has_a_demo_recipe(family: str):
     from pipelines.spec.recipes import RECIPES
 
     assert build_parser().parse_args(["demo", "--family", family]).family == family
+    assert build_parser().parse_args(["demo", "--family", family, "--seed", "2"]).seed == 2
+    assert build_parser().parse_args(["demo", "--family", family]).seed is None  # the recipe's own seed
     demos = [name for name in RECIPES if name.startswith(f"{family}-") and name.endswith("-demo")]
     assert len(demos) == 1 and RECIPES[demos[0]]().family == family
 

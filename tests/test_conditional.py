@@ -110,6 +110,40 @@ def test_stargan_losses_equal_the_paper_terms_computed_by_hand():
     assert_close(out["loss/G"], -src_g.mean() + 0.7 * bce_f + 3.0 * rec)
 
 
+def test_stargan_identity_term_is_off_by_default_and_adds_lambda_id_times_l1_of_g_on_own_labels():
+    cfg, nets = _stargan(lambda_id=2.0)
+    ref_g = stargan.build(cfg)["G"]
+    ref_g.load_state_dict(nets["G"].state_dict())
+    batch = _stargan_step_inputs(cfg, 3)
+    batch["target_attrs"] = batch["attrs"].roll(1, dims=0)
+    out = stargan.train_step(nets, _sgd(nets, lr=0.0), batch, cfg)
+    ident = (batch["image"] - ref_g(batch["image"], batch["attrs"])).abs().mean()
+    assert_close(out["loss/G_id"], ident)
+    assert_close(out["loss/G"], out["loss/G_fake"] + out["loss/G_cls"] + 10.0 * out["loss/G_rec"] + 2.0 * ident)
+    paper_cfg, paper_nets = _stargan()
+    assert paper_cfg.lambda_id == 0 and "loss/G_id" not in stargan.train_step(
+        paper_nets, _sgd(paper_nets, lr=0.0), _stargan_step_inputs(paper_cfg, 3), paper_cfg)
+    with pytest.raises(ValueError, match="λ weights"):
+        stargan.Config(lambda_id=-1.0)
+
+
+def test_stargan_labels_at_output_feed_c_to_the_last_conv_and_keep_the_official_keys_when_off():
+    paper_cfg, paper = _stargan()
+    cfg, nets = _stargan(g_labels_at_output=True)
+    assert not any(k.startswith("out.") for k in paper["G"].state_dict())
+    assert nets["G"].out[0].in_channels == paper["G"].main[-2].in_channels + cfg.c_dim
+    x = torch.zeros(1, 3, 16, 16)
+    g = nets["G"]
+    with torch.no_grad():
+        # Only the last conv sees c: zero every other weight and the output is tanh(conv(c)), one level per c.
+        for name, p in g.named_parameters():
+            if not name.startswith("out."):
+                p.zero_()
+        g.out[0].weight.fill_(0.01)
+        a, b = g(x, torch.tensor([[1.0, 0, 0, 0]])), g(x, torch.tensor([[1.0, 0, 0, 1]]))
+    assert (b[..., 6:10, 6:10] - a[..., 6:10, 6:10]).abs().min() > 0.25  # tanh(0.98) - tanh(0.49)
+
+
 def test_stargan_exclusive_domains_use_cross_entropy():
     cfg, nets = _stargan(label_mode="exclusive")
     batch = _stargan_step_inputs(cfg, 4)

@@ -6,6 +6,7 @@ caption)."""
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -99,6 +100,9 @@ def test_stargan_metrics_identity_scores_the_floor_and_reconstructs_exactly(loca
     assert m["eval/attr_acc"] == pytest.approx(m["eval/attr_acc_floor"])
     assert m["eval/rec_l1"] == 0.0
     assert m["eval/attr_acc_floor"] < 0.5  # flipping is what the input does not show
+    # The identity keeps every digit it can read: each attribute's digit kept is the mean's.
+    per_attr = [m[f"eval/class_kept/{name}"] for name in ev.meta["attr_names"]]
+    assert per_attr == pytest.approx([m["eval/class_kept"]] * len(per_attr))
 
 
 def test_stargan_metrics_a_recolouring_oracle_scores_far_above_the_floor(local_attrs):
@@ -160,14 +164,42 @@ def test_group_spread_is_the_mean_within_group_pixel_std_and_sees_z(local_attrs)
     assert 0.3 < m["eval/z_spread"] < 1.0 and m["eval/z_spread_real"] == 0.25
 
 
-def test_demo_bars_need_twice_the_floor_plus_a_margin_and_a_spread_over_z():
-    from pipelines.demos.conditional import passes, spread_passes
+def test_demo_bars_need_twice_the_floor_plus_a_margin_and_a_spread_over_z(capsys):
+    from pipelines.demos.bars import floor_check, print_bar
+    from pipelines.demos.conditional import _text2img_checks
 
-    assert passes(0.445, 0.025)
-    assert not passes(0.14, 0.025)  # 5.6x the floor, but not 0.25 above it
-    assert not passes(0.55, 0.3)  # 0.25 above the floor, but not twice it
-    assert spread_passes(0.053, 0.078) and not spread_passes(0.014, 0.078)  # a G that ignores z fails
-    assert not spread_passes(0.05, float("nan"))  # no real reference: no pass
+    def ok(value, floor):
+        return floor_check(aim="change", label="x", value=value, floor=floor, floor_name="f").passed
+
+    assert ok(0.445, 0.025)
+    assert not ok(0.14, 0.025)  # 5.6x the floor, but not 0.25 above it
+    assert not ok(0.55, 0.3)  # 0.25 above the floor, but not twice it
+    m = {"eval/text_class_acc": 0.635, "eval/text_class_acc_mismatched": 0.1, "eval/text_colour_acc": 1.0,
+         "eval/text_colour_acc_mismatched": 0.29, "eval/text_consistency": 0.635,
+         "eval/text_consistency_mismatched": 0.03, "eval/fd": 1.4, "eval/z_spread": 0.053, "eval/z_spread_real": 0.078}
+    assert print_bar(_text2img_checks(m))
+    assert not print_bar(_text2img_checks({**m, "eval/z_spread": 0.014}))  # a G that ignores z fails
+    assert not print_bar(_text2img_checks({**m, "eval/z_spread_real": float("nan")}))  # no reference: no pass
+    assert not print_bar(_text2img_checks({**m, "eval/text_colour_acc": 0.4}))  # wrong colours fail
+    out = capsys.readouterr().out
+    assert re.search(r"KEEP +spread over z for one caption +0\.053  >= +0\.039  PASS", out)
+
+
+def test_stargan_bar_asks_for_the_change_and_the_digit_kept(capsys):
+    from pipelines.demos.bars import print_bar
+    from pipelines.demos.conditional import _stargan_checks
+
+    m = {"eval/attr_acc/red": 0.9, "eval/attr_acc": 0.9, "eval/attr_acc_floor": 0.275, "eval/attr_kept_acc": 0.9,
+         "eval/class_kept": 0.85, "eval/rec_l1": 0.05, "eval/fd": 3.0}
+    assert print_bar(_stargan_checks(m))
+    assert not print_bar(_stargan_checks({**m, "eval/class_kept": 0.122}))  # issue 19's coloured blobs
+    assert not print_bar(_stargan_checks({**m, "eval/attr_kept_acc": 0.8}))
+    assert not print_bar(_stargan_checks({**m, "eval/attr_acc": 0.84}))  # twice the floor, below 0.85
+    no_digit = dict(m)
+    del no_digit["eval/class_kept"]
+    assert not print_bar(_stargan_checks(no_digit))  # a missing metric fails rather than passing unseen
+    out = capsys.readouterr().out
+    assert re.search(r"KEEP +digit kept \(the dataset's digit classifier\) +0\.122  >= +0\.800  FAIL", out)
 
 
 def test_caption_attributes_and_derangement():

@@ -132,6 +132,7 @@ def test_cycle_l1_and_class_preservation_by_a_trained_domain_classifier():
     assert flipped["eval/class_preserved_AtoB_identity"] == kept["eval/class_preserved_AtoB_identity"]
     assert flipped["eval/cycle_l1_A"] == pytest.approx(float((0.5 * a.flip(-1) - a).abs().mean()))
     assert flipped["eval/fd_B"] > 1.0
+    assert flipped["eval/fd_B_identity"] == pytest.approx(kept["eval/fd_B"], abs=1e-4)  # the untranslated a
 
 
 # --- ganpipe translate ---------------------------------------------------------------------------------------

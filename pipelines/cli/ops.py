@@ -44,15 +44,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from pipelines.demos.i2i import run_i2i_demo
 
         out = Path(args.out or f".ganpipe/demo-{args.family}")
-        return run_i2i_demo(family=args.family, steps=args.steps, workers=args.workers, out=out)
+        return run_i2i_demo(family=args.family, steps=args.steps, workers=args.workers, seed=args.seed, out=out)
     from pipelines.demos.dcgan import run_demo
 
     if args.family in ("stargan", "text2img"):
         from pipelines.demos.conditional import run_conditional_demo
 
         out = Path(args.out or f".ganpipe/demo-{args.family}")
-        return run_conditional_demo(family=args.family, steps=args.steps, workers=args.workers, out=out)
-    return run_demo(steps=args.steps, workers=args.workers, out=Path(args.out or ".ganpipe/demo"))
+        return run_conditional_demo(family=args.family, steps=args.steps, workers=args.workers, seed=args.seed,
+                                    out=out)
+    return run_demo(steps=args.steps, workers=args.workers, seed=args.seed, out=Path(args.out or ".ganpipe/demo"))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

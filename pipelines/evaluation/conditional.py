@@ -276,7 +276,8 @@ def stargan_metrics(
     target says (exclusive data: the target domain); eval/attr_acc: their mean; eval/attr_acc_floor: the same
     for the untranslated inputs (what a generator that ignores c scores); eval/attr_kept_acc: the attributes
     outside the changed one's group left as they were; eval/class_kept: the digit class kept (when the data
-    has classes); eval/rec_l1: mean |G(G(x, c), c') - x| in [-1, 1] units; eval/fd: Fréchet distance of all
+    has classes), eval/class_kept/NAME the same for the changes of NAME alone; eval/rec_l1: mean
+    |G(G(x, c), c') - x| in [-1, 1] units; eval/fd: Fréchet distance of all
     translations to the held-out real images in the evaluator's feature space.
     """
     from gan_models import stargan
@@ -304,6 +305,7 @@ def stargan_metrics(
             kept.append(float((pred[:, others] == t[:, others]).mean()))
         if ev.n_classes and known.any():
             class_kept.append(float((seen["class_probs"].argmax(1) == labels)[known].mean()))
+            out[f"eval/class_kept/{names[i]}"] = class_kept[-1]
     out["eval/attr_acc"] = float(np.mean(accs))
     out["eval/attr_acc_floor"] = float(np.mean(floors))
     if kept:

@@ -120,7 +120,8 @@ def cyclegan_metrics(
     domain classifiers (`evaluators` keyed "domain_a"/"domain_b", trained on the same class names):
     eval/class_preserved_AtoB = accuracy of argmax clf_B(G(a)) against label_a (eval/class_preserved_BtoA the
     reverse), the `*_identity` baseline clf_B(a) against label_a (no translation at all), and eval/fd_B /
-    eval/fd_A, the Fréchet distance of G(a) / F(b) to the real held-out B / A in that classifier's feature space.
+    eval/fd_A, the Fréchet distance of G(a) / F(b) to the real held-out B / A in that classifier's feature space,
+    with eval/fd_B_identity / eval/fd_A_identity the same of the untranslated a / b (what translating must beat).
     """
     fake_b = translate_all(to_b, a, device=device)
     fake_a = translate_all(to_a, b, device=device)
@@ -139,10 +140,12 @@ def cyclegan_metrics(
         mu, sigma = feature_stats(features)
         out[f"eval/fd_{name[-1]}"] = frechet_distance(mu, sigma, judge.real_mu, judge.real_sigma)
         out[f"eval/cls_score_{name[-1]}"] = classifier_score(probs)
+        features_id, probs_id = judge.predict(source)
+        mu_id, sigma_id = feature_stats(features_id)
+        out[f"eval/fd_{name[-1]}_identity"] = frechet_distance(mu_id, sigma_id, judge.real_mu, judge.real_sigma)
         if labels is not None and (np.asarray(labels) >= 0).any():
             known = np.asarray(labels) >= 0
             out[f"eval/class_preserved_{name}"] = float((probs.argmax(1) == labels)[known].mean())
-            _, probs_id = judge.predict(source)
             out[f"eval/class_preserved_{name}_identity"] = float((probs_id.argmax(1) == labels)[known].mean())
     return out
 

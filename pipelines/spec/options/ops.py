@@ -23,6 +23,8 @@ def add_parsers(sub: Any) -> None:
                         "stargan: digit and colour as attributes; text2img: captioned coloured digits")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--workers", type=non_negative_int, default=None, help="Ray Train workers (default 2)")
+    p.add_argument("--seed", type=non_negative_int, default=None,
+                   help="loop.seed: weights, latents and data order (default: the demo recipe's, 0)")
     p.add_argument("--out", default=None, help="folder for the pictures (default .ganpipe/demo, or "
                                                ".ganpipe/demo-FAMILY with --family pix2pix|cyclegan)")
 
