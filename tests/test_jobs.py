@@ -653,7 +653,8 @@ def test_a_pipeline_submitted_twice_from_its_working_dir_on_two_nodes_reuses_eve
     assert manifest.prep["source"] == "photos" and manifest.version == 1
     import mlflow
 
-    mlf = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlf = mlflow.MlflowClient(tracking_uri=db, registry_uri=db)  # not the process-wide registry another test set
     assert [str(v.version) for v in mlf.search_model_versions("name = 'dcgan-photos'")] == ["1"]
 
 
