@@ -47,7 +47,8 @@ class Config:
     #                        CycleGAN's λ_identity for StarGAN: translating to the image's own labels keeps it
     g_labels_at_output: bool = False  # beyond the paper: c is concatenated again before G's last conv (see Generator)
     g_label_norm: bool = False  # beyond the paper: each of G's instance norms takes its scale and shift from c
-    #                             (conditional instance norm, see LabelNorm)
+    #                             (conditional instance norm, see LabelNorm); measured on the demo set, it did not
+    #                             keep the digit under the background inversion (BENCHMARKS.md)
     n_critic: int = 5  # D updates per G update
     g_lr: float = 1e-4
     d_lr: float = 1e-4
