@@ -46,6 +46,9 @@ class Config:
     lambda_id: float = 0.0  # beyond the paper (0 = the paper): weight of an identity term E[|G(x, c') - x|_1],
     #                        CycleGAN's λ_identity for StarGAN: translating to the image's own labels keeps it
     g_labels_at_output: bool = False  # beyond the paper: c is concatenated again before G's last conv (see Generator)
+    g_label_norm: bool = False  # beyond the paper: each of G's instance norms takes its scale and shift from c
+    #                             (conditional instance norm, see LabelNorm); measured on the demo set, it did not
+    #                             keep the digit under the background inversion (BENCHMARKS.md)
     n_critic: int = 5  # D updates per G update
     g_lr: float = 1e-4
     d_lr: float = 1e-4
@@ -110,18 +113,56 @@ class InstanceNorm(nn.InstanceNorm2d):
         return F.instance_norm(x, None, None, self.weight, self.bias, use_input_stats=True, eps=self.eps)
 
 
-class ResidualBlock(nn.Module):
-    """x + (conv3x3 -> IN -> ReLU -> conv3x3 -> IN)(x), the official bottleneck block."""
+class LabelNorm(nn.Module):
+    """Conditional instance norm (Dumoulin et al. 2017, "A learned representation for artistic style"), beyond
+    the StarGAN paper: per-image normalisation without running statistics, then a scale γ(c) and shift β(c)
+    predicted from the labels by one linear layer, at γ = 1 and β = 0 for every c at initialisation.
 
-    def __init__(self, dim: int) -> None:
+    Why: in the official G, c enters as constant channels before a conv and an instance norm; a conv of a
+    constant is constant over the image (but for the zero-padded border) and the norm subtracts it, and an
+    additive offset cannot flip a feature's sign, which a change like a background inversion needs. γ(c) acts
+    multiplicatively on every feature map. Called as norm(x, c) (`_run` passes c along).
+    """
+
+    def __init__(self, num_features: int, c_dim: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.film = nn.Linear(c_dim, 2 * num_features)
+        nn.init.zeros_(self.film.weight)
+        with torch.no_grad():
+            self.film.bias.copy_(torch.cat([torch.ones(num_features), torch.zeros(num_features)]))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        gamma, beta = self.film(c.to(x.dtype)).chunk(2, dim=1)
+        return F.instance_norm(x, eps=1e-5) * gamma[:, :, None, None] + beta[:, :, None, None]
+
+
+def _run(layers: nn.Sequential, x: Tensor, c: Tensor) -> Tensor:
+    """`layers`(x), passing the labels c to the modules that take them (LabelNorm, ResidualBlock). An explicit
+    argument rather than state set on the modules, so the generator exports as a pure function of (x, c)."""
+    for layer in layers:
+        x = layer(x, c) if isinstance(layer, (LabelNorm, ResidualBlock)) else layer(x)
+    return x
+
+
+def _norm(dim: int, c_dim: int | None) -> nn.Module:
+    """The official InstanceNorm, or a LabelNorm when G is built with label_norm (c_dim given)."""
+    return InstanceNorm(dim) if c_dim is None else LabelNorm(dim, c_dim)
+
+
+class ResidualBlock(nn.Module):
+    """x + (conv3x3 -> IN -> ReLU -> conv3x3 -> IN)(x), the official bottleneck block; `label_c_dim`: its norms
+    are LabelNorms over that many labels."""
+
+    def __init__(self, dim: int, label_c_dim: int | None = None) -> None:
         super().__init__()
         self.main = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, 1, 1, bias=False), InstanceNorm(dim), nn.ReLU(inplace=True),
-            nn.Conv2d(dim, dim, 3, 1, 1, bias=False), InstanceNorm(dim),
+            nn.Conv2d(dim, dim, 3, 1, 1, bias=False), _norm(dim, label_c_dim), nn.ReLU(inplace=True),
+            nn.Conv2d(dim, dim, 3, 1, 1, bias=False), _norm(dim, label_c_dim),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.main(x)
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        return x + (self.main(x) if c is None else _run(self.main, x, c))
 
 
 class Generator(nn.Module):
@@ -134,25 +175,29 @@ class Generator(nn.Module):
     (layers `out.*`). Every block of the official G ends in an instance norm, which removes each channel's
     per-image mean, so a change of the whole image's level (a black background turned white) has to be drawn
     from spatial features; c at the last conv gives it a per-image offset directly.
+
+    label_norm (beyond the paper; off by default): every instance norm is a LabelNorm, its scale and shift
+    predicted from c (keys `*.film.*` in place of the norms' weight, bias and running statistics).
     """
 
     def __init__(self, *, conv_dim: int, c_dim: int, repeat_num: int, channels: int,
-                 labels_at_output: bool = False) -> None:
+                 labels_at_output: bool = False, label_norm: bool = False) -> None:
         super().__init__()
+        lc = c_dim if label_norm else None
         layers: list[nn.Module] = [
-            nn.Conv2d(channels + c_dim, conv_dim, 7, 1, 3, bias=False), InstanceNorm(conv_dim), nn.ReLU(inplace=True)
+            nn.Conv2d(channels + c_dim, conv_dim, 7, 1, 3, bias=False), _norm(conv_dim, lc), nn.ReLU(inplace=True)
         ]
         dim = conv_dim
         for _ in range(2):  # down-sampling
-            layers += [nn.Conv2d(dim, dim * 2, 4, 2, 1, bias=False), InstanceNorm(dim * 2), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(dim, dim * 2, 4, 2, 1, bias=False), _norm(dim * 2, lc), nn.ReLU(inplace=True)]
             dim *= 2
-        layers += [ResidualBlock(dim) for _ in range(repeat_num)]  # bottleneck
+        layers += [ResidualBlock(dim, lc) for _ in range(repeat_num)]  # bottleneck
         for _ in range(2):  # up-sampling
-            layers += [nn.ConvTranspose2d(dim, dim // 2, 4, 2, 1, bias=False), InstanceNorm(dim // 2),
+            layers += [nn.ConvTranspose2d(dim, dim // 2, 4, 2, 1, bias=False), _norm(dim // 2, lc),
                        nn.ReLU(inplace=True)]
             dim //= 2
         last: list[nn.Module] = [nn.Conv2d(dim + c_dim * labels_at_output, channels, 7, 1, 3, bias=False), nn.Tanh()]
-        self.labels_at_output = labels_at_output
+        self.labels_at_output, self.label_norm = labels_at_output, label_norm
         if labels_at_output:
             self.main, self.out = nn.Sequential(*layers), nn.Sequential(*last)
         else:  # the official layout and state-dict keys
@@ -160,9 +205,10 @@ class Generator(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         # The official `c.view(...)` breaks under channels_last; indexing + expand is the same replication.
-        c = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
-        h = self.main(torch.cat([x, c], dim=1))
-        return self.out(torch.cat([h, c], dim=1)) if self.labels_at_output else h
+        c_map = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        xc = torch.cat([x, c_map], dim=1)
+        h = _run(self.main, xc, c) if self.label_norm else self.main(xc)
+        return self.out(torch.cat([h, c_map], dim=1)) if self.labels_at_output else h
 
 
 class Discriminator(nn.Module):
@@ -193,7 +239,7 @@ def build(cfg: Config) -> Nets:
     if not isinstance(cfg, Config):  # field values were already checked by Config.__post_init__
         raise TypeError(f"stargan.build needs a stargan.Config, got {type(cfg).__name__}")
     g = Generator(conv_dim=cfg.g_conv_dim, c_dim=cfg.c_dim, repeat_num=cfg.g_repeat_num, channels=cfg.channels,
-                  labels_at_output=cfg.g_labels_at_output)
+                  labels_at_output=cfg.g_labels_at_output, label_norm=cfg.g_label_norm)
     d = Discriminator(image_size=cfg.image_size, conv_dim=cfg.d_conv_dim, c_dim=cfg.c_dim,
                       repeat_num=cfg.d_repeat_num, channels=cfg.channels)
     return {"G": g, "D": d}

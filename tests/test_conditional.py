@@ -144,6 +144,24 @@ def test_stargan_labels_at_output_feed_c_to_the_last_conv_and_keep_the_official_
     assert (b[..., 6:10, 6:10] - a[..., 6:10, 6:10]).abs().min() > 0.25  # tanh(0.98) - tanh(0.49)
 
 
+def test_stargan_label_norm_scales_g_features_by_c_and_starts_as_the_official_g():
+    paper_cfg, paper = _stargan()
+    cfg, nets = _stargan(g_label_norm=True)
+    g, keys = nets["G"], set(nets["G"].state_dict())
+    assert not any(".film." in k for k in paper["G"].state_dict())  # off: the official layout
+    assert {"main.1.film.weight", "main.9.main.1.film.bias"} <= keys and "main.1.running_mean" not in keys
+    # At initialisation γ(c) = 1 and β(c) = 0 for every c: the official G with the same convs.
+    paper["G"].load_state_dict({k: v for k, v in g.state_dict().items() if ".film." not in k}, strict=False)
+    x, c = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]])
+    assert_close(g(x, c), paper["G"](x, c))
+    with torch.no_grad():
+        g.main[0].weight[:, 3:].zero_()  # c no longer reaches G through the input channels, only the norms
+        last = g.main[-4]  # the last up-sampling's norm
+        last.film.weight[: last.num_features, 3] = -2.0  # γ = 1 - 2 c_3: attribute 3 flips every feature
+        on, off = g(x, torch.tensor([[0.0, 0, 0, 1]] * 2)), g(x, torch.tensor([[0.0, 0, 0, 0]] * 2))
+    assert (on - off).abs().mean() > 0.05
+
+
 def test_stargan_exclusive_domains_use_cross_entropy():
     cfg, nets = _stargan(label_mode="exclusive")
     batch = _stargan_step_inputs(cfg, 4)
