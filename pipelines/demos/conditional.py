@@ -9,7 +9,6 @@ half as much as real images with the same description).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ def _prep(kind: str, image_size: int) -> str:
 
 def run_conditional_demo(*, family: str, steps: int | None = None, workers: int | None = None,
                          seed: int | None = None, out: Path = Path(f"{DEFAULT_HOME}/demo")) -> int:
-    from pipelines.spec.recipes import get_recipe
+    from pipelines.spec.recipes import get_recipe, with_run_options
     from pipelines.training.train import train
 
     t0 = time.perf_counter()
@@ -48,12 +47,7 @@ def run_conditional_demo(*, family: str, steps: int | None = None, workers: int 
     dataset = _prep("attributes" if family == "stargan" else "captioned", recipe().model.image_size)
     print(f"\n== 2/4 train {family} ==")
     spec = recipe(dataset=dataset)
-    if steps is not None:
-        spec = dataclasses.replace(spec, loop=dataclasses.replace(spec.loop, steps=steps))
-    if workers is not None:
-        spec = dataclasses.replace(spec, scale=dataclasses.replace(spec.scale, workers=workers))
-    if seed is not None:
-        spec = dataclasses.replace(spec, loop=dataclasses.replace(spec.loop, seed=seed))
+    spec = with_run_options(spec, steps=steps, workers=workers, seed=seed)
     outcome = train(spec)
     m = outcome.metrics
     minutes_train = (time.perf_counter() - t0) / 60

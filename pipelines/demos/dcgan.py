@@ -3,7 +3,6 @@ that the samples are recognisable digits, judged by the offline evaluator agains
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from pipelines.evaluation.figures import (
     upscale,
 )
 from pipelines.spec.defaults import DEFAULT_HOME
-from pipelines.spec.recipes import dcgan_mnist5k_demo
+from pipelines.spec.recipes import dcgan_mnist5k_demo, with_run_options
 from pipelines.tracking.loading import load_generator
 from pipelines.tracking.runs import client, resolve_tracking_uri
 from pipelines.training.train import train
@@ -39,12 +38,7 @@ def run_demo(*, steps: int | None = None, workers: int | None = None, seed: int 
 
     print("\n== 2/4 train DCGAN with Ray Train ==")
     spec = dcgan_mnist5k_demo()
-    if steps is not None:
-        spec = dataclasses.replace(spec, loop=dataclasses.replace(spec.loop, steps=steps))
-    if workers is not None:
-        spec = dataclasses.replace(spec, scale=dataclasses.replace(spec.scale, workers=workers))
-    if seed is not None:
-        spec = dataclasses.replace(spec, loop=dataclasses.replace(spec.loop, seed=seed))
+    spec = with_run_options(spec, steps=steps, workers=workers, seed=seed)
     outcome = train(spec)
     ev = outcome.evaluator
     assert ev is not None, "mnist5k is labelled, so the evaluator exists"

@@ -12,7 +12,6 @@ cyclegan: scikit-learn digits <-> MNIST digits (32 px). Passes when the translat
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from gan_models import make_grid
 from pipelines.demos.bars import Check, print_bar
 from pipelines.evaluation.figures import save_png, upscale
 from pipelines.evaluation.i2i import heldout, translate_all
-from pipelines.spec.recipes import cyclegan_digits_demo, pix2pix_edges_demo
+from pipelines.spec.recipes import cyclegan_digits_demo, pix2pix_edges_demo, with_run_options
 from pipelines.tracking.loading import load_translator
 from pipelines.tracking.registry import PARTNER_TAG
 from pipelines.tracking.runs import client, resolve_tracking_uri
@@ -105,12 +104,7 @@ def run_i2i_demo(*, family: str, steps: int | None = None, workers: int | None =
 
     print(f"\n== 2/4 train {family} with Ray Train ==")
     spec = pix2pix_edges_demo() if family == "pix2pix" else cyclegan_digits_demo()
-    if steps is not None:
-        spec = dataclasses.replace(spec, loop=dataclasses.replace(spec.loop, steps=steps))
-    if workers is not None:
-        spec = dataclasses.replace(spec, scale=dataclasses.replace(spec.scale, workers=workers))
-    if seed is not None:
-        spec = dataclasses.replace(spec, loop=dataclasses.replace(spec.loop, seed=seed))
+    spec = with_run_options(spec, steps=steps, workers=workers, seed=seed)
     t_train = time.perf_counter()
     outcome = train(spec)
     train_min = (time.perf_counter() - t_train) / 60

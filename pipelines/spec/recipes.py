@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from gan_models import cyclegan, dcgan, pix2pix, stargan, text2img, vanilla
@@ -191,3 +192,13 @@ def get_recipe(name: str) -> Callable[..., TrainSpec]:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
     return RECIPES[name]
+
+
+def with_run_options(spec: TrainSpec, *, steps: int | None = None, workers: int | None = None,
+                     seed: int | None = None) -> TrainSpec:  # fmt: skip
+    """A recipe's spec with a demo's `--steps`, `--workers` and `--seed` applied (None keeps the recipe's)."""
+    loop = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
+    spec = dataclasses.replace(spec, loop=dataclasses.replace(spec.loop, **loop))
+    if workers is not None:
+        spec = dataclasses.replace(spec, scale=dataclasses.replace(spec.scale, workers=workers))
+    return spec
