@@ -98,3 +98,19 @@ class MlflowServer:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL if crash else signal.SIGTERM)
             self.proc.wait(timeout=30)
+
+
+def stop_ray(proc: subprocess.Popen) -> None:
+    """SIGTERM `ray start --block` (it stops its node's processes), then kill whatever is left in its group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc.poll() is None:
+        proc.wait(timeout=10)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import stop_ray
 
 from pipelines.ops import jobs
 from pipelines.ops.seaweedfs import free_ports
@@ -154,22 +155,6 @@ def ray_start_args(*, ports: list[int], temp_dir: Path, head: bool, gcs: str = "
             f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rt_env}",
             f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}", f"--temp-dir={temp_dir}",
             "--object-store-memory=150000000", "--disable-usage-stats"]  # small: the machine is shared
-
-
-def stop_ray(proc: subprocess.Popen) -> None:
-    """SIGTERM `ray start --block` (it stops its node's processes), then kill whatever is left in its group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if proc.poll() is None:
-        proc.wait(timeout=10)
 
 
 def _dashboard_up(address: str, token: str) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import stop_ray
 
 from pipelines.ops.seaweedfs import free_ports
 
@@ -69,22 +69,6 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "PYTHONPATH": str(ROOT), **extra}
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM our `ray start --block` (it stops its node), then SIGKILL whatever is left in its session."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if proc.poll() is None:
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def head() -> Iterator[Head]:
     ray_tmp = Path(tempfile.mkdtemp(prefix="gploop-", dir="/tmp"))  # short: Ray's socket paths are limited
@@ -117,7 +101,7 @@ def head() -> Iterator[Head]:
             time.sleep(0.5)
         yield head
     finally:
-        _stop(proc)
+        stop_ray(proc)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
