@@ -18,6 +18,7 @@ into a bounded queue of ready batches. The batches are the same with 0, 1 or N d
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from collections.abc import Callable, Iterator
@@ -27,20 +28,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_prep.batch_workers import WorkerReader
+from data_prep.integrity import verification_on
 from data_prep.manifest import DOMAINS, Manifest
+from data_prep.plan import BatchPlan, Journal, split_refs
 from data_prep.prefetch import POOL_KINDS, Prefetcher, make_pool, ordered_map, picklable, shut
 from data_prep.reader import (
     DecodeFailure,
     ReadStats,
     decoded_epoch,
     decoded_or_failure,
-    image_of,
     open_dataset,
     raw_epoch,
 )
+from data_prep.samples import Sample, apply_augment, draw_augment, to_sample
 from data_prep.storage import Store
 
-Sample = dict[str, Any]
+__all__ = ["dataset_batches", "image_batches", "load_split_arrays", "split_samples", "to_sample"]
 CHUNK = 32  # samples per task of a decode worker: enough to hide a process pool's per-task cost (~0.1 ms)
 PREFETCH_BATCHES = 4  # ready batches held ahead of the training thread
 
@@ -57,47 +61,11 @@ def _labels(batch: list[Sample], name: str = "label") -> torch.Tensor:
     return torch.from_numpy(np.asarray([s[name] for s in batch], dtype=np.int64))
 
 
-def to_sample(decoded: dict[str, Any], manifest: Manifest) -> Sample:
-    """A decoded shard sample as uint8 (C, H, W) arrays and plain values, by the manifest's kind."""
-    channels = manifest.channels
-    sample: Sample = {"key": decoded["__key__"], "label": decoded.get("cls", -1)}
-    if manifest.kind == "paired":
-        sample["a"], sample["b"] = image_of(decoded, channels, "a"), image_of(decoded, channels, "b")
-        if "mask.png" in decoded:
-            sample["mask"] = image_of(decoded, 1, "mask")
-        return sample
-    sample["image"] = image_of(decoded, channels)
-    if manifest.kind == "attributes":
-        attrs = np.asarray(decoded["attrs.json"], dtype=np.uint8)
-        if attrs.shape != (len(manifest.extra["attributes"]),):
-            raise ValueError(f"sample {sample['key']} has {attrs.shape} attrs, not {len(manifest.extra['attributes'])}")
-        sample["attrs"] = attrs
-    elif manifest.kind == "captioned":
-        emb = decoded["emb.npy"]
-        captions = decoded["captions.json"]
-        if emb.ndim != 2 or emb.shape[0] != len(captions) or emb.shape[0] == 0:
-            raise ValueError(f"sample {sample['key']}: emb {emb.shape} does not match {len(captions)} captions")
-        sample["emb"], sample["captions"] = emb, captions
-    return sample
-
-
 def _augment(sample: Sample, *, crop_size: int | None, flip: bool, rng: np.random.Generator) -> Sample:
     """The same random crop and horizontal flip for every image of a paired sample (a, b, mask)."""
-    names = [n for n in ("a", "b", "mask") if n in sample]
     _, height, width = sample["a"].shape
-    top = left = 0
-    if crop_size is not None:
-        top, left = int(rng.integers(0, height - crop_size + 1)), int(rng.integers(0, width - crop_size + 1))
-    mirrored = flip and bool(rng.random() < 0.5)
-    out = dict(sample)
-    for name in names:
-        image = sample[name]
-        if crop_size is not None:
-            image = image[:, top : top + crop_size, left : left + crop_size]
-        if mirrored:
-            image = image[:, :, ::-1]
-        out[name] = np.ascontiguousarray(image)
-    return out
+    return apply_augment(sample, draw_augment(height, width, crop_size=crop_size, flip=flip, rng=rng),
+                         crop_size=crop_size)  # fmt: skip
 
 
 def _collate_paired(batch: list[Sample]) -> dict[str, torch.Tensor]:
@@ -271,16 +239,47 @@ def dataset_batches(
     if decode_workers == 0:
         yield from make(pool=None)
         return
+    verify = verification_on()  # the caller's setting (a context variable): the thread below starts without it
 
     def produce() -> Iterator[dict[str, torch.Tensor]]:
-        pool = make_pool(kind=decode_pool, workers=decode_workers)
-        try:
-            yield from make(pool=pool)
-        finally:
-            shut(pool)
+        if stats is not None:  # skipping a shard would move every later sample: the plan cannot know in advance
+            pool = make_pool(kind=decode_pool, workers=decode_workers)
+            try:
+                yield from make(pool=pool)
+            finally:
+                shut(pool)
+            return
+        if pin is not None:
+            torch.cuda.set_device(pin)
+        with WorkerReader(store, manifest, workers=decode_workers, pool_kind=decode_pool, batch_size=batch_size,
+                          crop_size=crop_size, verify=verify, prefetch=PREFETCH_BATCHES) as reader:  # fmt: skip
+            for batch in _planned(store, manifest, reader, batch_size=batch_size, repeat=repeat, drop_last=drop_last,
+                                  crop_size=crop_size, flip=flip, split=split, rank=rank, world_size=world_size,
+                                  seed=seed, shuffle_buffer=shuffle_buffer):  # fmt: skip
+                yield pinned(batch, pin)
 
     with Prefetcher(produce, depth=PREFETCH_BATCHES, name="ganpipe-batches") as ahead:
         yield from ahead
+
+
+def _planned(
+    store: Store, manifest: Manifest, reader: WorkerReader, *, batch_size: int, repeat: bool, drop_last: bool,
+    crop_size: int | None, flip: bool, seed: int, rank: int, split: str, **kw: Any,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """_batches' stream with every read, verification, decode and collate done by `reader`'s workers: the plan
+    is batch_stream run over references (data_prep/plan.py), with the same random draws in the same order."""
+    rng = np.random.default_rng([seed, rank, 0x6261])  # as in _batches
+    journal = Journal()
+    source = functools.partial(split_refs, store, manifest, journal=journal, shard_file=reader.shard_file, seed=seed,
+                               split=split, **kw)  # fmt: skip
+    side = manifest.image_size
+    augment = None if crop_size is None and not flip else lambda ref: dataclasses.replace(
+        ref, augment=draw_augment(side, side, crop_size=crop_size, flip=flip, rng=rng))  # fmt: skip
+    plans = batch_stream(manifest, source=source, augment=augment, batch_size=batch_size, repeat=repeat,
+                         drop_last=drop_last, rank=rank, split=split,
+                         collate=lambda refs: BatchPlan({"samples": refs}, journal.take()),
+                         pair=lambda a, b: BatchPlan({"a": a, "b": b}, journal.take()))  # fmt: skip
+    yield from reader.run(plans, collate=_collater(manifest, rng))  # only captioned batches are collated here
 
 
 def pins_memory(wanted: bool) -> bool:
@@ -290,36 +289,57 @@ def pins_memory(wanted: bool) -> bool:
 
 def _batches(
     store: Store, manifest: Manifest, *, pool: Executor | None, batch_size: int, repeat: bool, drop_last: bool,
-    crop_size: int | None, flip: bool, pin: int | None, seed: int, rank: int, **kw: Any,
+    crop_size: int | None, flip: bool, pin: int | None, seed: int, rank: int, split: str, **kw: Any,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """The batches of dataset_batches, made on this thread (samples decoded on `pool` when given); page-locked
     for CUDA device `pin` when given."""
     if pin is not None:
         torch.cuda.set_device(pin)
     rng = np.random.default_rng([seed, rank, 0x6261])  # augmentation and caption choices, per rank
-    kw = dict(kw, seed=seed, rank=rank, pool=pool)
-    if manifest.kind == "unpaired":
-        batches = _unpaired_batches(store, manifest, batch_size=batch_size, repeat=repeat, drop_last=drop_last, **kw)
-    else:
-        batches = _kind_batches(store, manifest, batch_size=batch_size, repeat=repeat, drop_last=drop_last,
-                                collate=_collater(manifest, rng), augment=(
-                                    None if crop_size is None and not flip
-                                    else functools.partial(_augment, crop_size=crop_size, flip=flip, rng=rng)),
-                                **kw)  # fmt: skip
+    source = functools.partial(split_samples, store, manifest, pool=pool, seed=seed, split=split, **kw)
+    augment = None if crop_size is None and not flip else functools.partial(_augment, crop_size=crop_size, flip=flip,
+                                                                             rng=rng)  # fmt: skip
+    batches = batch_stream(manifest, source=source, collate=_collater(manifest, rng), pair=_collate_unpaired,
+                           augment=augment, batch_size=batch_size, repeat=repeat, drop_last=drop_last, rank=rank,
+                           split=split)  # fmt: skip
     for batch in batches:
-        yield {k: v.pin_memory() for k, v in batch.items()} if pin is not None else batch
+        yield pinned(batch, pin)
+
+
+def pinned(batch: dict[str, torch.Tensor], pin: int | None) -> dict[str, torch.Tensor]:
+    """The batch in page-locked memory when `pin` names a CUDA device, else as it is."""
+    return {k: v.pin_memory() for k, v in batch.items()} if pin is not None else batch
+
+
+def _collate_unpaired(a: list[Sample], b: list[Sample]) -> dict[str, torch.Tensor]:
+    return {"a": _scaled([s["image"] for s in a]), "b": _scaled([s["image"] for s in b]), "label_a": _labels(a),
+            "label_b": _labels(b)}  # fmt: skip
+
+
+def batch_stream(
+    manifest: Manifest, *, source: Callable[..., Iterator[Any]], collate: Callable[[list[Any]], Any],
+    pair: Callable[[list[Any], list[Any]], Any], augment: Callable[[Any], Any] | None, batch_size: int,
+    repeat: bool, drop_last: bool, rank: int, split: str,
+) -> Iterator[Any]:
+    """Which items form each batch, epoch after epoch: `source(epoch=, rank=[, domain=])` gives an epoch's items
+    (samples, or data_prep/plan.py's references to them), `collate` (or `pair`, for `unpaired`) makes a batch of
+    them. Run over samples it gives the batches; over references, the plan decode workers carry out: the same."""
+    if manifest.kind == "unpaired":
+        return _unpaired_batches(source, pair=pair, batch_size=batch_size, repeat=repeat, drop_last=drop_last,
+                                 rank=rank, split=split)  # fmt: skip
+    return _kind_batches(source, collate=collate, augment=augment, batch_size=batch_size, repeat=repeat,
+                         drop_last=drop_last, rank=rank, split=split)  # fmt: skip
 
 
 def _kind_batches(
-    store: Store, manifest: Manifest, *, batch_size: int, repeat: bool, drop_last: bool,
-    collate: Callable[[list[Sample]], dict[str, torch.Tensor]], augment: Callable[[Sample], Sample] | None,
-    rank: int, **kw: Any,
-) -> Iterator[dict[str, torch.Tensor]]:
+    source: Callable[..., Iterator[Any]], *, batch_size: int, repeat: bool, drop_last: bool,
+    collate: Callable[[list[Any]], Any], augment: Callable[[Any], Any] | None, rank: int, split: str,
+) -> Iterator[Any]:
     epoch = 0
     while True:
-        batch: list[Sample] = []
+        batch: list[Any] = []
         produced = 0
-        for sample in split_samples(store, manifest, epoch=epoch, rank=rank, **kw):
+        for sample in source(epoch=epoch, rank=rank):
             if augment is not None:
                 sample = augment(sample)
             batch.append(sample)
@@ -332,31 +352,31 @@ def _kind_batches(
         if not repeat:
             return
         if produced == 0:
-            raise ValueError(f"rank {rank} gets fewer than batch_size={batch_size} samples of {kw['split']!r} "
-                             "per epoch")  # fmt: skip
+            raise ValueError(f"rank {rank} gets fewer than batch_size={batch_size} samples of {split!r} per epoch")
         epoch += 1
 
 
 def _unpaired_batches(
-    store: Store, manifest: Manifest, *, batch_size: int, repeat: bool, drop_last: bool, rank: int, **kw: Any
-) -> Iterator[dict[str, torch.Tensor]]:
-    def stream(domain: str) -> Iterator[Sample | None]:
+    source: Callable[..., Iterator[Any]], *, pair: Callable[[list[Any], list[Any]], Any], batch_size: int,
+    repeat: bool, drop_last: bool, rank: int, split: str,
+) -> Iterator[Any]:
+    def stream(domain: str) -> Iterator[Any]:
         """The domain's samples, epoch after epoch, with None marking each epoch's end."""
         epoch = 0
         while True:
             empty = True
-            for sample in split_samples(store, manifest, epoch=epoch, domain=domain, rank=rank, **kw):
+            for sample in source(epoch=epoch, domain=domain, rank=rank):
                 empty = False
                 yield sample
             if empty:
-                raise ValueError(f"rank {rank} gets no samples of {domain} {kw['split']!r}")
+                raise ValueError(f"rank {rank} gets no samples of {domain} {split!r}")
             yield None
             epoch += 1
 
     streams = {domain: stream(domain) for domain in DOMAINS}
     finished = dict.fromkeys(DOMAINS, False)
     while True:
-        batch: dict[str, list[Sample]] = {domain: [] for domain in DOMAINS}
+        batch: dict[str, list[Any]] = {domain: [] for domain in DOMAINS}
         for domain in DOMAINS:
             while len(batch[domain]) < batch_size and (repeat or not all(finished.values())):
                 item = next(streams[domain])
@@ -366,9 +386,7 @@ def _unpaired_batches(
                     batch[domain].append(item)
         size = min(len(b) for b in batch.values())
         if size == batch_size or (size and not drop_last):
-            a, b = batch["domain_a"][:size], batch["domain_b"][:size]
-            yield {"a": _scaled([s["image"] for s in a]), "b": _scaled([s["image"] for s in b]),
-                   "label_a": _labels(a), "label_b": _labels(b)}  # fmt: skip
+            yield pair(batch["domain_a"][:size], batch["domain_b"][:size])
         if not repeat and all(finished.values()):
             return
 

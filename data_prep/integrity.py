@@ -178,13 +178,16 @@ class _Hashing(io.RawIOBase):
         super().close()
 
 
-def read_verified(store: Store, manifest: Manifest, shard: ShardInfo, *, keys: frozenset[str]) -> VerifiedShard:
+def read_verified(
+    store: Store, manifest: Manifest, shard: ShardInfo, *, keys: frozenset[str], spill_to: BinaryIO | None = None
+) -> VerifiedShard:
     """The shard read once from the store, hashed as tarfile parses it (a shard up to SPOOL_MAX keeps its
     members' data in memory, a larger one in a local temp file) — returned only if size and sha256 match the
-    manifest and its members are exactly the samples in `keys`."""
+    manifest and its members are exactly the samples in `keys`. With `spill_to`, every byte goes to that file
+    (the caller's, left open) and the members carry only their offsets in it (decode workers read them there)."""
     fail = failure(store, manifest, shard.path)
     expected = f"{shard.bytes:,} bytes with sha256 {shard.sha256[:16]}"
-    spill = tempfile.TemporaryFile() if shard.bytes > SPOOL_MAX else None
+    spill = spill_to if spill_to is not None else tempfile.TemporaryFile() if shard.bytes > SPOOL_MAX else None
     try:
         try:
             with store.open_read(shard.path) as stream, contextlib.closing(
@@ -202,9 +205,9 @@ def read_verified(store: Store, manifest: Manifest, shard: ShardInfo, *, keys: f
         if tar_error is not None:
             raise fail(expected="a readable tar", found=tar_error)
         _check_members([m for m, _ in members], keys=keys, fail=fail)
-        return VerifiedShard(members=members, spill=spill)
+        return VerifiedShard(members=members, spill=spill if spill_to is None else None)
     except BaseException:
-        if spill is not None:
+        if spill is not None and spill_to is None:
             spill.close()
         raise
 
