@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import pickle
 import shutil
 import tarfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -82,14 +83,29 @@ class StreamContext:
     crop_size: int | None
     layout: Layout | None
     arena: Any  # an anonymous shared mmap of slots, or None
+    pid: int = field(default_factory=os.getpid)
 
 
 _STREAMS: dict[int, StreamContext] = {}
+_IDS = itertools.count()
+_STORES: dict[tuple[int, int], Store] = {}  # (stream, pid) -> the store a forked worker reads through
+
+
+def _store(stream: int, ctx: StreamContext) -> Store:
+    """The stream's store for this process: in a forked worker a copy with its own connections (a boto3 client's
+    pooled sockets, copied by fork, must not be shared with the parent), made once; in the parent's threads the
+    same store (boto3 clients are thread-safe)."""
+    if os.getpid() == ctx.pid:
+        return ctx.store
+    key = (stream, os.getpid())
+    if key not in _STORES:
+        _STORES[key] = pickle.loads(pickle.dumps(ctx.store))  # S3Store pickles as bucket, prefix and endpoint
+    return _STORES[key]
 
 
 def register(context: StreamContext) -> int:
     """Make `context` visible to tasks (and to workers forked after this call); returns its id."""
-    key = next(k for k in itertools.count() if k not in _STREAMS)
+    key = next(_IDS)
     _STREAMS[key] = context
     return key
 
@@ -103,12 +119,13 @@ def load_shard(stream: int, info: ShardInfo, url: str, keys: frozenset[str] | No
     the manifest counts; else ("error", the ShardIntegrityError or StoreError naming it)."""
     ctx = _STREAMS[stream]
     try:
+        store = _store(stream, ctx)
         with open(path, "wb") as spill:
             if ctx.verify:
-                members = [m for m, _ in read_verified(ctx.store, ctx.manifest, info, keys=keys or frozenset(),
+                members = [m for m, _ in read_verified(store, ctx.manifest, info, keys=keys or frozenset(),
                                                        spill_to=spill).members]  # fmt: skip
             else:  # `ganpipe bench-data` measuring what verification costs: the bytes as they come
-                with ctx.store.open_read(info.path) as stream_in:
+                with store.open_read(info.path) as stream_in:
                     shutil.copyfileobj(stream_in, spill, 1 << 20)
         if not ctx.verify:
             with tarfile.open(path, "r:") as tar:
@@ -116,7 +133,7 @@ def load_shard(stream: int, info: ShardInfo, url: str, keys: frozenset[str] | No
         files = [{"fname": m.name, "data": (m.offset_data, m.size), "__url__": url} for m in members if m.isreg()]
         samples = list(group_by_keys(iter([*files, {}])))
         if len(samples) != info.samples:
-            raise failure(ctx.store, ctx.manifest, info.path)(expected=f"{info.samples} samples (the manifest's count)",
+            raise failure(store, ctx.manifest, info.path)(expected=f"{info.samples} samples (the manifest's count)",
                                                               found=f"{len(samples)}")  # fmt: skip
         return "ok", [(s["__key__"], tuple((k, *v) for k, v in s.items() if not k.startswith("__"))) for s in samples]
     except Exception as exn:  # noqa: BLE001 - raised by the parent at the shard's place in the stream

@@ -313,6 +313,10 @@ def _shared_conn(endpoint: str | None) -> _Conn:
     return _connect(endpoint)
 
 
+if hasattr(os, "register_at_fork"):  # a forked child (a decode worker) opens its own: botocore's are not fork-safe
+    os.register_at_fork(after_in_child=_shared_conn.cache_clear)
+
+
 def _reopen(bucket: str, prefix: str, endpoint: str | None) -> S3Store:
     """An unpickled S3Store: one boto3 client per endpoint and process."""
     return S3Store(bucket=bucket, prefix=prefix, conn=_shared_conn(endpoint))

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -92,16 +93,32 @@ def test_same_batches_with_0_1_2_decode_workers_fresh_and_resumed(datasets: dict
     assert _helpers() == ([], [])
 
 
-def test_stream_closed_early_or_dropped_leaves_no_thread_or_process(datasets: dict[str, str]) -> None:
+def test_stream_closed_early_or_dropped_leaves_no_thread_or_process(
+    datasets: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     stream = dataset_batches(datasets["images"], batch_size=4, decode_workers=2)
     next(stream)
     names, children = _helpers()
     assert names and len(children) == 2  # the reading thread and both decode processes are running
+    assert len(list(tmp_path.glob("ganpipe-shards-*/*.tar"))) >= 1  # verified shards, read by the workers
     stream.close()
-    assert _helpers() == ([], [])
+    assert _helpers() == ([], []) and not list(tmp_path.iterdir())  # the shard folder went with them
     stream = dataset_batches(datasets["images"], batch_size=4, decode_workers=2)
     next(stream)
     del stream  # dropped without close: the generator's finally stops them all the same
+    assert _helpers() == ([], [])
+
+
+@pytest.mark.parametrize("pool", POOL_KINDS)
+def test_decode_workers_read_s3_shards_themselves(s3_server, bucket_url: str, pool: str) -> None:
+    """Each worker reads and verifies shards through its own S3 client (a forked boto3 client is not theirs to
+    share); rank 1 of 2 gets the same batches as without workers."""
+    url = prep_images(PrepConfig(source="digits", store=bucket_url, shard_size=20, holdout=0,
+                                 inputs=SourceOptions(limit=80)), progress=False).dataset_url  # fmt: skip
+    assert url.startswith("s3://")
+    inline = _batches(url, workers=0, seed=4, n=5, rank=1, world_size=2)
+    assert len(inline) == 5 and _equal(_batches(url, workers=2, seed=4, n=5, pool=pool, rank=1, world_size=2), inline)
     assert _helpers() == ([], [])
 
 
