@@ -193,7 +193,8 @@ def test_bench_data_times_decode_workers_and_computes_the_feed_table(
                        images=16, passes=1)  # fmt: skip
     assert [(r["pool"], r["workers"]) for r in rows] == [("process", 1), ("process", 2), ("thread", 1),
                                                          ("thread", 2), ("process", 0)]  # fmt: skip
-    assert all(r["img_per_s"] > 0 and r["size"] == 32 for r in rows)
+    assert all(r["img_per_s"] > 0 and r["size"] == 32 and r["parent_cpu_us"] >= 0 for r in rows)
+    assert [r["workers_cpu_us"] for r in rows if r["workers"] == 0] == [0.0]  # no workers, no worker CPU
     where = gil_row(datasets["images"], size=32, images=16, repeats=1)
     assert where["images"] == 16 and 0 < where["released_us"] < where["work_us"] and where["ipc_us"] > 0
     # The table from per-core rates: 2 workers at 2,000 img/s are 1,000 a core; DCGAN's 6,762 img/s need 7 of

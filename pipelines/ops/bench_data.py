@@ -118,9 +118,10 @@ def files_rate(dataset_url: str, *, verify: bool) -> float:
         return sum(s.samples for s in shards) / (time.perf_counter() - t0)
 
 
-def decode_rate(dataset_url: str, *, batch: int, workers: int, pool: str, images: int) -> float:
+def decode_rate(dataset_url: str, *, batch: int, workers: int, pool: str, images: int) -> tuple[float, float, float]:
     """Steady images/s of training's reader (verified shards, shuffle buffer 256) with `workers` decode workers
-    of `pool`: the first batch (pool start, first shard verified) is left out, then `images` are timed."""
+    of `pool`: the first batch (pool start, first shard verified) is left out, then `images` are timed. With it,
+    the CPU µs per image of the parent (every thread but the decode threads) and of the decode workers."""
     import itertools
 
     from data_prep.batches import dataset_batches
@@ -129,26 +130,52 @@ def decode_rate(dataset_url: str, *, batch: int, workers: int, pool: str, images
                              decode_pool=pool)  # fmt: skip
     with contextlib.closing(stream):
         next(stream)
-        t0, n = time.perf_counter(), 0
+        cpu0, t0, n = _cpu_split(), time.perf_counter(), 0
         for b in itertools.islice(stream, max(1, images // batch)):
             n += len(b["image"])
-        return n / (time.perf_counter() - t0)
+        elapsed, cpu1 = time.perf_counter() - t0, _cpu_split()
+        return n / elapsed, (cpu1[0] - cpu0[0]) / n * 1e6, (cpu1[1] - cpu0[1]) / n * 1e6
+
+
+def _cpu_split() -> tuple[float, float]:
+    """CPU seconds so far of this process less its decode threads, and of its decode workers (the live child
+    processes, or the threads named ganpipe-decode), from /proc (Linux; 0 elsewhere)."""
+    import multiprocessing
+    import threading
+
+    def ticks(path: str) -> float:
+        try:
+            fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    threads = sum(ticks(f"/proc/self/task/{t.native_id}/stat") for t in threading.enumerate()
+                  if t.name.startswith("ganpipe-decode"))  # fmt: skip
+    children = sum(ticks(f"/proc/{p.pid}/stat") for p in multiprocessing.active_children())
+    return time.process_time() - threads, threads + children
 
 
 def decode_rows(dataset_url: str, *, size: int, batch: int, workers: list[int], pools: list[str], images: int,
                 passes: int) -> list[dict[str, Any]]:  # fmt: skip
     """decode_rate for every (pool, workers), `passes` interleaved rounds (the order rotating each round, so no
-    setting always gets the quieter moment of a shared machine); rows as feed_table.decode_row (best of rounds)."""
+    setting always gets the quieter moment of a shared machine); rows as feed_table.decode_row (best of rounds),
+    with the parent's and the workers' CPU µs per image of the best round."""
     from pipelines.ops.feed_table import decode_row
 
     settings = [(pool, w) for pool in pools for w in workers if w > 0] + ([(pools[0], 0)] if 0 in workers else [])
-    runs: dict[tuple[str, int], list[float]] = {s: [] for s in settings}
+    runs: dict[tuple[str, int], list[tuple[float, float, float]]] = {s: [] for s in settings}
     for i in range(passes):
         for setting in settings[i % len(settings):] + settings[: i % len(settings)]:
             runs[setting].append(decode_rate(dataset_url, batch=batch, workers=setting[1], pool=setting[0],
                                              images=images))  # fmt: skip
-    return [decode_row(size=size, pool=pool, workers=w, runs=runs[(pool, w)], images=images, batch=batch)
-            for pool, w in settings]  # fmt: skip
+    rows = []
+    for pool, w in settings:
+        rates = [r[0] for r in runs[(pool, w)]]
+        best = max(runs[(pool, w)])
+        rows.append({**decode_row(size=size, pool=pool, workers=w, runs=rates, images=images, batch=batch),
+                     "parent_cpu_us": best[1], "workers_cpu_us": best[2]})  # fmt: skip
+    return rows
 
 
 class _TimedDecoder:
@@ -305,7 +332,8 @@ def run_all(*, images: int, size: int, workers: list[int], shard_size: int, read
             for r in decode_rows(local_urls[side], size=side, batch=batch, workers=list(decode_workers),
                                  pools=list(decode_pools), images=read_images, passes=read_passes):  # fmt: skip
                 rows.append({**r, "load": _load(), **common})
-                print(f"  {r['what']:<44} {r['img_per_s']:>9.1f} img/s   load {rows[-1]['load']}", file=sys.stderr,
+                print(f"  {r['what']:<44} {r['img_per_s']:>9.1f} img/s   CPU/img parent {r['parent_cpu_us']:.0f} us, "
+                      f"workers {r['workers_cpu_us']:.0f} us   load {rows[-1]['load']}", file=sys.stderr,
                       flush=True)  # fmt: skip
         if s3 and verify_reads:
             with seaweedfs(tmp / "weed"):
@@ -345,7 +373,7 @@ def run_prep(tmp: Path, row: Callable[..., None], *, images: int, size: int, wor
 def format_table(rows: list[dict[str, Any]]) -> str:
     """One line per row; the note is prep's ratio to the bare loop, or what shard verification costs a read:
     `verify` from paired epochs, `share` from the members-alone timings (its seconds over an epoch's)."""
-    lines = [f"{'measurement':<46} {'img/s':>9}  {'note':<14}  load (1/5/15 min)"]
+    lines = [f"{'measurement':<46} {'img/s':>9}  {'note':<30}  load (1/5/15 min)"]
     for r in rows:
         note = f"{r['ratio_to_bare']:.2f}x bare" if "ratio_to_bare" in r else ""
         if "verify_cost" in r:
@@ -358,7 +386,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             one = [x for x in rows if x.get("kind") == "decode" and x["size"] == r["size"] and x["pool"] == r["pool"]
                    and x["workers"] == 1]  # fmt: skip
             note = f"{r['img_per_s'] / one[0]['img_per_s']:.2f}x of 1" if one else ""
-        lines.append(f"{r['what']:<46} {r['img_per_s']:>9.1f}  {note:<14}  {r.get('load', '?')}")
+        if r.get("kind") == "decode" and "parent_cpu_us" in r:
+            note = f"{note} cpu {r['parent_cpu_us']:.0f}+{r['workers_cpu_us']:.0f}us".strip()
+        lines.append(f"{r['what']:<46} {r['img_per_s']:>9.1f}  {note:<30}  {r.get('load', '?')}")
     return "\n".join(lines)
 
 
