@@ -10,10 +10,10 @@ Batches are dicts of tensors; images are float32 (B, C, H, W) in [-1, 1], labels
               float32 (B, D): a random caption's embedding of another sample (never the same one), "label"}
 Decoding is reader.py's: no unpickling, npy with allow_pickle=False.
 
-With decode_workers > 0, `dataset_batches` moves the work off the caller's thread (prefetch.py): a background
-thread reads and verifies the shards and fixes the sample order (reader.raw_epoch), a pool decodes chunks of
-samples in that order, and the same thread augments and collates (the same random draws, in the same order)
-into a bounded queue of ready batches. The batches are the same with 0, 1 or N decode workers.
+With decode_workers > 0, `dataset_batches` moves all of it off the caller's thread: a background thread plans
+which samples form each batch (data_prep/plan.py, from the manifest alone: `batch_stream` run over references)
+and decode workers read and verify the shards, decode, augment and collate each batch into shared memory
+(data_prep/batch_workers.py, data_prep/shard_work.py). The batches are the same with 0, 1 or N decode workers.
 """
 
 from __future__ import annotations

@@ -50,9 +50,10 @@ def default_decode_workers(*, cpus: float | None = None) -> int:
 def make_pool(*, kind: str, workers: int) -> Executor:
     """A pool of `workers` processes or threads. Processes are forked where the OS can (as torch's DataLoader
     does): no interpreter start and no torch import per worker, nothing to pickle but each task, and no
-    `if __name__ == "__main__"` guard asked of the caller's script (spawn re-runs it). A worker only runs
-    decode_chunk (PIL, numpy, json), none of the parent's threads' work, so the locks a fork copies are not
-    its concern; torch and CUDA are never used in a worker."""
+    `if __name__ == "__main__"` guard asked of the caller's script (spawn re-runs it), and what a stream
+    registers before its pool forks (data_prep/shard_work.py) is inherited. A worker only runs its tasks (the
+    store client, hashlib, tarfile, PIL, numpy, json), none of the parent's threads' work, so the locks a fork
+    copies are not its concern; torch and CUDA are never used in a worker."""
     if kind not in POOL_KINDS:
         raise ValueError(f"decode pool kind must be one of {', '.join(POOL_KINDS)}; got {kind!r}")
     if workers < 1:

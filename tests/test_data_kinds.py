@@ -7,7 +7,9 @@ captions and embeddings come back exactly, and that each bad input is quarantine
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import json
 import tarfile
 from pathlib import Path
@@ -61,6 +63,15 @@ def _tar_members(dataset_url: str, shard: str) -> dict[str, bytes]:
     """A shard read with the standard library only: member name -> bytes."""
     with tarfile.open(fileobj=open_store(dataset_url).open_read(shard), mode="r|") as tar:
         return {m.name: tar.extractfile(m).read() for m in tar}  # type: ignore[union-attr]
+
+
+def _same_batches(url: str, *, n: int, **kw) -> bool:
+    """Whether 2 decode worker processes give the first n batches the training thread gives on its own."""
+    streams = [dataset_batches(url, decode_workers=w, **kw) for w in (0, 2)]
+    with contextlib.closing(streams[0]), contextlib.closing(streams[1]):
+        inline, pooled = (list(itertools.islice(s, n)) for s in streams)
+    return len(inline) == n and all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+                                    for a, b in zip(inline, pooled, strict=True))  # fmt: skip
 
 
 def _prep(tmp_path: Path, source: str, kind: str, **kw) -> object:
@@ -443,6 +454,8 @@ def test_mnist5k_captions_and_wrong_embeddings(tmp_path: Path, minilm) -> None:
         for i in range(3):
             assert among(batch["emb"][i], embs[i])  # one of its own captions
             assert any(among(batch["wrong_emb"][i], embs[j]) for j in range(3) if j != i)  # another sample's
+    # Decode workers hand captioned samples back and the reading thread collates them: the same draws.
+    assert _same_batches(result.dataset_url, batch_size=3, seed=5, n=6)
 
 
 def test_wrong_caption_is_never_one_of_the_samples_own() -> None:
@@ -485,6 +498,7 @@ def test_attributes_to_s3_and_back(s3_server, bucket_url: str) -> None:
         assert attrs.tolist() == json.loads(members[f"{key}.attrs.json"])
     ranks = [next(dataset_batches(result.dataset_url, batch_size=4, rank=r, world_size=2)) for r in range(2)]
     assert all(b["attrs"].shape == (4, 6) for b in ranks)
+    assert _same_batches(result.dataset_url, batch_size=4, seed=2, n=5, rank=1, world_size=2)
     assert prep_dataset(cfg, progress=False).reused
 
 
