@@ -162,14 +162,20 @@ class WorkerReader:
             self._wait(window, starved)
 
     def _hand_out(self, window: collections.deque[_Entry]) -> bool:
-        """Submit every batch whose shards are in, in plan order; True when one waits for a free slot."""
+        """Submit every batch whose shards are in, in plan order; True when one waits for a free slot. A batch
+        takes a slot ahead of an earlier one still waiting for its shards only if a slot stays free for each of
+        those: otherwise the later batches could hold every slot the reader has while the head waits for one."""
+        earlier = 0  # batches before this one not handed out yet
         for entry in window:
             if entry.future is not None:
                 continue
             shards = {ref.shard for refs in entry.plan.groups.values() for ref in refs}
             if not all(_loaded(shard) for shard in shards):
+                earlier += 1
                 continue  # not yet, or failed (raised when the head reaches the batch that needs it)
             if self.slots is not None:
+                if self.slots.free.qsize() <= earlier:
+                    return True
                 entry.slot = self.slots.take()
                 if entry.slot is None:
                     return True
