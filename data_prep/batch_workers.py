@@ -19,6 +19,7 @@ import collections
 import contextlib
 import itertools
 import mmap
+import multiprocessing
 import os
 import queue
 import shutil
@@ -96,7 +97,9 @@ class WorkerReader:
         self._keys: dict[tuple[str, str | None], dict[str, frozenset[str]]] = {}
         self.stream = register(StreamContext(store=store, manifest=manifest, verify=verify, crop_size=crop_size,
                                              layout=layout, arena=None if self.slots is None else self.slots.arena))
-        self.pool = make_pool(kind=pool_kind, workers=workers)  # forks on its first task: after the lines above
+        # Forks on its first task, after the lines above; where processes cannot fork they would not inherit them.
+        forks = "fork" in multiprocessing.get_all_start_methods()
+        self.pool = make_pool(kind=pool_kind if forks else "thread", workers=workers)
 
     def close(self) -> None:
         """Stop the workers (queued tasks cancelled, processes joined) and remove the shard folder."""

@@ -165,9 +165,8 @@ def make_batch(stream: int, slot: int | None, groups: dict[str, list[Loc]]) -> t
         return "samples", samples
     try:
         return "slot", _fill(ctx, slot, samples)
-    except ValueError as exn:  # a sample whose image is not the manifest's size
-        first = next(iter(samples.values()))[0]
-        return "failure", DecodeFailure("sample", str(first["key"]), "?", picklable(exn))
+    except ValueError as exn:  # a sample whose image is not the manifest's size: named in the message
+        return "failure", DecodeFailure("sample", "?", "?", picklable(exn))
 
 
 def _sample(ctx: StreamContext, raw: dict[str, Any], augment: Augment | None) -> Sample | DecodeFailure:
@@ -189,33 +188,34 @@ def _fill(ctx: StreamContext, slot: int, samples: dict[str, list[Sample]]) -> tu
     kind = ctx.manifest.kind
     if kind == "unpaired":
         for side in ("a", "b"):
-            _scaled_into(views[side], [s["image"] for s in samples[side]])
+            _scaled_into(views[side], samples[side], "image")
             views[f"label_{side}"][: len(samples[side])] = [s["label"] for s in samples[side]]
         return len(samples["a"]), ("a", "b", "label_a", "label_b")
     batch = samples["samples"]
     n = len(batch)
     for name in _IMAGE_FIELDS[kind]:
-        _scaled_into(views[name], [s[name] for s in batch])
+        _scaled_into(views[name], batch, name)
     views["label"][:n] = [s["label"] for s in batch]
     present = [*_IMAGE_FIELDS[kind], "label"]
     if kind == "attributes":
-        _into(views["attrs"], [s["attrs"] for s in batch])
+        _into(views["attrs"], batch, "attrs")
         present.append("attrs")
     if kind == "paired" and "mask" in batch[0]:
-        _into(views["mask"], [s["mask"] > 127 for s in batch])
+        _into(views["mask"], [{**s, "mask": s["mask"] > 127} for s in batch], "mask")
         present.append("mask")
     return n, tuple(present)
 
 
-def _into(out: np.ndarray, arrays: Sequence[np.ndarray]) -> None:
-    for i, array in enumerate(arrays):
-        if array.shape != out.shape[1:]:
-            raise ValueError(f"an array of shape {array.shape} where the manifest gives {out.shape[1:]}")
-        out[i] = array
+def _into(out: np.ndarray, samples: Sequence[Sample], name: str) -> None:
+    for i, sample in enumerate(samples):
+        if sample[name].shape != out.shape[1:]:
+            raise ValueError(f"sample {sample['key']}: its {name} has shape {sample[name].shape}, the manifest's "
+                             f"batches {out.shape[1:]}; prep the dataset again with --overwrite")  # fmt: skip
+        out[i] = sample[name]
 
 
-def _scaled_into(out: np.ndarray, images: Sequence[np.ndarray]) -> None:
-    _into(out, images)
-    part = out[: len(images)]
+def _scaled_into(out: np.ndarray, samples: Sequence[Sample], name: str) -> None:
+    _into(out, samples, name)
+    part = out[: len(samples)]
     part /= 127.5  # batches._scaled: the same float32 operations on the same values
     part -= 1.0
