@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data_prep import PairedOptions, PrepConfig, SourceOptions, dataset_batches, prep_dataset, prep_images
+from data_prep import PairedOptions, PrepConfig, SourceOptions, dataset_batches, prep_dataset, prep_images, shard_work
 from data_prep.batches import pins_memory
 from data_prep.prefetch import POOL_KINDS, Prefetcher, default_decode_workers
 from gan_models import dcgan
@@ -108,6 +108,23 @@ def test_stream_closed_early_or_dropped_leaves_no_thread_or_process(
     next(stream)
     del stream  # dropped without close: the generator's finally stops them all the same
     assert _helpers() == ([], [])
+
+
+def test_shards_are_read_and_verified_by_the_workers_not_the_parent(
+    datasets: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent only plans: every shard of the two epochs read here is verified in a decode process."""
+    log, verify = tmp_path / "pids", shard_work.read_verified
+
+    def logged(*args, **kw):
+        with log.open("a") as out:
+            out.write(f"{os.getpid()}\n")
+        return verify(*args, **kw)
+
+    monkeypatch.setattr(shard_work, "read_verified", logged)  # before the pool forks: the workers have it too
+    assert len(_batches(datasets["images"], workers=2, seed=1, n=15)) == 15  # 90 samples: into the second epoch
+    pids = log.read_text().split()
+    assert len(pids) >= 5 and str(os.getpid()) not in pids and len(set(pids)) <= 2
 
 
 @pytest.mark.parametrize("pool", POOL_KINDS)
