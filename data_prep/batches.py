@@ -18,7 +18,6 @@ and decode workers read and verify the shards, decode, augment and collate each 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 from collections.abc import Callable, Iterator
@@ -273,8 +272,8 @@ def _planned(
     source = functools.partial(split_refs, store, manifest, journal=journal, shard_file=reader.shard_file, seed=seed,
                                split=split, **kw)  # fmt: skip
     side = manifest.image_size
-    augment = None if crop_size is None and not flip else lambda ref: dataclasses.replace(
-        ref, augment=draw_augment(side, side, crop_size=crop_size, flip=flip, rng=rng))  # fmt: skip
+    augment = None if crop_size is None and not flip else lambda ref: ref._replace(
+        augment=draw_augment(side, side, crop_size=crop_size, flip=flip, rng=rng))  # fmt: skip
     plans = batch_stream(manifest, source=source, augment=augment, batch_size=batch_size, repeat=repeat,
                          drop_last=drop_last, rank=rank, split=split,
                          collate=lambda refs: BatchPlan({"samples": refs}, journal.take()),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from data_prep.manifest import Manifest, ShardInfo
 from data_prep.reader import _shuffled
@@ -40,9 +40,9 @@ class ShardFile:
     future: Any = None  # the load task's Future, set by the parent when it hands the shard out
 
 
-@dataclass(frozen=True)
-class Ref:
-    """Sample `index` (in tar order) of `shard`, and the paired kind's augmentation drawn for it."""
+class Ref(NamedTuple):
+    """Sample `index` (in tar order) of `shard`, and the paired kind's augmentation drawn for it (a tuple: one is
+    made per sample planned, and a frozen dataclass costs the parent several times more)."""
 
     shard: ShardFile
     index: int
