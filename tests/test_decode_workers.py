@@ -1,7 +1,8 @@
-"""Decode workers (data_prep/prefetch.py): the same batches with 0, 1 or 2 of them, fresh and resumed, for the
-kinds whose batches draw random numbers (paired crop/flip) or read two streams at once (unpaired); no thread or
-process outlives a stream or a training run that ends early or raises; the config and device choices around them.
-Shard and sample errors raised in a worker: tests/test_shard_integrity.py."""
+"""Decode workers (data_prep/batch_workers.py): the same batches with 0, 1 or 2 of them, fresh and resumed, for the
+kinds whose batches draw random numbers (paired crop/flip) or read two streams at once (unpaired), and from S3;
+shards verified by the workers, never the parent; no thread, process or shard file outlives a stream or a
+training run that ends early or raises; the config and device choices around them. Shard and sample errors
+raised in a worker: tests/test_shard_integrity.py; captioned and attributes batches: tests/test_data_kinds.py."""
 
 from __future__ import annotations
 

@@ -258,9 +258,9 @@ def test_bench_data_times_reads_with_and_without_verification(prepared: Path) ->
 
 
 def test_errors_in_decode_workers_are_the_same_one_line(store: Path) -> None:
-    """Shards are verified in the reading thread and samples decoded in worker processes: a flipped byte, and a
-    sample whose shard matches the manifest but does not decode, stop the stream with the line the training
-    thread would raise without decode workers; a tolerant read skips the same sample."""
+    """Shards are verified and samples decoded in worker processes: a flipped byte, and a sample whose shard
+    matches the manifest but does not decode, stop the stream with the line the training thread would raise
+    without decode workers, after the same batches; a tolerant read skips the same sample."""
 
     def error(workers: int) -> Exception:
         stream = dataset_batches(str(_dataset(store)), batch_size=16, repeat=False, seed=1, shuffle_buffer=8,
