@@ -134,7 +134,7 @@ def decode_rate(dataset_url: str, *, batch: int, workers: int, pool: str, images
         for b in itertools.islice(stream, max(1, images // batch)):
             n += len(b["image"])
         elapsed, cpu1 = time.perf_counter() - t0, _cpu_split()
-        return n / elapsed, (cpu1[0] - cpu0[0]) / n * 1e6, (cpu1[1] - cpu0[1]) / n * 1e6
+        return n / elapsed, max(0.0, cpu1[0] - cpu0[0]) / n * 1e6, (cpu1[1] - cpu0[1]) / n * 1e6
 
 
 def _cpu_split() -> tuple[float, float]:
@@ -153,7 +153,8 @@ def _cpu_split() -> tuple[float, float]:
     threads = sum(ticks(f"/proc/self/task/{t.native_id}/stat") for t in threading.enumerate()
                   if t.name.startswith("ganpipe-decode"))  # fmt: skip
     children = sum(ticks(f"/proc/{p.pid}/stat") for p in multiprocessing.active_children())
-    return time.process_time() - threads, threads + children
+    # The process's own count (all its threads), in the same clock ticks as its threads': never below theirs.
+    return max(0.0, ticks("/proc/self/stat") - threads), threads + children
 
 
 def decode_rows(dataset_url: str, *, size: int, batch: int, workers: list[int], pools: list[str], images: int,
