@@ -48,6 +48,8 @@ class Config:
     lambda_stroke: float = 0.0  # beyond the paper (0 = the paper): weight of E[|m(x) - m(G(x, c))|_1] with m the
     #                             stroke mask of gan_models/stroke.py (ink of strokes on a black or white
     #                             background): keeps the digit where it was under colour and background changes
+    stroke_exempt: str = ""  # attribute indices ("3,4") whose change leaves a translation out of the stroke term:
+    #                          changes meant to move ink (thick, thin), which the term would otherwise resist
     g_labels_at_output: bool = False  # beyond the paper: c is concatenated again before G's last conv (see Generator)
     g_label_norm: bool = False  # beyond the paper: each of G's instance norms takes its scale and shift from c
     #                             (conditional instance norm, see LabelNorm); measured on the demo set, it did not
@@ -79,6 +81,7 @@ class Config:
             raise ValueError(f"image_size={self.image_size} must be a multiple of 2**d_repeat_num="
                              f"{2**self.d_repeat_num} (and of 4); valid e.g. {2**self.d_repeat_num * 2}")
         groups(self)  # parses and checks exclusive_groups
+        stroke_exempt(self)
 
 
 def groups(cfg: Config) -> tuple[tuple[int, ...], ...]:
@@ -94,6 +97,17 @@ def groups(cfg: Config) -> tuple[tuple[int, ...], ...]:
         raise ValueError(f"exclusive_groups={cfg.exclusive_groups!r}: groups need >= 2 distinct indices in "
                          f"[0, {cfg.c_dim}) and may not overlap")
     return parsed
+
+
+def stroke_exempt(cfg: Config) -> tuple[int, ...]:
+    """cfg.stroke_exempt parsed: "3,4" -> (3, 4); () for none."""
+    try:
+        idx = tuple(int(i) for i in cfg.stroke_exempt.split(",") if i.strip())
+    except ValueError:
+        raise ValueError(f"stroke_exempt={cfg.stroke_exempt!r}: want attribute indices like '3,4'") from None
+    if not all(0 <= i < cfg.c_dim for i in idx):
+        raise ValueError(f"stroke_exempt={cfg.stroke_exempt!r}: indices must be in [0, {cfg.c_dim})")
+    return idx
 
 
 # --- networks ------------------------------------------------------------------------------------------
@@ -501,7 +515,9 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
             g_loss = g_loss + cfg.lambda_id * g_loss_id
             out["loss/G_id"] = g_loss_id.detach()
         if cfg.lambda_stroke > 0:
-            g_loss_stroke = stroke.stroke_l1(x_real, x_fake)
+            exempt = list(stroke_exempt(cfg))
+            keeps = (c_trg[:, exempt] == c_org[:, exempt]).all(1) if exempt else None
+            g_loss_stroke = stroke.stroke_l1(x_real, x_fake, weight=keeps)
             g_loss = g_loss + cfg.lambda_stroke * g_loss_stroke
             out["loss/G_stroke"] = g_loss_stroke.detach()
         g_loss.backward()

@@ -29,6 +29,13 @@ def stroke_mask(images: Tensor) -> Tensor:
     return on_white.where(white_background(images)[:, None, None], on_black)
 
 
-def stroke_l1(source: Tensor, translated: Tensor) -> Tensor:
-    """E|stroke_mask(source) - stroke_mask(translated)|: 0 when the translation keeps the ink where it was."""
-    return (stroke_mask(source) - stroke_mask(translated)).abs().mean()
+def stroke_l1(source: Tensor, translated: Tensor, *, weight: Tensor | None = None) -> Tensor:
+    """E|stroke_mask(source) - stroke_mask(translated)|: 0 when the translation keeps the ink where it was.
+
+    `weight` (n,) in {0, 1}: only the translations with weight 1 count (the mean over them; 0 if none), so a
+    change that is meant to move ink (a thicker or thinner stroke) can be left out."""
+    per_image = (stroke_mask(source) - stroke_mask(translated)).abs().mean(dim=(1, 2))
+    if weight is None:
+        return per_image.mean()
+    weight = weight.to(per_image.dtype)
+    return (per_image * weight).sum() / weight.sum().clamp(min=1.0)

@@ -182,6 +182,9 @@ def test_stroke_term_is_zero_for_a_recolouring_or_exact_inversion_and_positive_f
     negative = _rendered(hollow, colour="red", inverted=True)
     assert stroke.stroke_l1(x, negative) > 0.1
     assert stroke.white_background(negative).item() and not stroke.white_background(x).item()
+    pair = torch.cat([x, x]), torch.cat([_rendered(digit, colour="blue", inverted=True), negative])
+    assert stroke.stroke_l1(*pair, weight=torch.tensor([1.0, 0.0])) == 0  # the negative-space one left out
+    assert_close(stroke.stroke_l1(*pair, weight=torch.tensor([0.0, 1.0])), stroke.stroke_l1(x, negative))
 
 
 def test_stargan_stroke_term_is_off_by_default_and_adds_lambda_stroke_times_the_stroke_l1():
@@ -198,6 +201,17 @@ def test_stargan_stroke_term_is_off_by_default_and_adds_lambda_stroke_times_the_
         paper_nets, _sgd(paper_nets, lr=0.0), _stargan_step_inputs(paper_cfg, 3), paper_cfg)
     with pytest.raises(ValueError, match="λ weights"):
         stargan.Config(lambda_stroke=-1.0)
+    with pytest.raises(ValueError, match="stroke_exempt"):
+        stargan.Config(c_dim=5, stroke_exempt="3,5")
+    # stroke_exempt: a translation that changes one of those attributes is left out of the term
+    cfg, nets = _stargan(lambda_stroke=3.0, stroke_exempt="3")
+    ref_g.load_state_dict(nets["G"].state_dict())
+    batch = _stargan_step_inputs(cfg, 3)
+    batch["target_attrs"] = batch["attrs"].clone()
+    batch["target_attrs"][0, 3] = 1 - batch["target_attrs"][0, 3]
+    out = stargan.train_step(nets, _sgd(nets, lr=0.0), batch, cfg)
+    fake = ref_g(batch["image"], batch["target_attrs"])
+    assert_close(out["loss/G_stroke"], stroke.stroke_l1(batch["image"][1:], fake[1:]))
 
 
 def test_stargan_exclusive_domains_use_cross_entropy():
