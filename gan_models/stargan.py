@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import losses
+from . import losses, stroke
 from ._checks import in_unit_interval, one_of, positive
 from .family import ITERATION_KEY, Batch, Family, Nets, Optimizers, iterations_done, set_iterations_done
 from .latent import make_grid
@@ -45,6 +45,11 @@ class Config:
     lambda_gp: float = 10.0  # λ_gp
     lambda_id: float = 0.0  # beyond the paper (0 = the paper): weight of an identity term E[|G(x, c') - x|_1],
     #                        CycleGAN's λ_identity for StarGAN: translating to the image's own labels keeps it
+    lambda_stroke: float = 0.0  # beyond the paper (0 = the paper): weight of E[|m(x) - m(G(x, c))|_1] with m the
+    #                             stroke mask of gan_models/stroke.py (ink of strokes on a black or white
+    #                             background): keeps the digit where it was under colour and background changes
+    stroke_exempt: str = ""  # attribute indices ("3,4") whose change leaves a translation out of the stroke term:
+    #                          changes meant to move ink (thick, thin), which the term would otherwise resist
     g_labels_at_output: bool = False  # beyond the paper: c is concatenated again before G's last conv (see Generator)
     g_label_norm: bool = False  # beyond the paper: each of G's instance norms takes its scale and shift from c
     #                             (conditional instance norm, see LabelNorm); measured on the demo set, it did not
@@ -67,7 +72,8 @@ class Config:
                  g_lr=self.g_lr, d_lr=self.d_lr, num_iters=self.num_iters, lr_update_step=self.lr_update_step)
         in_unit_interval(beta1=self.beta1, beta2=self.beta2)
         if self.g_repeat_num < 0 or self.num_iters_decay < 0 or min(self.lambda_cls, self.lambda_rec,
-                                                                     self.lambda_gp, self.lambda_id) < 0:
+                                                                     self.lambda_gp, self.lambda_id,
+                                                                     self.lambda_stroke) < 0:
             raise ValueError("g_repeat_num, num_iters_decay and the λ weights must be >= 0")
         if self.num_iters_decay > self.num_iters:
             raise ValueError(f"num_iters_decay={self.num_iters_decay} exceeds num_iters={self.num_iters}")
@@ -75,6 +81,7 @@ class Config:
             raise ValueError(f"image_size={self.image_size} must be a multiple of 2**d_repeat_num="
                              f"{2**self.d_repeat_num} (and of 4); valid e.g. {2**self.d_repeat_num * 2}")
         groups(self)  # parses and checks exclusive_groups
+        stroke_exempt(self)
 
 
 def groups(cfg: Config) -> tuple[tuple[int, ...], ...]:
@@ -90,6 +97,17 @@ def groups(cfg: Config) -> tuple[tuple[int, ...], ...]:
         raise ValueError(f"exclusive_groups={cfg.exclusive_groups!r}: groups need >= 2 distinct indices in "
                          f"[0, {cfg.c_dim}) and may not overlap")
     return parsed
+
+
+def stroke_exempt(cfg: Config) -> tuple[int, ...]:
+    """cfg.stroke_exempt parsed: "3,4" -> (3, 4); () for none."""
+    try:
+        idx = tuple(int(i) for i in cfg.stroke_exempt.split(",") if i.strip())
+    except ValueError:
+        raise ValueError(f"stroke_exempt={cfg.stroke_exempt!r}: want attribute indices like '3,4'") from None
+    if not all(0 <= i < cfg.c_dim for i in idx):
+        raise ValueError(f"stroke_exempt={cfg.stroke_exempt!r}: indices must be in [0, {cfg.c_dim})")
+    return idx
 
 
 # --- networks ------------------------------------------------------------------------------------------
@@ -481,7 +499,8 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
 
     # (2) G step every n_critic iterations: L_G = L_adv + λ_cls L_cls^f + λ_rec L_rec, with
     #     L_adv = -E[D_src(G(x, c))], L_cls^f = E[-log D_cls(c|G(x, c))], L_rec = E[||x - G(G(x, c), c')||_1];
-    #     beyond the paper, + λ_id E[||x - G(x, c')||_1] when lambda_id > 0.
+    #     beyond the paper, + λ_id E[||x - G(x, c')||_1] when lambda_id > 0 and + λ_stroke E[|m(x) - m(G(x, c))|]
+    #     (stroke masks, gan_models/stroke.py) when lambda_stroke > 0.
     if g_turn:
         opt_g.zero_grad(set_to_none=True)
         with frozen(d_net) as d_fixed:  # the updated D, without its weight gradients or DDP
@@ -495,6 +514,12 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
             g_loss_id = (x_real - g_net(x_real, c_org)).abs().mean()
             g_loss = g_loss + cfg.lambda_id * g_loss_id
             out["loss/G_id"] = g_loss_id.detach()
+        if cfg.lambda_stroke > 0:
+            exempt = list(stroke_exempt(cfg))
+            keeps = (c_trg[:, exempt] == c_org[:, exempt]).all(1) if exempt else None
+            g_loss_stroke = stroke.stroke_l1(x_real, x_fake, weight=keeps)
+            g_loss = g_loss + cfg.lambda_stroke * g_loss_stroke
+            out["loss/G_stroke"] = g_loss_stroke.detach()
         g_loss.backward()
         opt_g.step()
         out.update({"loss/G": g_loss.detach(), "loss/G_fake": g_loss_fake.detach(),

@@ -8,13 +8,15 @@ import io
 import os
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
-from gan_models import FAMILIES, stargan, text2img
+from data_prep import render
+from gan_models import FAMILIES, stargan, stroke, text2img
 from gan_models.layers import count_parameters
 
 TINY_STARGAN = dict(image_size=16, c_dim=4, exclusive_groups="0,1,2", g_conv_dim=4, d_conv_dim=4,
@@ -160,6 +162,56 @@ def test_stargan_label_norm_scales_g_features_by_c_and_starts_as_the_official_g(
         last.film.weight[: last.num_features, 3] = -2.0  # γ = 1 - 2 c_3: attribute 3 flips every feature
         on, off = g(x, torch.tensor([[0.0, 0, 0, 1]] * 2)), g(x, torch.tensor([[0.0, 0, 0, 0]] * 2))
     assert (on - off).abs().mean() > 0.05
+
+
+def _rendered(digit: np.ndarray, *, colour: str, inverted: bool) -> torch.Tensor:
+    """A digit drawn as the attribute set draws it, in [-1, 1], (1, 3, H, W)."""
+    rgb = render.render(digit, render.Style(colour=colour, width="regular", inverted=inverted))
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def test_stroke_term_is_zero_for_a_recolouring_or_exact_inversion_and_positive_for_the_negative_space():
+    digit = np.zeros((16, 16), np.uint8)
+    digit[3:13, 7:9] = 255  # a "1"
+    x = _rendered(digit, colour="red", inverted=False)
+    for colour, inverted in (("red", True), ("blue", True), ("green", False)):
+        assert stroke.stroke_l1(x, _rendered(digit, colour=colour, inverted=inverted)) == 0
+    hollow = digit.copy()
+    hollow[3:13, 5:7] = hollow[3:13, 9:11] = 255  # the "H" of a negative-space 1: ink on either side of it
+    hollow[3:13, 7:9] = 0
+    negative = _rendered(hollow, colour="red", inverted=True)
+    assert stroke.stroke_l1(x, negative) > 0.1
+    assert stroke.white_background(negative).item() and not stroke.white_background(x).item()
+    pair = torch.cat([x, x]), torch.cat([_rendered(digit, colour="blue", inverted=True), negative])
+    assert stroke.stroke_l1(*pair, weight=torch.tensor([1.0, 0.0])) == 0  # the negative-space one left out
+    assert_close(stroke.stroke_l1(*pair, weight=torch.tensor([0.0, 1.0])), stroke.stroke_l1(x, negative))
+
+
+def test_stargan_stroke_term_is_off_by_default_and_adds_lambda_stroke_times_the_stroke_l1():
+    cfg, nets = _stargan(lambda_stroke=3.0, channels=3)
+    ref_g = stargan.build(cfg)["G"]
+    ref_g.load_state_dict(nets["G"].state_dict())
+    batch = _stargan_step_inputs(cfg, 3)
+    out = stargan.train_step(nets, _sgd(nets, lr=0.0), batch, cfg)
+    expected = stroke.stroke_l1(batch["image"], ref_g(batch["image"], batch["target_attrs"]))
+    assert_close(out["loss/G_stroke"], expected)
+    assert_close(out["loss/G"], out["loss/G_fake"] + out["loss/G_cls"] + 10.0 * out["loss/G_rec"] + 3.0 * expected)
+    paper_cfg, paper_nets = _stargan()
+    assert paper_cfg.lambda_stroke == 0 and "loss/G_stroke" not in stargan.train_step(
+        paper_nets, _sgd(paper_nets, lr=0.0), _stargan_step_inputs(paper_cfg, 3), paper_cfg)
+    with pytest.raises(ValueError, match="λ weights"):
+        stargan.Config(lambda_stroke=-1.0)
+    with pytest.raises(ValueError, match="stroke_exempt"):
+        stargan.Config(c_dim=5, stroke_exempt="3,5")
+    # stroke_exempt: a translation that changes one of those attributes is left out of the term
+    cfg, nets = _stargan(lambda_stroke=3.0, stroke_exempt="3")
+    ref_g.load_state_dict(nets["G"].state_dict())
+    batch = _stargan_step_inputs(cfg, 3)
+    batch["target_attrs"] = batch["attrs"].clone()
+    batch["target_attrs"][0, 3] = 1 - batch["target_attrs"][0, 3]
+    out = stargan.train_step(nets, _sgd(nets, lr=0.0), batch, cfg)
+    fake = ref_g(batch["image"], batch["target_attrs"])
+    assert_close(out["loss/G_stroke"], stroke.stroke_l1(batch["image"][1:], fake[1:]))
 
 
 def test_stargan_exclusive_domains_use_cross_entropy():

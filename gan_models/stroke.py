@@ -1,0 +1,41 @@
+"""A sign-aware "keep the stroke" term for translations of strokes drawn on a plain black or white background
+(beyond any paper; StarGAN's `lambda_stroke`).
+
+The stroke mask of an image in [-1, 1] is where its ink is, in [0, 1], whatever the ink's colour and the
+background: on a black background the brightest channel (a pure red, green or blue stroke lights one channel),
+on a white one 1 - the darkest channel (a coloured stroke on white darkens the other two). So recolouring a
+digit or inverting its background leaves the mask as it was, while an image that draws the digit's negative
+space (dark around the digit where the input's ink is not) has a different one.
+
+Why: without it, StarGAN on the coloured-digit set learns the background inversion as the digit's negative
+space, which the cycle term cannot reject (inverting it back gives the input) and a small critic cannot see.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def white_background(images: Tensor) -> Tensor:
+    """(n,) bool: the image's mean level is above mid-grey, i.e. it is drawn on white. Decided from the image
+    (not its labels), without gradient: the choice selects a mask, it is not itself a target."""
+    return images.detach().float().mean(dim=(1, 2, 3)) > 0.0
+
+
+def stroke_mask(images: Tensor) -> Tensor:
+    """(n, H, W) in [0, 1]: max over channels on a black background, 1 - min over channels on a white one."""
+    unit = (images.float() + 1) / 2
+    on_black, on_white = unit.amax(dim=1), 1 - unit.amin(dim=1)
+    return on_white.where(white_background(images)[:, None, None], on_black)
+
+
+def stroke_l1(source: Tensor, translated: Tensor, *, weight: Tensor | None = None) -> Tensor:
+    """E|stroke_mask(source) - stroke_mask(translated)|: 0 when the translation keeps the ink where it was.
+
+    `weight` (n,) in {0, 1}: only the translations with weight 1 count (the mean over them; 0 if none), so a
+    change that is meant to move ink (a thicker or thinner stroke) can be left out."""
+    per_image = (stroke_mask(source) - stroke_mask(translated)).abs().mean(dim=(1, 2))
+    if weight is None:
+        return per_image.mean()
+    weight = weight.to(per_image.dtype)
+    return (per_image * weight).sum() / weight.sum().clamp(min=1.0)
