@@ -76,6 +76,7 @@ def test_second_evaluator_differs_from_the_first_is_cached_by_manifest_and_knows
     from data_prep.reader import load_split
     from pipelines.evaluation.evaluator import EvalNet, Evaluator, ensure_evaluator
     from pipelines.evaluation.second_evaluator import (
+        ARCH,
         SecondNet,
         ensure_second_evaluator,
         load_second_evaluator,
@@ -86,11 +87,11 @@ def test_second_evaluator_differs_from_the_first_is_cached_by_manifest_and_knows
     prep = prep_images(PrepConfig(source="digits", store=store, image_size=16), progress=False)
     args = {"store_url": store, "dataset_url": prep.dataset_url, "manifest": prep.manifest}
     first = Evaluator.load(ensure_evaluator(**args, epochs=1))
-    url = ensure_second_evaluator(**args, epochs=4)
-    assert url.endswith(f"cache/evaluator2/{prep.manifest.digest}.pt")
-    cached = tmp_path / "store" / "cache" / "evaluator2" / f"{prep.manifest.digest}.pt"
+    url = ensure_second_evaluator(**args, epochs=8)
+    assert url.endswith(f"cache/evaluator2/{prep.manifest.digest}-{ARCH}.pt")
+    cached = tmp_path / "store" / "cache" / "evaluator2" / f"{prep.manifest.digest}-{ARCH}.pt"
     stamp = cached.stat().st_mtime_ns
-    assert ensure_second_evaluator(**args, epochs=4) == url and cached.stat().st_mtime_ns == stamp  # not retrained
+    assert ensure_second_evaluator(**args, epochs=8) == url and cached.stat().st_mtime_ns == stamp  # not retrained
 
     second = load_second_evaluator(url)
     assert isinstance(second.net, SecondNet) and isinstance(first.net, EvalNet)

@@ -163,16 +163,16 @@ def _eval_net(meta: dict[str, Any]) -> nn.Module:
 
 def train_evaluator(
     train_images: np.ndarray, train_labels: np.ndarray, *, class_names: list[str], epochs: int = 20,
-    batch_size: int = 128, seed: int = 0, progress: bool = False, net: nn.Module | None = None, lr: float = 5e-3,
+    batch_size: int = 128, seed: int = 0, progress: bool = False,
+    build_net: Callable[[], nn.Module] | None = None, lr: float = 5e-3,
 ) -> nn.Module:
-    """Fit the classifier (EvalNet unless `net` is given) on real labelled images with light shift augmentation
-    (seeded, CPU-sized)."""
+    """Fit the classifier (EvalNet unless `build_net` gives another) on real labelled images with light shift
+    augmentation (seeded, CPU-sized)."""
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # before the network is built: its initial weights come from this seed too
     x = to_unit_range(train_images)
     y = torch.from_numpy(np.asarray(train_labels, np.int64))
-    if net is None:
-        net = EvalNet(channels=x.shape[1], n_classes=len(class_names))
+    net = build_net() if build_net is not None else EvalNet(channels=x.shape[1], n_classes=len(class_names))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     steps = epochs * (len(x) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))

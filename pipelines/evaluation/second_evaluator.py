@@ -2,10 +2,10 @@
 architecture, seed and training split, so that a recipe tuned against one judge is checked by another.
 
 The first is three 3x3 conv blocks with batch norm and global average pooling, seed 0, all training digits.
-This one is LeNet-like: two 5x5 conv layers (20, 40 channels) without batch norm, max pooling, a 4x4 spatial map flattened
-into a two-layer head with dropout (its 256-d hidden layer is the feature space), seed 1, and a seeded 75%
+This one is LeNet-like: two 5x5 conv layers (20, 40 channels) without batch norm, max pooling, a 4x4 spatial
+map flattened into a two-layer head with dropout (its 256-d hidden layer is the feature space), seed 1, and a seeded 75%
 of the training digits. It is scored on the same held-out real digits and cached the same way, once per
-manifest digest, at `<store>/cache/evaluator2/DIGEST.pt`.
+manifest digest and version of this network, at `<store>/cache/evaluator2/DIGEST-ARCH.pt`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from data_prep.reader import load_split
 from data_prep.storage import open_store
 from pipelines.evaluation.evaluator import Evaluator, judged_on_real, read_url, train_evaluator
 
-ARCH = "lenet5x5-v2"  # changes to the network or its training change this name, and with it the cache key
+ARCH = "lenet5x5-v3"  # changes to the network or its training change this name, and with it the cache key
 SEED = 1
 TRAIN_SHARE = 0.75  # of the training split: a different subset from the first evaluator's (all of it)
 FEATURES = 256
@@ -50,7 +50,7 @@ def _second_net(meta: dict[str, Any]) -> nn.Module:
 
 
 def second_evaluator_key(manifest_digest: str) -> str:
-    return f"cache/evaluator2/{manifest_digest}.pt"
+    return f"cache/evaluator2/{manifest_digest}-{ARCH}.pt"
 
 
 def training_subset(n: int, *, seed: int = SEED, share: float = TRAIN_SHARE) -> np.ndarray:
@@ -77,7 +77,7 @@ def ensure_second_evaluator(*, store_url: str, dataset_url: str, manifest: Any, 
             "image_size": int(train_x.shape[2]), "manifest_digest": manifest.digest, "arch": ARCH, "seed": SEED,
             "train_share": TRAIN_SHARE, "train_n": int(len(subset))}
     net = train_evaluator(train_x[subset], train_y[subset], class_names=meta["class_names"], epochs=epochs,
-                          batch_size=64, seed=SEED, progress=progress, net=_second_net(meta), lr=2e-3)
+                          batch_size=64, seed=SEED, progress=progress, build_net=lambda: _second_net(meta), lr=2e-3)
     store.put_bytes(key, judged_on_real(net, meta=meta, test_x=test_x, test_y=test_y).to_bytes())
     return url
 
