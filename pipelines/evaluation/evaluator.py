@@ -93,7 +93,7 @@ def read_url(url: str, *, s3_endpoint: str | None = None) -> bytes:
 
 @dataclass
 class Evaluator:
-    net: EvalNet
+    net: nn.Module  # (features, logits) from images in [-1, 1]: EvalNet, or the second evaluator's network
     meta: dict[str, Any]  # class names, image size, channels, held-out accuracy, real statistics
     real_mu: np.ndarray
     real_sigma: np.ndarray
@@ -141,10 +141,12 @@ class Evaluator:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, device: torch.device | str = "cpu") -> Evaluator:
+    def from_bytes(cls, data: bytes, *, device: torch.device | str = "cpu",
+                   net_factory: Callable[[dict[str, Any]], nn.Module] | None = None) -> Evaluator:
+        """`net_factory`: meta -> an untrained network of the cached weights' architecture (default EvalNet)."""
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         meta = blob["meta"]
-        net = EvalNet(channels=meta["channels"], n_classes=len(meta["class_names"]))
+        net = (net_factory or _eval_net)(meta)
         net.load_state_dict(blob["state"])
         device = torch.device(device)
         return cls(net=net.to(device).eval(), meta=meta, real_mu=blob["real_mu"].numpy(),
@@ -155,19 +157,25 @@ class Evaluator:
         return cls.from_bytes(read_url(url, s3_endpoint=s3_endpoint), device=device)
 
 
+def _eval_net(meta: dict[str, Any]) -> nn.Module:
+    return EvalNet(channels=meta["channels"], n_classes=len(meta["class_names"]))
+
+
 def train_evaluator(
     train_images: np.ndarray, train_labels: np.ndarray, *, class_names: list[str], epochs: int = 20,
     batch_size: int = 128, seed: int = 0, progress: bool = False,
-) -> EvalNet:
-    """Fit the classifier on real labelled images with light shift augmentation (seeded, CPU-sized)."""
+    build_net: Callable[[], nn.Module] | None = None, lr: float = 5e-3,
+) -> nn.Module:
+    """Fit the classifier (EvalNet unless `build_net` gives another) on real labelled images with light shift
+    augmentation (seeded, CPU-sized)."""
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # before the network is built: its initial weights come from this seed too
     x = to_unit_range(train_images)
     y = torch.from_numpy(np.asarray(train_labels, np.int64))
-    net = EvalNet(channels=x.shape[1], n_classes=len(class_names))
-    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
+    net = build_net() if build_net is not None else EvalNet(channels=x.shape[1], n_classes=len(class_names))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     steps = epochs * (len(x) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=max(steps, 1))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
     net.train()
     bar = tqdm(total=steps, desc="training the evaluator", disable=None if progress else True, leave=False)
     for _ in range(epochs):
@@ -215,12 +223,18 @@ def ensure_evaluator(
     net = train_evaluator(train_x, train_y, class_names=list(manifest.class_names), epochs=epochs, progress=progress)
     meta = {"class_names": list(manifest.class_names), "channels": int(train_x.shape[1]),
             "image_size": int(train_x.shape[2]), "manifest_digest": manifest.digest}
-    evaluator = Evaluator(net=net, meta=meta, real_mu=np.zeros(FEATURES), real_sigma=np.eye(FEATURES))
+    store.put_bytes(key, judged_on_real(net, meta=meta, test_x=test_x, test_y=test_y).to_bytes())
+    return url
+
+
+def judged_on_real(net: nn.Module, *, meta: dict[str, Any], test_x: np.ndarray, test_y: np.ndarray) -> Evaluator:
+    """An Evaluator around a trained `net`, with the held-out real digits' feature statistics (the Fréchet
+    distance's reference), test accuracy, classifier score and confident share added to `meta`."""
+    evaluator = Evaluator(net=net, meta=meta, real_mu=np.zeros(1), real_sigma=np.eye(1))
     features, probs = evaluator.predict(test_x)
     evaluator.real_mu, evaluator.real_sigma = feature_stats(features)
     meta["test_accuracy"] = float((probs.argmax(axis=1) == test_y).mean())
     meta["real"] = {"cls_score": classifier_score(probs),
                     "confident_share": float((probs.max(axis=1) >= CONFIDENT).mean()),
                     "n": int(len(test_x))}
-    store.put_bytes(key, evaluator.to_bytes())
-    return url
+    return evaluator
