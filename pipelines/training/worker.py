@@ -17,6 +17,7 @@ from data_prep.prefetch import default_decode_workers
 from data_prep.reader import read_manifest
 from gan_models import get_family
 from pipelines.engine.checkpoint import load_state, restore, restore_rng, training_state
+from pipelines.engine.compiled import compile_nets
 from pipelines.engine.loop import GeneratorEMA, Report, fit, sample_grid
 from pipelines.engine.precision import autocast_dtype, to_channels_last, wants_channels_last
 from pipelines.engine.progress import BarFactory, TrainProgress
@@ -149,6 +150,8 @@ def run_rank(
         start_step = restore(load_state(resume_dir), nets=nets, opts=opts, ema=ema, extra=extra)
         if rank == 0:
             print(f"[ganpipe] resuming {spec.run_name} from step {start_step}", flush=True)
+    # Compiled in place (same parameters and state-dict keys), after the restore and before DDP wraps them.
+    compile_nets(nets, mode=spec.loop.compile, log=print if rank == 0 else None)
     # Optimizer state was created on the parameters before wrapping; DDP keeps the same parameter objects.
     nets = {name: prepare_model(net) for name, net in nets.items()}
     if not (resume_dir is not None and restore_rng(resume_dir, rank)):
