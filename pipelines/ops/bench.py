@@ -162,6 +162,50 @@ def bench(
                           overrides=overrides, seed=seed)[0]
 
 
+def graph_breaks(
+    *, family: str, image_size: int, channels: int, batch: int, overrides: dict[str, str] | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """What torch.compile makes of each network of `family`: `torch._dynamo.explain` on the inputs of its first
+    training-mode call in one eager train step (n_critic steps for StarGAN, so G is called): graphs, graph
+    breaks and their reasons, one row per network."""
+    fam = get_family(family)
+    cfg = _config(fam, family=family, image_size=image_size, channels=channels, overrides=overrides)
+    torch.manual_seed(seed)
+    nets = fam.build(cfg)
+    opts = fam.build_optimizers(cfg, nets)
+    extra = fam.extra_state(cfg, opts, seed=seed) if fam.extra_state is not None else None
+    data = fam.example_batch(cfg, batch, generator=torch.Generator().manual_seed(seed))
+    calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def keep(name: str) -> Any:
+        def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+            calls.setdefault(name, (detached, kwargs))
+        return hook
+
+    handles = [net.register_forward_pre_hook(keep(name), with_kwargs=True) for name, net in nets.items()]
+    for _ in range(getattr(cfg, "n_critic", 1)):
+        fam.step(nets, opts, data, cfg, extra)
+    for handle in handles:
+        handle.remove()
+    rows = []
+    for name, (args, kwargs) in calls.items():
+        explained = torch._dynamo.explain(nets[name])(*args, **kwargs)
+        rows.append({"family": family, "net": name, "graphs": explained.graph_count,
+                     "graph_breaks": explained.graph_break_count,
+                     "reasons": sorted({str(b.reason) for b in explained.break_reasons})})
+    return rows
+
+
+def format_breaks(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'family':<10} {'net':<6} {'graphs':>6} {'breaks':>6}  reasons"]
+    for r in rows:
+        lines.append(f"{r['family']:<10} {r['net']:<6} {r['graphs']:>6} {r['graph_breaks']:>6}  "
+                     f"{'; '.join(r['reasons']) or '-'}")
+    return "\n".join(lines)
+
+
 def _load() -> list[float]:
     """The 1, 5 and 15 minute load averages: how busy the machine was (empty where the OS has none)."""
     try:

@@ -49,6 +49,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--layout", nargs="+", choices=("auto", "channels_last", "contiguous"), default=["auto"],
                    help="memory layout of weights and activations (auto: channels_last on GPUs and with bf16, "
                         "as training picks)")
+    p.add_argument("--explain", action="store_true",
+                   help="time nothing: list each network's graphs and graph breaks under torch.compile "
+                        "(torch._dynamo.explain on its inputs in one train step)")
     p.add_argument("--steps", type=positive_int, default=10, help="steps per timed repeat")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed rounds (each times every setting once)")
     p.add_argument("--warmup", type=non_negative_int, default=3)
