@@ -40,15 +40,21 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def use_inductor_cache(*, home: str | Path = DEFAULT_HOME) -> Path:
-    """The folder Inductor keeps compiled graphs and kernels in: $TORCHINDUCTOR_CACHE_DIR if the user set it,
-    else `<home>/cache/inductor` (made absolute, so Ray workers with another working directory share it)."""
+def inductor_cache_folder(*, home: str | Path = DEFAULT_HOME) -> Path:
+    """Where Inductor should keep compiled graphs and kernels: $TORCHINDUCTOR_CACHE_DIR if the user set it, else
+    `<home>/cache/inductor`, absolute. A driver resolves it once (`Job.inductor_cache`) so Ray workers and
+    Tune trials, whose working directories differ, share one folder."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     # Importing torch._inductor sets the variable to its default (a per-user temp folder): that one is not a choice.
     if os.environ.get(CACHE_ENV) and os.environ[CACHE_ENV] != os.path.abspath(default_cache_dir()):
         return Path(os.environ[CACHE_ENV])
-    path = (Path(home) / "cache" / "inductor").resolve()
+    return (Path(home) / "cache" / "inductor").resolve()
+
+
+def use_inductor_cache(folder: str | Path | None = None, *, home: str | Path = DEFAULT_HOME) -> Path:
+    """Points Inductor at `folder` (default `inductor_cache_folder`), which is made if missing."""
+    path = Path(folder) if folder else inductor_cache_folder(home=home)
     path.mkdir(parents=True, exist_ok=True)
     os.environ[CACHE_ENV] = str(path)
     return path
@@ -95,14 +101,14 @@ def check_mode(mode: str) -> str:
 
 def compile_nets(
     nets: dict[str, nn.Module], *, mode: str, log: Callable[[str], None] | None = _print,
-    home: str | Path = DEFAULT_HOME,
+    cache: str | Path | None = None,
 ) -> dict[str, nn.Module]:
     """Compile every network of `nets` in place in torch.compile's `mode` ("off": leave them eager); returns
     `nets`. Call after restoring a checkpoint and before wrapping in DDP. `log` gets the one-line notes (None:
-    silent, e.g. on ranks other than 0)."""
+    silent, e.g. on ranks other than 0); `cache`: Inductor's cache folder (default `inductor_cache_folder()`)."""
     if check_mode(mode) == "off":
         return nets
-    cache = use_inductor_cache(home=home)
+    cache = use_inductor_cache(cache)
     # Random ops inside a network (pix2pix/CycleGAN dropout) draw from torch's generator as eager ones do, so a
     # seed gives the same numbers compiled or not, and a resumed run's saved RNG state means the same thing.
     torch._inductor.config.fallback_random = True
