@@ -6,13 +6,34 @@ autocast; half-precision logits are promoted to float32 before reducing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 LogitLoss = Callable[[Tensor], Tensor]
+
+# True while a penalty runs its critic pass, whose graph is differentiated twice (create_graph=True). A compiled
+# network (pipelines/engine/compiled.py) reads it and runs that pass eagerly: AOT-compiled graphs have no double
+# backward.
+_DOUBLE_BACKWARD = contextvars.ContextVar("gan_models_double_backward", default=False)
+
+
+@contextlib.contextmanager
+def double_backward_pass() -> Iterator[None]:
+    """Marks the forward passes inside as ones whose gradients will be differentiated again."""
+    token = _DOUBLE_BACKWARD.set(True)
+    try:
+        yield
+    finally:
+        _DOUBLE_BACKWARD.reset(token)
+
+
+def in_double_backward_pass() -> bool:
+    return _DOUBLE_BACKWARD.get()
 
 
 def _f32(x: Tensor) -> Tensor:
@@ -160,7 +181,8 @@ def gradient_penalty(
         raise ValueError(f"eps must have shape ({real.shape[0]},), got {tuple(eps.shape)}")
     eps = eps.reshape(eps_shape).to(real.device, real.dtype)
     x_hat = (eps * real.detach() + (1.0 - eps) * fake.detach()).requires_grad_(True)
-    out = critic(x_hat)
+    with double_backward_pass():
+        out = critic(x_hat)
     (grad,) = torch.autograd.grad(outputs=out.sum(), inputs=x_hat, create_graph=True)
     norm = _f32(grad).flatten(1).norm(2, dim=1)
     return (norm - 1.0).square().mean()
@@ -174,7 +196,9 @@ def r1_penalty(critic: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
     graph is kept (create_graph=True) for the caller's backward. γ is the caller's.
     """
     x = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(outputs=critic(x).sum(), inputs=x, create_graph=True)
+    with double_backward_pass():
+        out = critic(x)
+    (grad,) = torch.autograd.grad(outputs=out.sum(), inputs=x, create_graph=True)
     return _f32(grad).flatten(1).square().sum(1).mean()
 
 

@@ -57,13 +57,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pipelines.ops.bench import bench, format_table, write_json
+    from pipelines.ops.bench import Setting, bench_settings, format_breaks, format_table, graph_breaks, write_json
 
     overrides = dict(item.split("=", 1) for item in args.overrides)
+    if args.explain:
+        rows = [row for size in args.image_size for batch in args.batch
+                for row in graph_breaks(family=args.family, image_size=size, channels=args.channels, batch=batch,
+                                        overrides=overrides)]
+        print(format_breaks(rows))
+        print(f"wrote {write_json(rows, args.out)}")
+        return 0
+    precisions = args.precision or (["bf16"] if args.amp else ["fp32"])
+    settings = [Setting(compile=mode, amp=precision == "bf16", layout=layout)
+                for precision in precisions for layout in args.layout for mode in args.compile]
     results = [
-        bench(family=args.family, image_size=size, channels=args.channels, batch=batch, device=args.device,
-              steps=args.steps, warmup=args.warmup, repeats=args.repeats, amp=args.amp, overrides=overrides)
+        row
         for size in args.image_size for batch in args.batch
+        for row in bench_settings(family=args.family, image_size=size, channels=args.channels, batch=batch,
+                                  settings=settings, device=args.device, steps=args.steps, warmup=args.warmup,
+                                  repeats=args.repeats, overrides=overrides)
     ]
     print(format_table(results))
     print(f"wrote {write_json(results, args.out)}")

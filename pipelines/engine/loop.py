@@ -17,6 +17,7 @@ from torch import nn
 
 from gan_models import Family, make_grid
 from gan_models.family import Nets, Optimizers, step_schedulers
+from pipelines.engine.compiled import compile_seconds
 from pipelines.spec.config import LoopConfig
 
 
@@ -86,25 +87,27 @@ class MetricWindow:
     """Metric sums over one reporting window; tensors are summed on-device and read once per window.
 
     Each metric is averaged over the steps that returned it: StarGAN's G losses exist on every n_critic-th
-    step only."""
+    step only. Seconds spent compiling (`loop.compile`) are left out of the throughput and reported apart."""
 
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     steps: int = 0
     images: int = 0
     wait_s: float = 0.0
+    compile_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
-    def add(self, losses: dict[str, torch.Tensor], batch_size: int, wait_s: float) -> None:
+    def add(self, losses: dict[str, torch.Tensor], batch_size: int, wait_s: float, compile_s: float = 0.0) -> None:
         for k, v in losses.items():
             self.sums[k] = self.sums[k] + v if k in self.sums else v.detach().float()
             self.counts[k] = self.counts.get(k, 0) + 1
         self.steps += 1
         self.images += batch_size
         self.wait_s += wait_s
+        self.compile_s += compile_s
 
     def summary(self, world_size: int) -> dict[str, float]:
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        elapsed = max(time.perf_counter() - self.started - self.compile_s, 1e-9)
         metrics = {k: (v / self.counts[k]).item() for k, v in self.sums.items()}
         metrics["perf/img_per_s"] = self.images * world_size / elapsed
         metrics["perf/data_wait_frac"] = self.wait_s / elapsed
@@ -153,6 +156,7 @@ def fit(
         seeded = torch.Generator().manual_seed(loop.seed)
         calibration_inputs = family.generator_inputs(model_cfg, None, 512, generator=seeded)
     window = MetricWindow()
+    compile_total = 0.0  # this run's seconds of compiling so far (perf/compile_s), apart from perf/img_per_s
     step = start_step
     while step < loop.steps:
         t0 = time.perf_counter()
@@ -160,6 +164,7 @@ def fit(
         wait_s = time.perf_counter() - t0
         if extra and steps_per_epoch and step % steps_per_epoch == 0:
             step_schedulers(extra)
+        compiled_before = compile_seconds()
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             losses = family.step(nets, opts, batch, model_cfg, extra)
         step += 1
@@ -167,7 +172,9 @@ def fit(
             _decay_learning_rates(opts, step=step, total=loop.steps, start=loop.lr_decay_from)
         if ema is not None:
             ema.update(nets[family.generator], step)
-        window.add(losses, _batch_size(batch), wait_s)
+        compile_s = compile_seconds() - compiled_before
+        compile_total += compile_s
+        window.add(losses, _batch_size(batch), wait_s, compile_s)
         if on_step is not None:
             on_step(step)
 
@@ -180,6 +187,8 @@ def fit(
         metrics: dict[str, float] = {}
         if "log" in due:
             metrics = window.summary(world_size)
+            if loop.compile != "off":
+                metrics["perf/compile_s"] = compile_total
             window = MetricWindow()
         do_eval = evaluate is not None and "eval" in due
         do_samples = figure is not None and "samples" in due

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from data_prep.prefetch import MAX_DECODE_WORKERS, POOL_KINDS
 from gan_models import get_family
-from pipelines.spec.defaults import default_store
+from pipelines.spec.defaults import COMPILE_MODES, default_store
 
 PRECISIONS = ("auto", "fp32", "bf16")  # loop.precision; pipelines.engine.precision applies them
 
@@ -57,10 +57,15 @@ class LoopConfig:
     threads: int = 0  # torch intra-op threads per process (0: Ray workers use cpus_per_worker, else torch's default)
     precision: str = "auto"  # "fp32"; "bf16": autocast where native (GPUs, AVX512-BF16/AMX CPUs), else fp32;
     #                          "auto": bf16 on GPUs that have it, fp32 on CPUs
+    # torch.compile each network in this mode ("off": eager); pays back its compile time only on long runs
+    # (README, BENCHMARKS.md). Gradient penalties (double backward) run eagerly whatever it is.
+    compile: str = "off"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"loop.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"loop.compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
         # A negative count would train nothing and then look for a checkpoint; a zero period divides by zero.
         _check_at_least(self, "loop", steps=1, log_every=1, checkpoint_every=1, sample_every=0, eval_every=0,
                         ema_start=0, threads=0)

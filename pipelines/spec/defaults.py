@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+# loop.compile and `ganpipe bench --compile`: torch.compile's mode for every network; "off" runs eagerly.
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 DEFAULT_HOME = ".ganpipe"  # local state: store, MLflow database, services, caches
 DEFAULT_STORE = f"{DEFAULT_HOME}/store"  # datasets, checkpoints and caches when no --store is given
 STORE_ENV = "GANPIPE_STORE"  # the store of every command without --store (`ganpipe services up` writes it)

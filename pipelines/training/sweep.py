@@ -166,7 +166,7 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
     from pipelines.tracking import runs as tracking
     from pipelines.training.ray_train import ensure_ray
     from pipelines.training.train import resolve
-    from pipelines.training.worker import Job
+    from pipelines.training.worker import Job, inductor_cache
 
     # Tune runs each trial in its own working directory: a relative store must not move with it.
     spec = dataclasses.replace(spec, run_name=cfg.name, store=open_store(spec.store).url)
@@ -205,7 +205,7 @@ def run_sweep(spec: TrainSpec, cfg: SweepConfig, *, log: Callable[[str], Any] = 
     ctx = {
         "job": Job(spec=spec, dataset_url=dataset_url, tracking_uri=tracking_uri,
                    evaluator_url=evaluators.evaluator_url, task_evaluators=evaluators.task_evaluators,
-                   s3_endpoint=os.environ.get("GANPIPE_S3_ENDPOINT")).to_dict(),
+                   s3_endpoint=os.environ.get("GANPIPE_S3_ENDPOINT"), inductor_cache=inductor_cache()).to_dict(),
         "params": [dataclasses.asdict(p) for p in params], "sweep": cfg.name, "parent_run_id": parent_id,
         "metric": cfg.metric, "mode": cfg.mode, "gpus_per_worker": cfg.gpus_per_worker,
         "dataset_name": manifest.name, "manifest_digest": manifest.digest,

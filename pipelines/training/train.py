@@ -38,7 +38,7 @@ from pipelines.spec.provenance import git_commit
 from pipelines.tracking import runs as tracking
 from pipelines.tracking.curves import log_curves
 from pipelines.tracking.registry import PARTNER_TAG
-from pipelines.training.worker import Job, evaluation_fn, progress_of, run_rank
+from pipelines.training.worker import Job, evaluation_fn, inductor_cache, progress_of, run_rank
 
 
 @dataclass
@@ -88,7 +88,7 @@ def train(spec: TrainSpec, *, progress: bool = True, log: Callable[[str], Any] =
     log(f"run       {spec.run_name} (MLflow run {run_id}{', resuming' if resumed else ''})")
     job = Job(spec=spec, dataset_url=dataset_url, run_id=run_id, tracking_uri=tracking_uri,
               evaluator_url=evaluators.evaluator_url, task_evaluators=evaluators.task_evaluators,
-              progress=progress_mode(enabled=progress))
+              progress=progress_mode(enabled=progress), inductor_cache=inductor_cache())
     mlf = tracking.client(tracking_uri)
     try:
         # Leave the run visibly failed or stopped (not "running" forever); the same --run-name resumes it.

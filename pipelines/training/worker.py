@@ -17,6 +17,7 @@ from data_prep.prefetch import default_decode_workers
 from data_prep.reader import read_manifest
 from gan_models import get_family
 from pipelines.engine.checkpoint import load_state, restore, restore_rng, training_state
+from pipelines.engine.compiled import compile_nets, inductor_cache_folder
 from pipelines.engine.loop import GeneratorEMA, Report, fit, sample_grid
 from pipelines.engine.precision import autocast_dtype, to_channels_last, wants_channels_last
 from pipelines.engine.progress import BarFactory, TrainProgress
@@ -38,6 +39,8 @@ class Job:
     # (L1/PSNR/SSIM, cycle L1) need none, class preservation and per-domain Fréchet distance do.
     task_evaluators: dict[str, str] = field(default_factory=dict)
     progress: str = ""  # rank 0's console progress (engine/progress.py MODES): "" none, "lines", "bar"
+    # Inductor's cache folder for loop.compile, absolute, resolved by the driver: every rank, trial and rerun shares it.
+    inductor_cache: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "spec": self.spec.to_dict()}
@@ -45,6 +48,11 @@ class Job:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
         return cls(**{**d, "spec": TrainSpec.from_dict(d["spec"])})
+
+
+def inductor_cache() -> str:
+    """`Job.inductor_cache` as a driver resolves it (pipelines/engine/compiled.py `inductor_cache_folder`)."""
+    return str(inductor_cache_folder())
 
 
 def seed_everything(seed: int, rank: int) -> None:
@@ -149,6 +157,8 @@ def run_rank(
         start_step = restore(load_state(resume_dir), nets=nets, opts=opts, ema=ema, extra=extra)
         if rank == 0:
             print(f"[ganpipe] resuming {spec.run_name} from step {start_step}", flush=True)
+    # Compiled in place (same parameters and state-dict keys), after the restore and before DDP wraps them.
+    compile_nets(nets, mode=spec.loop.compile, log=print if rank == 0 else None, cache=job.inductor_cache or None)
     # Optimizer state was created on the parameters before wrapping; DDP keeps the same parameter objects.
     nets = {name: prepare_model(net) for name, net in nets.items()}
     if not (resume_dir is not None and restore_rng(resume_dir, rank)):

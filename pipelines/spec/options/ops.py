@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from pipelines.spec.argtypes import non_negative_float, non_negative_int, positive_int
-from pipelines.spec.defaults import DEMO_FAMILIES, FORWARDED_ENV
+from pipelines.spec.defaults import COMPILE_MODES, DEMO_FAMILIES, FORWARDED_ENV
 from pipelines.spec.options.common import add_tracking_arg
 
 
@@ -30,7 +30,10 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("bench", help="training-step throughput on synthetic data (img/s); writes JSON",
                        description="Median images/s of train_step over repeats after warm-up, on synthetic "
-                                   "in-memory data. Needs only torch (no Ray, no MLflow).")
+                                   "in-memory data. Several --compile/--precision/--layout values are timed in "
+                                   "one process, interleaved (each repeat is one round over all settings, "
+                                   "its order rotated), with each setting's ratio to the first one. "
+                                   "Needs only torch (no Ray, no MLflow).")
     p.add_argument("--family", default="dcgan")
     p.add_argument("--image-size", type=positive_int, nargs="+", default=[64])
     p.add_argument("--channels", type=positive_int, default=3)
@@ -38,8 +41,19 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast and channels_last, as loop.precision=bf16 trains (fast on AVX512-BF16 CPUs)")
+    p.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["off"], metavar="MODE",
+                   help=f"torch.compile mode of every network, as loop.compile ({', '.join(COMPILE_MODES)}); "
+                        "several: each is timed, interleaved (default off)")
+    p.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=None,
+                   help="fp32 and/or bf16 autocast, interleaved (default fp32; --amp is --precision bf16)")
+    p.add_argument("--layout", nargs="+", choices=("auto", "channels_last", "contiguous"), default=["auto"],
+                   help="memory layout of weights and activations (auto: channels_last on GPUs and with bf16, "
+                        "as training picks)")
+    p.add_argument("--explain", action="store_true",
+                   help="time nothing: list each network's graphs and graph breaks under torch.compile "
+                        "(torch._dynamo.explain on its inputs in one train step)")
     p.add_argument("--steps", type=positive_int, default=10, help="steps per timed repeat")
-    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed rounds (each times every setting once)")
     p.add_argument("--warmup", type=non_negative_int, default=3)
     p.add_argument("--out", default=".ganpipe/bench.json")
     p.add_argument("overrides", nargs="*", help="model config key=value (e.g. ngf=32)")
