@@ -16,9 +16,19 @@ import pytest
 from pipelines.ops import seaweedfs
 from pipelines.ops.seaweedfs import S3Server, free_ports
 
-__all__ = ["MlflowServer", "S3Server", "free_ports"]
+__all__ = ["MlflowServer", "S3Server", "cache_quick_evaluator", "free_ports"]
 
 _START_TIMEOUT_S = 60.0
+
+
+def cache_quick_evaluator(store_url: str, prep_result) -> None:
+    """Cache a 1-epoch offline evaluator for a freshly prepared labelled dataset, where a test trains on it but
+    judges nothing by eval/*: training then finds it (as it finds a team's cached one) instead of spending 20
+    epochs, the largest single cost of such a test on 2 cores."""
+    from pipelines.evaluation.evaluator import ensure_evaluator
+
+    ensure_evaluator(store_url=store_url, dataset_url=prep_result.dataset_url, manifest=prep_result.manifest,
+                     epochs=1)
 
 
 @pytest.fixture(scope="session")

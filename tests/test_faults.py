@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import MlflowServer
+from conftest import MlflowServer, cache_quick_evaluator
 
 from data_prep.prep import PrepConfig, prep_images
 from data_prep.storage import open_store
@@ -48,7 +48,7 @@ def _train_cmd(store: str, tracking_uri: str, run_name: str) -> list[str]:
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A local store with `digits` prepared once (and the evaluator it caches) for the training tests."""
     url = str(tmp_path_factory.mktemp("store"))
-    prep_images(PrepConfig(source="digits", store=url), progress=False)
+    cache_quick_evaluator(url, prep_images(PrepConfig(source="digits", store=url), progress=False))
     return url
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cache_quick_evaluator
 
 from data_prep.prep import PrepConfig, prep_images
 from data_prep.reader import iter_samples
@@ -60,6 +61,7 @@ def test_prep_train_kill_resume_register_sample_on_s3(s3_server, bucket_url, tmp
     assert len(result.manifest.split_shards("train")) >= 2
     keys = [{s["key"] for s in iter_samples(result.dataset_url, rank=r, world_size=2)} for r in (0, 1)]
     assert not keys[0] & keys[1] and len(keys[0] | keys[1]) == result.manifest.counts["train"]
+    cache_quick_evaluator(bucket_url, result)
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import stop_ray
+from conftest import cache_quick_evaluator, stop_ray
 
 from pipelines.ops import jobs
 from pipelines.ops.seaweedfs import free_ports
@@ -342,7 +342,8 @@ def _prep_digits(root: Path) -> Path:
     from data_prep.prep import PrepConfig, prep_images
 
     store = root / "store"  # one machine: every node sees this folder
-    prep_images(PrepConfig(source="digits", store=str(store), holdout=100, shard_size=400), progress=False)
+    cache_quick_evaluator(str(store), prep_images(PrepConfig(source="digits", store=str(store), holdout=100,
+                                                             shard_size=400), progress=False))
     return store
 
 
