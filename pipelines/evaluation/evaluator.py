@@ -211,18 +211,32 @@ def ensure_evaluator(
 
     Returns None for a dataset without labels: the classifier needs classes to learn features from.
     """
+
+    def fit(train_x: np.ndarray, train_y: np.ndarray, meta: dict[str, Any]) -> nn.Module:
+        return train_evaluator(train_x, train_y, class_names=meta["class_names"], epochs=epochs, progress=progress)
+
+    return cached_evaluator(store_url=store_url, dataset_url=dataset_url, manifest=manifest,
+                            key=evaluator_key(manifest.digest), s3_endpoint=s3_endpoint, fit=fit)
+
+
+def cached_evaluator(
+    *, store_url: str, dataset_url: str, manifest: Any, key: str, s3_endpoint: str | None,
+    fit: Callable[[np.ndarray, np.ndarray, dict[str, Any]], nn.Module],
+) -> str | None:
+    """The URL of the evaluator cached at `key` in the store, trained first if missing: `fit(train images, train
+    labels, meta)` returns the trained net (and may add to `meta`), which is judged on the held-out split and
+    stored. None for a dataset without labels."""
     if not manifest.class_names:
         return None
     store = open_store(store_url, s3_endpoint=s3_endpoint)
-    key = evaluator_key(manifest.digest)
     url = f"{store.url.rstrip('/')}/{key}"
     if store.exists(key):
         return url
     train_x, train_y = load_split(dataset_url, split="train", s3_endpoint=s3_endpoint)
     test_x, test_y = load_split(dataset_url, split="test", s3_endpoint=s3_endpoint)
-    net = train_evaluator(train_x, train_y, class_names=list(manifest.class_names), epochs=epochs, progress=progress)
     meta = {"class_names": list(manifest.class_names), "channels": int(train_x.shape[1]),
             "image_size": int(train_x.shape[2]), "manifest_digest": manifest.digest}
+    net = fit(train_x, train_y, meta)
     store.put_bytes(key, judged_on_real(net, meta=meta, test_x=test_x, test_y=test_y).to_bytes())
     return url
 

@@ -16,9 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_prep.reader import load_split
-from data_prep.storage import open_store
-from pipelines.evaluation.evaluator import Evaluator, judged_on_real, read_url, train_evaluator
+from pipelines.evaluation.evaluator import Evaluator, cached_evaluator, read_url, train_evaluator
 
 ARCH = "lenet5x5-v3"  # changes to the network or its training change this name, and with it the cache key
 SEED = 1
@@ -64,23 +62,16 @@ def ensure_second_evaluator(*, store_url: str, dataset_url: str, manifest: Any, 
                             epochs: int = 10, progress: bool = False) -> str | None:
     """Train (once per manifest digest) and cache the second evaluator in the store; returns its URL, or None
     for a dataset without labels."""
-    if not manifest.class_names:
-        return None
-    store = open_store(store_url, s3_endpoint=s3_endpoint)
-    key = second_evaluator_key(manifest.digest)
-    url = f"{store.url.rstrip('/')}/{key}"
-    if store.exists(key):
-        return url
-    train_x, train_y = load_split(dataset_url, split="train", s3_endpoint=s3_endpoint)
-    test_x, test_y = load_split(dataset_url, split="test", s3_endpoint=s3_endpoint)
-    subset = training_subset(len(train_x))
-    meta = {"class_names": list(manifest.class_names), "channels": int(train_x.shape[1]),
-            "image_size": int(train_x.shape[2]), "manifest_digest": manifest.digest, "arch": ARCH, "seed": SEED,
-            "train_share": TRAIN_SHARE, "train_n": int(len(subset))}
-    net = train_evaluator(train_x[subset], train_y[subset], class_names=meta["class_names"], epochs=epochs,
-                          batch_size=64, seed=SEED, progress=progress, build_net=lambda: _second_net(meta), lr=2e-3)
-    store.put_bytes(key, judged_on_real(net, meta=meta, test_x=test_x, test_y=test_y).to_bytes())
-    return url
+
+    def fit(train_x: np.ndarray, train_y: np.ndarray, meta: dict[str, Any]) -> nn.Module:
+        subset = training_subset(len(train_x))
+        meta.update(arch=ARCH, seed=SEED, train_share=TRAIN_SHARE, train_n=int(len(subset)))
+        return train_evaluator(train_x[subset], train_y[subset], class_names=meta["class_names"], epochs=epochs,
+                               batch_size=64, seed=SEED, progress=progress, build_net=lambda: _second_net(meta),
+                               lr=2e-3)
+
+    return cached_evaluator(store_url=store_url, dataset_url=dataset_url, manifest=manifest,
+                            key=second_evaluator_key(manifest.digest), s3_endpoint=s3_endpoint, fit=fit)
 
 
 def load_second_evaluator(url: str, *, s3_endpoint: str | None = None,
