@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,11 +58,13 @@ def _latest_step(store: str, run_name: str) -> int:
     return int(s.get_bytes("latest").decode().strip().removeprefix("step_")) if s.exists("latest") else 0
 
 
-def _wait(cond: Callable[[], bool], proc: subprocess.Popen | None, what: str, timeout: float = 600) -> None:
+def _wait(cond: Callable[[], bool], proc: subprocess.Popen | None, what: str, timeout: float = 600,
+          output: Callable[[], str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"process exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-4000:]}")
+            shown = output() if output else proc.stdout.read()
+            pytest.fail(f"process exited ({proc.returncode}) before {what}:\n{shown[-4000:]}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.3)
@@ -93,17 +96,29 @@ def test_mlflow_outage_buffers_then_completes_the_same_run(store, mlflow_server,
     cmd = _train_cmd(store, mlflow_server.url, run)
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(GANPIPE_TRACKING_RETRY_S="1"), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []  # the job's output so far, read as it comes so the test can wait on a line
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+
+    def out_so_far() -> str:
+        return "".join(lines)
+
     try:
         # Outage 1 (steps ~100..200): the server comes back while training runs.
-        _wait(lambda: _latest_step(store, run) >= 100, proc, "checkpoint 100")
+        _wait(lambda: _latest_step(store, run) >= 100, proc, "checkpoint 100", output=out_so_far)
         mlflow_server.stop(crash=True)
-        _wait(lambda: _latest_step(store, run) >= 200, proc, "checkpoint 200 with MLflow down")
+        _wait(lambda: _latest_step(store, run) >= 200, proc, "checkpoint 200 with MLflow down", output=out_so_far)
         mlflow_server.start()
         # The backlog arrives while training goes on.
-        _wait(lambda: max(_history(mlflow_server.url, run)[1] or [0]) >= 200, proc, "the buffered metrics")
+        # Wait for the recovery line, not for the metrics: the logger sends metrics first and then the buffered
+        # sample grids, and a server stopped between the two leaves the backlog half sent (CI saw exactly that).
+        _wait(lambda: "reachable again" in out_so_far(), proc, "the recovery line", output=out_so_far)
+        assert max(_history(mlflow_server.url, run)[1] or [0]) >= 200  # the backlog did arrive
         # Outage 2: the server never comes back before the job ends.
         mlflow_server.stop(crash=True)
-        out, _ = proc.communicate(timeout=900)
+        proc.wait(timeout=900)
+        reader.join(timeout=60)
+        out = "".join(lines)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
