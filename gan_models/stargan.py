@@ -50,6 +50,8 @@ class Config:
     #                             background): keeps the digit where it was under colour and background changes
     stroke_exempt: str = ""  # attribute indices ("3,4") whose change leaves a translation out of the stroke term:
     #                          changes meant to move ink (thick, thin), which the term would otherwise resist
+    stroke_exempt_reach: int = -1  # >= 0: those exempt translations still may not draw ink farther than this many
+    #                                pixels from the input's ink (stroke.ink_outside, same λ); -1: no term for them
     g_labels_at_output: bool = False  # beyond the paper: c is concatenated again before G's last conv (see Generator)
     g_label_norm: bool = False  # beyond the paper: each of G's instance norms takes its scale and shift from c
     #                             (conditional instance norm, see LabelNorm); measured on the demo set, it did not
@@ -82,6 +84,9 @@ class Config:
                              f"{2**self.d_repeat_num} (and of 4); valid e.g. {2**self.d_repeat_num * 2}")
         groups(self)  # parses and checks exclusive_groups
         stroke_exempt(self)
+        if self.stroke_exempt_reach < -1:
+            raise ValueError(f"stroke_exempt_reach must be -1 (off) or a reach in pixels >= 0; got "
+                             f"{self.stroke_exempt_reach}")
 
 
 def groups(cfg: Config) -> tuple[tuple[int, ...], ...]:
@@ -518,6 +523,9 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
             exempt = list(stroke_exempt(cfg))
             keeps = (c_trg[:, exempt] == c_org[:, exempt]).all(1) if exempt else None
             g_loss_stroke = stroke.stroke_l1(x_real, x_fake, weight=keeps)
+            if keeps is not None and cfg.stroke_exempt_reach >= 0:
+                g_loss_stroke = g_loss_stroke + stroke.ink_outside(x_real, x_fake, reach=cfg.stroke_exempt_reach,
+                                                                   weight=~keeps)
             g_loss = g_loss + cfg.lambda_stroke * g_loss_stroke
             out["loss/G_stroke"] = g_loss_stroke.detach()
         g_loss.backward()

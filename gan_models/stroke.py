@@ -13,6 +13,7 @@ space, which the cycle term cannot reject (inverting it back gives the input) an
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -35,6 +36,25 @@ def stroke_l1(source: Tensor, translated: Tensor, *, weight: Tensor | None = Non
     `weight` (n,) in {0, 1}: only the translations with weight 1 count (the mean over them; 0 if none), so a
     change that is meant to move ink (a thicker or thinner stroke) can be left out."""
     per_image = (stroke_mask(source) - stroke_mask(translated)).abs().mean(dim=(1, 2))
+    return _mean_over(per_image, weight)
+
+
+def ink_outside(source: Tensor, translated: Tensor, *, reach: int, weight: Tensor | None = None,
+                level: float = 0.1) -> Tensor:
+    """E[mean of m(translated) where the source has no ink within `reach` pixels]: 0 when the translation draws
+    only on or next to the input's strokes, as a thicker or thinner stroke does; > 0 for ink elsewhere, such as
+    strokes merged into a blob. The bound for the changes `stroke_l1` leaves out (`weight` as there).
+
+    The source's ink is its mask above `level`, whatever its intensity: a faint, thin digit bounds the region as
+    much as a bold one does."""
+    inked = (stroke_mask(source) > level).float()[:, None]
+    near = F.max_pool2d(inked, 2 * reach + 1, stride=1, padding=reach)[:, 0]
+    per_image = (stroke_mask(translated) * (1 - near)).mean(dim=(1, 2))
+    return _mean_over(per_image, weight)
+
+
+def _mean_over(per_image: Tensor, weight: Tensor | None) -> Tensor:
+    """The mean of `per_image` over the images with weight 1 (all when `weight` is None; 0 if none)."""
     if weight is None:
         return per_image.mean()
     weight = weight.to(per_image.dtype)

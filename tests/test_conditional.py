@@ -187,6 +187,43 @@ def test_stroke_term_is_zero_for_a_recolouring_or_exact_inversion_and_positive_f
     assert_close(stroke.stroke_l1(*pair, weight=torch.tensor([0.0, 1.0])), stroke.stroke_l1(x, negative))
 
 
+def test_ink_outside_allows_a_thicker_or_thinner_stroke_and_charges_a_blob():
+    digit = np.zeros((16, 16), np.uint8)
+    digit[3:13, 7:9] = 255  # a "1"
+    x = _rendered(digit, colour="red", inverted=False)
+    thick, thin, blob = digit.copy(), digit.copy(), digit.copy()
+    thick[3:13, 6:10] = 255  # one pixel more on each side
+    thin[3:13, 8:9], thin[3:13, 7] = 255, 0
+    blob[2:14, 3:13] = 255
+    for near in (thick, thin):
+        assert stroke.ink_outside(x, _rendered(near, colour="green", inverted=True), reach=1) == 0
+    assert stroke.ink_outside(x, _rendered(thick, colour="red", inverted=False), reach=0) > 0.05  # beyond reach 0
+    far = stroke.ink_outside(x, _rendered(blob, colour="red", inverted=False), reach=1)
+    assert far > 0.2  # (12 x 10 - 10 x 4 allowed) / 256 of full ink
+    faint = x * 0.2 - 0.8  # the same 1 at a fifth of the ink: bounds the region all the same
+    assert stroke.ink_outside(faint, _rendered(thick, colour="red", inverted=False), reach=1) == 0
+    pair = torch.cat([x, x]), torch.cat([_rendered(thick, colour="red", inverted=False),
+                                         _rendered(blob, colour="red", inverted=False)])
+    assert stroke.ink_outside(*pair, reach=1, weight=torch.tensor([True, False])) == 0
+    assert_close(stroke.ink_outside(*pair, reach=1, weight=torch.tensor([False, True])), far)
+
+
+def test_stargan_exempt_translations_carry_the_ink_bound_when_a_reach_is_set():
+    cfg, nets = _stargan(lambda_stroke=3.0, channels=3, stroke_exempt="3", stroke_exempt_reach=1)
+    ref_g = stargan.build(cfg)["G"]
+    ref_g.load_state_dict(nets["G"].state_dict())
+    batch = _stargan_step_inputs(cfg, 4)
+    out = stargan.train_step(nets, _sgd(nets, lr=0.0), batch, cfg)
+    keeps = batch["target_attrs"][:, 3] == batch["attrs"][:, 3]
+    assert keeps.any() and not keeps.all()  # both terms are in play
+    fake = ref_g(batch["image"], batch["target_attrs"])
+    expected = (stroke.stroke_l1(batch["image"], fake, weight=keeps)
+                + stroke.ink_outside(batch["image"], fake, reach=1, weight=~keeps))
+    assert_close(out["loss/G_stroke"], expected)
+    with pytest.raises(ValueError, match="stroke_exempt_reach"):
+        stargan.Config(stroke_exempt_reach=-2)
+
+
 def test_stargan_stroke_term_is_off_by_default_and_adds_lambda_stroke_times_the_stroke_l1():
     cfg, nets = _stargan(lambda_stroke=3.0, channels=3)
     ref_g = stargan.build(cfg)["G"]
