@@ -87,6 +87,9 @@ class Config:
         if self.stroke_exempt_reach < -1:
             raise ValueError(f"stroke_exempt_reach must be -1 (off) or a reach in pixels >= 0; got "
                              f"{self.stroke_exempt_reach}")
+        if self.stroke_exempt_reach >= 0 and not stroke_exempt(self):
+            raise ValueError("stroke_exempt_reach bounds the translations that stroke_exempt leaves out of the "
+                             "stroke term; set stroke_exempt too (e.g. '3,4')")
 
 
 def groups(cfg: Config) -> tuple[tuple[int, ...], ...]:

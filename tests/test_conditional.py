@@ -222,6 +222,8 @@ def test_stargan_exempt_translations_carry_the_ink_bound_when_a_reach_is_set():
     assert_close(out["loss/G_stroke"], expected)
     with pytest.raises(ValueError, match="stroke_exempt_reach"):
         stargan.Config(stroke_exempt_reach=-2)
+    with pytest.raises(ValueError, match="set stroke_exempt too"):
+        stargan.Config(stroke_exempt_reach=1)  # nothing exempt: the bound would bound nothing
 
 
 def test_stargan_stroke_term_is_off_by_default_and_adds_lambda_stroke_times_the_stroke_l1():
