@@ -23,7 +23,9 @@ from data_prep.storage import open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-STEPS, CHECKPOINT_EVERY = 60, 20
+# Enough steps after the first checkpoint that the kill (polled every 0.2 s) lands long before the end: a run
+# killed after its final evaluation would, rightly, evaluate the last step again when it resumes.
+STEPS, CHECKPOINT_EVERY = 200, 20
 
 
 def _train_cmd(store: str, tracking_uri: str) -> list[str]:
@@ -31,7 +33,7 @@ def _train_cmd(store: str, tracking_uri: str) -> list[str]:
         sys.executable, "-m", "pipelines.cli", "train", "--recipe", "dcgan", "--dataset", "digits",
         "--workers", "2", "--run-name", "resume-me", "--store", store, "--tracking-uri", tracking_uri,
         "--no-progress", f"loop.steps={STEPS}", f"loop.checkpoint_every={CHECKPOINT_EVERY}", "loop.log_every=10",
-        "loop.sample_every=20", "loop.ema_decay=0.9", "loop.eval_every=20",
+        "loop.sample_every=100", "loop.ema_decay=0.9", "loop.eval_every=100",
         "model.ngf=8", "model.ndf=8", "model.nz=16", "data.batch_size=16",
     ]  # fmt: skip
 
@@ -50,7 +52,7 @@ def _wait_for_registered_checkpoint(store_url: str, proc: subprocess.Popen, time
         if proc.poll() is not None:
             out = proc.stdout.read() if proc.stdout else ""
             pytest.fail(f"training exited with {proc.returncode} before its first checkpoint:\n{out[-4000:]}")
-        time.sleep(0.5)
+        time.sleep(0.2)
     pytest.fail("no checkpoint was registered in time")
 
 
