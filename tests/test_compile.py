@@ -14,9 +14,10 @@ import torch
 
 from gan_models import get_family
 from pipelines.engine.checkpoint import load_state, restore, save_state, training_state
-from pipelines.engine.compiled import compile_nets, is_compiled
+from pipelines.engine.compiled import compile_nets, is_compiled, mode_for_run
 from pipelines.engine.loop import GeneratorEMA, Report, fit
 from pipelines.spec.config import LoopConfig
+from pipelines.spec.recipes import get_recipe
 
 # Each family with its data-dependent parts switched on: lazy R1 (dcgan, text2img), CycleGAN's image pools,
 # StarGAN's n_critic schedule (a G step on every 2nd iteration) and gradient penalty, GAN-CLS's wrong
@@ -130,3 +131,18 @@ def test_loop_compile_names_the_valid_modes():
     assert LoopConfig(compile="max-autotune").compile == "max-autotune"
     with pytest.raises(ValueError, match="loop.compile must be one of off, default, reduce-overhead, max-autotune"):
         LoopConfig(compile="fast")
+
+
+def test_a_run_shorter_than_compile_min_steps_trains_eagerly_and_says_why():
+    lines: list[str] = []
+    assert mode_for_run("default", steps_left=60, min_steps=500, log=lines.append) == "off"
+    assert len(lines) == 1 and "60 steps to train < loop.compile_min_steps 500" in lines[0], lines
+    assert mode_for_run("default", steps_left=500, min_steps=500, log=lines.append) == "default"
+    assert mode_for_run("off", steps_left=1, min_steps=500, log=lines.append) == "off" and len(lines) == 1
+    with pytest.raises(ValueError, match="loop.compile_min_steps must be 0 or more"):
+        LoopConfig(compile_min_steps=-1)
+    # The paper recipes carry the measured settings (README, "loop.compile").
+    loops = {name: get_recipe(name)().loop for name in ("dcgan", "cyclegan", "pix2pix", "stargan")}
+    assert {n: (lp.precision, lp.layout, lp.compile) for n, lp in loops.items()} == {
+        "dcgan": ("bf16", "auto", "off"), "cyclegan": ("bf16", "contiguous", "off"),
+        "pix2pix": ("bf16", "contiguous", "off"), "stargan": ("bf16", "contiguous", "off")}

@@ -196,6 +196,15 @@ def test_precision_resolves_per_device_and_rejects_unknown_names():
         apply_overrides(dcgan_paper(), ["loop.precision=fp16"])
 
 
+def test_loop_layout_overrides_the_automatic_choice():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not wants_channels_last(cpu, torch.bfloat16, "contiguous")  # fused-Adam families under bf16
+    assert not wants_channels_last(gpu, None, "contiguous") and wants_channels_last(cpu, None, "channels_last")
+    assert wants_channels_last(gpu, None, "auto") and not wants_channels_last(cpu, None, "auto")
+    with pytest.raises(ValueError, match="loop.layout must be one of auto, channels_last, contiguous; got 'nhwc'"):
+        apply_overrides(dcgan_paper(), ["loop.layout=nhwc"])
+
+
 def test_a_bf16_step_on_cpu_keeps_float32_weights_and_moves_them():
     fam, nets, opts = _build()
     for net in nets.values():

@@ -99,6 +99,16 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def mode_for_run(mode: str, *, steps_left: int, min_steps: int, log: Callable[[str], None] | None = _print) -> str:
+    """`mode`, or "off" for a run too short to earn back its compile (`loop.compile_min_steps`), said in one line."""
+    if check_mode(mode) == "off" or steps_left >= min_steps:
+        return mode
+    if log is not None:
+        log(f"[ganpipe] loop.compile={mode} not applied: {steps_left} steps to train < loop.compile_min_steps "
+            f"{min_steps}, too few to earn back the compile; training eagerly")
+    return "off"
+
+
 def compile_nets(
     nets: dict[str, nn.Module], *, mode: str, log: Callable[[str], None] | None = _print,
     cache: str | Path | None = None,

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pipelines.spec.config import PRECISIONS
+from pipelines.spec.defaults import LAYOUTS
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -45,9 +46,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def wants_channels_last(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
-    """NHWC weights and activations: cuDNN's fast layout, and on CPUs the layout oneDNN's bf16 convolutions
-    run fastest in (measured on DCGAN, BENCHMARKS.md)."""
+def wants_channels_last(device: torch.device, amp_dtype: torch.dtype | None, layout: str = "auto") -> bool:
+    """NHWC weights and activations for `loop.layout`: "auto" picks them on GPUs (cuDNN's fast layout) and
+    with bf16 on CPUs (oneDNN's bf16 convolutions run fastest in it: measured on DCGAN, BENCHMARKS.md).
+    "contiguous" exists for CPU runs whose optimizer is fused: torch's CPU fused Adam works on contiguous
+    tensors and copies channels_last weights, gradients and moments in and out on every step."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    if layout != "auto":
+        return layout == "channels_last"
     return device.type == "cuda" or amp_dtype is not None
 
 

@@ -25,8 +25,7 @@ from gan_models import get_family
 from pipelines.engine.compiled import check_mode, compile_nets, compile_seconds
 from pipelines.engine.precision import to_channels_last, wants_channels_last
 from pipelines.spec.config import parse_value
-
-LAYOUTS = ("auto", "channels_last", "contiguous")  # auto: what training picks for the device and precision
+from pipelines.spec.defaults import LAYOUTS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,9 +69,7 @@ class _Runner:
         torch.manual_seed(seed)
         self.nets = {k: v.to(dev) for k, v in fam.build(cfg).items()}
         self.amp_dtype = torch.bfloat16 if setting.amp else None
-        nhwc = setting.layout == "channels_last"
-        if setting.layout == "auto":  # the layout training uses for this device and precision
-            nhwc = wants_channels_last(dev, self.amp_dtype)
+        nhwc = wants_channels_last(dev, self.amp_dtype, setting.layout)  # what training does with loop.layout
         if nhwc:
             for net in self.nets.values():
                 to_channels_last(net)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from data_prep.prefetch import MAX_DECODE_WORKERS, POOL_KINDS
 from gan_models import get_family
-from pipelines.spec.defaults import COMPILE_MODES, default_store
+from pipelines.spec.defaults import COMPILE_MODES, LAYOUTS, default_store
 
 PRECISIONS = ("auto", "fp32", "bf16")  # loop.precision; pipelines.engine.precision applies them
 
@@ -57,18 +57,28 @@ class LoopConfig:
     threads: int = 0  # torch intra-op threads per process (0: Ray workers use cpus_per_worker, else torch's default)
     precision: str = "auto"  # "fp32"; "bf16": autocast where native (GPUs, AVX512-BF16/AMX CPUs), else fp32;
     #                          "auto": bf16 on GPUs that have it, fp32 on CPUs
+    # Memory layout of weights and activations: "auto" = channels_last on GPUs and with bf16 on CPUs (oneDNN's
+    # fast bf16 convs); "contiguous" where the CPU's fused Adam would copy channels_last weights every step
+    # (pix2pix, CycleGAN, StarGAN: measured in BENCHMARKS.md, "layout"); "channels_last" always.
+    layout: str = "auto"
     # torch.compile each network in this mode ("off": eager); pays back its compile time only on long runs
     # (README, BENCHMARKS.md). Gradient penalties (double backward) run eagerly whatever it is.
     compile: str = "off"
+    # loop.compile applies only to a run that trains at least this many steps in this process (a resumed run
+    # counts the steps left): a cold compile costs 20-90 s per network on a CPU, which a short run or a quick
+    # check never earns back (the rule and its numbers: README, "loop.compile"). 0: always.
+    compile_min_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"loop.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"loop.layout must be one of {', '.join(LAYOUTS)}; got {self.layout!r}")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"loop.compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
         # A negative count would train nothing and then look for a checkpoint; a zero period divides by zero.
         _check_at_least(self, "loop", steps=1, log_every=1, checkpoint_every=1, sample_every=0, eval_every=0,
-                        ema_start=0, threads=0)
+                        ema_start=0, threads=0, compile_min_steps=0)
         if not 0.0 <= self.lr_decay_from <= 1.0:
             raise ValueError(f"loop.lr_decay_from is a fraction of loop.steps in [0, 1]; got {self.lr_decay_from}")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -10,12 +10,15 @@ from pipelines.spec.config import DataConfig, LoopConfig, ScaleConfig, TrackConf
 
 
 def dcgan_paper(dataset: str = "mnist5k") -> TrainSpec:
-    """DCGAN with the paper's settings (Adam 2e-4, β1 0.5, batch 128 in total, BCE); image size from the data."""
+    """DCGAN with the paper's settings (Adam 2e-4, β1 0.5, batch 128 in total, BCE); image size from the data.
+
+    Arithmetic, not the model: bf16 autocast where the device has it natively (2.06x fp32 at 64 px, batch 64 on an
+    AVX512-BF16 CPU; compiling added nothing on top: BENCHMARKS.md, "Eager vs compiled")."""
     return TrainSpec(
         family="dcgan",
         model=dcgan.Config(image_size=32, channels=1),
         data=DataConfig(dataset=dataset, batch_size=64),
-        loop=LoopConfig(steps=5000),
+        loop=LoopConfig(steps=5000, precision="bf16"),
         scale=ScaleConfig(workers=2),
     )
 
@@ -55,36 +58,50 @@ def dcgan_mnist5k_demo(dataset: str = "mnist5k") -> TrainSpec:
 
 def pix2pix_paper(dataset: str = "facades") -> TrainSpec:
     """Pix2Pix as the official train defaults: unet_256, 70x70 PatchGAN, λ_L1 100, batch 1, 100 + 100 epochs
-    (set loop.steps to 200 x the training-set size for the paper's schedule)."""
+    (set loop.steps to 200 x the training-set size for the paper's schedule).
+
+    Arithmetic, not the model: bf16 autocast where native, in the contiguous layout (1.17x fp32 eager at
+    unet_128 @128 b1 on an AVX512-BF16 CPU; channels_last makes the fused Adam copy every weight; compiling is
+    slower: BENCHMARKS.md)."""
     return TrainSpec(
         family="pix2pix",
         model=pix2pix.Config(),
         data=DataConfig(dataset=dataset, batch_size=1),
-        loop=LoopConfig(steps=80_000, log_every=100, checkpoint_every=2000, sample_every=1000),
+        loop=LoopConfig(steps=80_000, log_every=100, checkpoint_every=2000, sample_every=1000, precision="bf16",
+                        layout="contiguous"),
         scale=ScaleConfig(workers=1),
     )
 
 
 def cyclegan_paper(dataset: str = "horse2zebra") -> TrainSpec:
     """CycleGAN as the official train defaults: resnet_9blocks, instance norm, lsgan, λ 10 / 10 / 0.5, pool 50,
-    batch 1."""
+    batch 1.
+
+    Arithmetic, not the model: bf16 autocast where native, in the contiguous layout (1.64x fp32 eager at
+    resnet_6 @128 b1 on an AVX512-BF16 CPU interleaved, 1.80x one setting per process; compiling on top was
+    1.10x interleaved and 0.95x alone, so it stays off: BENCHMARKS.md)."""
     return TrainSpec(
         family="cyclegan",
         model=cyclegan.Config(),
         data=DataConfig(dataset=dataset, batch_size=1),
-        loop=LoopConfig(steps=200_000, log_every=100, checkpoint_every=2000, sample_every=1000),
+        loop=LoopConfig(steps=200_000, log_every=100, checkpoint_every=2000, sample_every=1000, precision="bf16",
+                        layout="contiguous"),
         scale=ScaleConfig(workers=1),
     )
 
 
 def stargan_paper(dataset: str = "celeba") -> TrainSpec:
     """StarGAN as the official CelebA defaults: 6 residual blocks, WGAN-GP (λ_gp 10, n_critic 5), λ_cls 1,
-    λ_rec 10, Adam 1e-4, batch 16, 200k iterations with linear decay over the last 100k."""
+    λ_rec 10, Adam 1e-4, batch 16, 200k iterations with linear decay over the last 100k.
+
+    Arithmetic, not the model: bf16 autocast where native, in the contiguous layout (1.18x fp32 eager at 64 px
+    b16 on an AVX512-BF16 CPU; compiling is slower, the gradient penalty's pass being eager: BENCHMARKS.md)."""
     return TrainSpec(
         family="stargan",
         model=stargan.Config(),
         data=DataConfig(dataset=dataset, batch_size=16),
-        loop=LoopConfig(steps=200_000, log_every=100, checkpoint_every=5000, sample_every=1000),
+        loop=LoopConfig(steps=200_000, log_every=100, checkpoint_every=5000, sample_every=1000, precision="bf16",
+                        layout="contiguous"),
         scale=ScaleConfig(workers=1),
     )
 
@@ -115,7 +132,8 @@ def stargan_mnist5k_demo(dataset: str = "mnist5k-attributes-16px") -> TrainSpec:
     instead may not draw ink farther than 1 px from the input's (`model.stroke_exempt_reach`: without a bound,
     thickening merged a faint digit's strokes into a blob, and thick kept the digit in only ~0.7); 5,500
     iterations (the digit kept still rose ~0.03 per 1,000 at 4,000, short of 0.8). The rest (WGAN-GP λ_gp 10,
-    λ_cls 1, λ_rec 10, batch 16) as the paper."""
+    λ_cls 1, λ_rec 10, batch 16) as the paper. Arithmetic: fp32 eager; bf16 compiled steps are faster alone
+    (1.25x in `ganpipe bench`) but the demo ran no faster with them (BENCHMARKS.md)."""
     return TrainSpec(
         family="stargan",
         model=stargan.Config(image_size=16, g_conv_dim=32, d_conv_dim=16, g_repeat_num=3, d_repeat_num=3,

@@ -17,7 +17,7 @@ from data_prep.prefetch import default_decode_workers
 from data_prep.reader import read_manifest
 from gan_models import get_family
 from pipelines.engine.checkpoint import load_state, restore, restore_rng, training_state
-from pipelines.engine.compiled import compile_nets, inductor_cache_folder
+from pipelines.engine.compiled import compile_nets, inductor_cache_folder, mode_for_run
 from pipelines.engine.loop import GeneratorEMA, Report, fit, sample_grid
 from pipelines.engine.precision import autocast_dtype, to_channels_last, wants_channels_last
 from pipelines.engine.progress import BarFactory, TrainProgress
@@ -144,7 +144,7 @@ def run_rank(
     amp_dtype = autocast_dtype(spec.loop.precision, device)
     for net in nets.values():
         net.to(device)
-        if wants_channels_last(device, amp_dtype):
+        if wants_channels_last(device, amp_dtype, spec.loop.layout):
             to_channels_last(net)
     ema = None
     if spec.loop.ema_decay > 0:
@@ -158,7 +158,10 @@ def run_rank(
         if rank == 0:
             print(f"[ganpipe] resuming {spec.run_name} from step {start_step}", flush=True)
     # Compiled in place (same parameters and state-dict keys), after the restore and before DDP wraps them.
-    compile_nets(nets, mode=spec.loop.compile, log=print if rank == 0 else None, cache=job.inductor_cache or None)
+    log = print if rank == 0 else None
+    mode = mode_for_run(spec.loop.compile, steps_left=spec.loop.steps - start_step,
+                        min_steps=spec.loop.compile_min_steps, log=log)  # fmt: skip
+    compile_nets(nets, mode=mode, log=log, cache=job.inductor_cache or None)
     # Optimizer state was created on the parameters before wrapping; DDP keeps the same parameter objects.
     nets = {name: prepare_model(net) for name, net in nets.items()}
     if not (resume_dir is not None and restore_rng(resume_dir, rank)):

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from pipelines.spec.argtypes import non_negative_float, non_negative_int, positive_int
-from pipelines.spec.defaults import COMPILE_MODES, DEMO_FAMILIES, FORWARDED_ENV
+from pipelines.spec.defaults import COMPILE_MODES, DEMO_FAMILIES, FORWARDED_ENV, LAYOUTS
 from pipelines.spec.options.common import add_tracking_arg
 
 
@@ -46,9 +46,9 @@ def add_parsers(sub: Any) -> None:
                         "several: each is timed, interleaved (default off)")
     p.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=None,
                    help="fp32 and/or bf16 autocast, interleaved (default fp32; --amp is --precision bf16)")
-    p.add_argument("--layout", nargs="+", choices=("auto", "channels_last", "contiguous"), default=["auto"],
+    p.add_argument("--layout", nargs="+", choices=LAYOUTS, default=["auto"],
                    help="memory layout of weights and activations (auto: channels_last on GPUs and with bf16, "
-                        "as training picks)")
+                        "as training picks with loop.layout=auto)")
     p.add_argument("--explain", action="store_true",
                    help="time nothing: list each network's graphs and graph breaks under torch.compile "
                         "(torch._dynamo.explain on its inputs in one train step)")
