@@ -10,7 +10,7 @@ import torch
 from gan_models import dcgan, get_family
 from pipelines.engine.checkpoint import load_state, restore, save_state, training_state
 from pipelines.engine.loop import GeneratorEMA, Report, fit
-from pipelines.engine.precision import autocast_dtype, native_bf16, wants_channels_last
+from pipelines.engine.precision import autocast_dtype, fused, native_bf16, wants_channels_last
 from pipelines.spec.config import LoopConfig, TrainSpec, apply_overrides
 from pipelines.spec.recipes import dcgan_paper
 
@@ -196,9 +196,17 @@ def test_precision_resolves_per_device_and_rejects_unknown_names():
         apply_overrides(dcgan_paper(), ["loop.precision=fp16"])
 
 
-def test_loop_layout_overrides_the_automatic_choice():
+def test_loop_layout_is_channels_last_for_bf16_on_cpu_unless_adam_is_fused():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert not wants_channels_last(cpu, torch.bfloat16, "contiguous")  # fused-Adam families under bf16
+    for name, fused_adam in (("dcgan", False), ("pix2pix", True), ("cyclegan", True), ("stargan", True)):
+        fam = get_family(name)
+        cfg = fam.config()
+        assert fused(fam.build_optimizers(cfg, fam.build(cfg))) is fused_adam, name
+    # The CPU's fused Adam would copy channels_last weights every step; a GPU keeps channels_last either way.
+    assert wants_channels_last(cpu, torch.bfloat16, fused_optimizer=False)
+    assert not wants_channels_last(cpu, torch.bfloat16, fused_optimizer=True)
+    assert wants_channels_last(gpu, torch.bfloat16, fused_optimizer=True)
+    assert not wants_channels_last(cpu, torch.bfloat16, "contiguous")
     assert not wants_channels_last(gpu, None, "contiguous") and wants_channels_last(cpu, None, "channels_last")
     assert wants_channels_last(gpu, None, "auto") and not wants_channels_last(cpu, None, "auto")
     with pytest.raises(ValueError, match="loop.layout must be one of auto, channels_last, contiguous; got 'nhwc'"):

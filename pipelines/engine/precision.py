@@ -46,16 +46,22 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def wants_channels_last(device: torch.device, amp_dtype: torch.dtype | None, layout: str = "auto") -> bool:
-    """NHWC weights and activations for `loop.layout`: "auto" picks them on GPUs (cuDNN's fast layout) and
-    with bf16 on CPUs (oneDNN's bf16 convolutions run fastest in it: measured on DCGAN, BENCHMARKS.md).
-    "contiguous" exists for CPU runs whose optimizer is fused: torch's CPU fused Adam works on contiguous
-    tensors and copies channels_last weights, gradients and moments in and out on every step."""
+def wants_channels_last(device: torch.device, amp_dtype: torch.dtype | None, layout: str = "auto", *,
+                        fused_optimizer: bool = False) -> bool:
+    """NHWC weights and activations for `loop.layout`. "auto" picks them on GPUs (cuDNN's fast layout) and with
+    bf16 on CPUs (oneDNN's bf16 convolutions run fastest in it: measured on DCGAN, BENCHMARKS.md) unless the
+    optimizer is fused there: torch's CPU fused Adam works on contiguous tensors and copies channels_last
+    weights, gradients and moments in and out on every step (half of a pix2pix bf16 step at batch 1)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
     if layout != "auto":
         return layout == "channels_last"
-    return device.type == "cuda" or amp_dtype is not None
+    return device.type == "cuda" or (amp_dtype is not None and not fused_optimizer)
+
+
+def fused(opts: dict[str, torch.optim.Optimizer]) -> bool:
+    """Whether any of a run's optimizers runs torch's fused kernel (pix2pix, CycleGAN and StarGAN build them so)."""
+    return any(opt.defaults.get("fused") for opt in opts.values())
 
 
 def to_channels_last(net: nn.Module) -> nn.Module:

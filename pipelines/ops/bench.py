@@ -23,7 +23,7 @@ import torch
 
 from gan_models import get_family
 from pipelines.engine.compiled import check_mode, compile_nets, compile_seconds
-from pipelines.engine.precision import to_channels_last, wants_channels_last
+from pipelines.engine.precision import fused, to_channels_last, wants_channels_last
 from pipelines.spec.config import parse_value
 from pipelines.spec.defaults import LAYOUTS
 
@@ -69,12 +69,13 @@ class _Runner:
         torch.manual_seed(seed)
         self.nets = {k: v.to(dev) for k, v in fam.build(cfg).items()}
         self.amp_dtype = torch.bfloat16 if setting.amp else None
-        nhwc = wants_channels_last(dev, self.amp_dtype, setting.layout)  # what training does with loop.layout
+        self.opts = fam.build_optimizers(cfg, self.nets)
+        # What training does with loop.layout (pipelines/training/worker.py).
+        nhwc = wants_channels_last(dev, self.amp_dtype, setting.layout, fused_optimizer=fused(self.opts))
         if nhwc:
             for net in self.nets.values():
                 to_channels_last(net)
         self.channels_last = nhwc
-        self.opts = fam.build_optimizers(cfg, self.nets)
         self.extra = fam.extra_state(cfg, self.opts, seed=seed) if fam.extra_state is not None else None
         self.batch = fam.example_batch(cfg, batch, generator=torch.Generator(dev).manual_seed(seed), device=dev)
         compile_nets(self.nets, mode=setting.compile, log=None)

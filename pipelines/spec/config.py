@@ -57,9 +57,9 @@ class LoopConfig:
     threads: int = 0  # torch intra-op threads per process (0: Ray workers use cpus_per_worker, else torch's default)
     precision: str = "auto"  # "fp32"; "bf16": autocast where native (GPUs, AVX512-BF16/AMX CPUs), else fp32;
     #                          "auto": bf16 on GPUs that have it, fp32 on CPUs
-    # Memory layout of weights and activations: "auto" = channels_last on GPUs and with bf16 on CPUs (oneDNN's
-    # fast bf16 convs); "contiguous" where the CPU's fused Adam would copy channels_last weights every step
-    # (pix2pix, CycleGAN, StarGAN: measured in BENCHMARKS.md, "layout"); "channels_last" always.
+    # Memory layout of weights and activations: "auto" = channels_last on GPUs, and with bf16 on CPUs unless the
+    # optimizer is fused (the CPU's fused Adam would copy channels_last weights every step: pix2pix, CycleGAN,
+    # StarGAN; BENCHMARKS.md, "The layout"); "channels_last" or "contiguous" override it.
     layout: str = "auto"
     # torch.compile each network in this mode ("off": eager); pays back its compile time only on long runs
     # (README, BENCHMARKS.md). Gradient penalties (double backward) run eagerly whatever it is.

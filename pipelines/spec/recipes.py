@@ -60,15 +60,14 @@ def pix2pix_paper(dataset: str = "facades") -> TrainSpec:
     """Pix2Pix as the official train defaults: unet_256, 70x70 PatchGAN, λ_L1 100, batch 1, 100 + 100 epochs
     (set loop.steps to 200 x the training-set size for the paper's schedule).
 
-    Arithmetic, not the model: bf16 autocast where native, in the contiguous layout (1.17x fp32 eager at
-    unet_128 @128 b1 on an AVX512-BF16 CPU; channels_last makes the fused Adam copy every weight; compiling is
+    Arithmetic, not the model: bf16 autocast where native (1.17x fp32 eager at unet_128 @128 b1 on an
+    AVX512-BF16 CPU, in the contiguous layout that `loop.layout=auto` picks for a fused Adam; compiling is
     slower: BENCHMARKS.md)."""
     return TrainSpec(
         family="pix2pix",
         model=pix2pix.Config(),
         data=DataConfig(dataset=dataset, batch_size=1),
-        loop=LoopConfig(steps=80_000, log_every=100, checkpoint_every=2000, sample_every=1000, precision="bf16",
-                        layout="contiguous"),
+        loop=LoopConfig(steps=80_000, log_every=100, checkpoint_every=2000, sample_every=1000, precision="bf16"),
         scale=ScaleConfig(workers=1),
     )
 
@@ -77,15 +76,15 @@ def cyclegan_paper(dataset: str = "horse2zebra") -> TrainSpec:
     """CycleGAN as the official train defaults: resnet_9blocks, instance norm, lsgan, λ 10 / 10 / 0.5, pool 50,
     batch 1.
 
-    Arithmetic, not the model: bf16 autocast where native, in the contiguous layout (1.64x fp32 eager at
-    resnet_6 @128 b1 on an AVX512-BF16 CPU interleaved, 1.80x one setting per process; compiling on top was
-    1.10x interleaved and 0.95x alone, so it stays off: BENCHMARKS.md)."""
+    Arithmetic, not the model: bf16 autocast where native (resnet_6 @128 b1 on an AVX512-BF16 CPU, in the
+    contiguous layout that `loop.layout=auto` picks for a fused Adam: 1.64x fp32 eager interleaved, 1.80x one
+    setting per process; compiling on top was 1.10x interleaved and 0.95x alone, so it stays off:
+    BENCHMARKS.md)."""
     return TrainSpec(
         family="cyclegan",
         model=cyclegan.Config(),
         data=DataConfig(dataset=dataset, batch_size=1),
-        loop=LoopConfig(steps=200_000, log_every=100, checkpoint_every=2000, sample_every=1000, precision="bf16",
-                        layout="contiguous"),
+        loop=LoopConfig(steps=200_000, log_every=100, checkpoint_every=2000, sample_every=1000, precision="bf16"),
         scale=ScaleConfig(workers=1),
     )
 
@@ -94,14 +93,14 @@ def stargan_paper(dataset: str = "celeba") -> TrainSpec:
     """StarGAN as the official CelebA defaults: 6 residual blocks, WGAN-GP (λ_gp 10, n_critic 5), λ_cls 1,
     λ_rec 10, Adam 1e-4, batch 16, 200k iterations with linear decay over the last 100k.
 
-    Arithmetic, not the model: bf16 autocast where native, in the contiguous layout (1.18x fp32 eager at 64 px
-    b16 on an AVX512-BF16 CPU; compiling is slower, the gradient penalty's pass being eager: BENCHMARKS.md)."""
+    Arithmetic, not the model: bf16 autocast where native (1.18x fp32 eager at 64 px b16 on an AVX512-BF16
+    CPU, in the contiguous layout that `loop.layout=auto` picks for a fused Adam; compiling is slower, the
+    gradient penalty's pass being eager: BENCHMARKS.md)."""
     return TrainSpec(
         family="stargan",
         model=stargan.Config(),
         data=DataConfig(dataset=dataset, batch_size=16),
-        loop=LoopConfig(steps=200_000, log_every=100, checkpoint_every=5000, sample_every=1000, precision="bf16",
-                        layout="contiguous"),
+        loop=LoopConfig(steps=200_000, log_every=100, checkpoint_every=5000, sample_every=1000, precision="bf16"),
         scale=ScaleConfig(workers=1),
     )
 

@@ -19,7 +19,7 @@ from gan_models import get_family
 from pipelines.engine.checkpoint import load_state, restore, restore_rng, training_state
 from pipelines.engine.compiled import compile_nets, inductor_cache_folder, mode_for_run
 from pipelines.engine.loop import GeneratorEMA, Report, fit, sample_grid
-from pipelines.engine.precision import autocast_dtype, to_channels_last, wants_channels_last
+from pipelines.engine.precision import autocast_dtype, fused, to_channels_last, wants_channels_last
 from pipelines.engine.progress import BarFactory, TrainProgress
 from pipelines.evaluation.kinds import Evaluators, kind_metrics_fn
 from pipelines.spec.config import TrainSpec
@@ -144,12 +144,15 @@ def run_rank(
     amp_dtype = autocast_dtype(spec.loop.precision, device)
     for net in nets.values():
         net.to(device)
-        if wants_channels_last(device, amp_dtype, spec.loop.layout):
+    # Optimizers first, for the layout to know whether they are fused; a layout change keeps each Parameter
+    # object (only its data moves), so the optimizers built here still hold the networks' parameters.
+    opts = family.build_optimizers(spec.model, nets)
+    if wants_channels_last(device, amp_dtype, spec.loop.layout, fused_optimizer=fused(opts)):
+        for net in nets.values():
             to_channels_last(net)
     ema = None
     if spec.loop.ema_decay > 0:
         ema = GeneratorEMA.of(nets[family.generator], decay=spec.loop.ema_decay, start=spec.loop.ema_start)
-    opts = family.build_optimizers(spec.model, nets)
     # Image pools and LR schedulers; each rank's pool draws from its own seed, as each GPU's would.
     extra = family.extra_state(spec.model, opts, seed=spec.loop.seed + rank) if family.extra_state else None
     start_step = 0

@@ -47,8 +47,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=None,
                    help="fp32 and/or bf16 autocast, interleaved (default fp32; --amp is --precision bf16)")
     p.add_argument("--layout", nargs="+", choices=LAYOUTS, default=["auto"],
-                   help="memory layout of weights and activations (auto: channels_last on GPUs and with bf16, "
-                        "as training picks with loop.layout=auto)")
+                   help="memory layout of weights and activations (auto: channels_last on GPUs, and with bf16 on "
+                        "CPUs unless the family's Adam is fused, as training picks with loop.layout=auto)")
     p.add_argument("--explain", action="store_true",
                    help="time nothing: list each network's graphs and graph breaks under torch.compile "
                         "(torch._dynamo.explain on its inputs in one train step)")
