@@ -7,7 +7,7 @@ import os
 # loop.compile and `ganpipe bench --compile`: torch.compile's mode for every network; "off" runs eagerly.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # loop.layout and `ganpipe bench --layout`: the memory layout of weights and activations ("auto": what
-# pipelines.engine.precision.wants_channels_last picks for the device and precision).
+# pipelines.engine.precision.wants_channels_last picks for the device, precision and optimizer).
 LAYOUTS = ("auto", "channels_last", "contiguous")
 DEFAULT_HOME = ".ganpipe"  # local state: store, MLflow database, services, caches
 DEFAULT_STORE = f"{DEFAULT_HOME}/store"  # datasets, checkpoints and caches when no --store is given
