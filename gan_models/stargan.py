@@ -525,10 +525,7 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
         if cfg.lambda_stroke > 0:
             exempt = list(stroke_exempt(cfg))
             keeps = (c_trg[:, exempt] == c_org[:, exempt]).all(1) if exempt else None
-            g_loss_stroke = stroke.stroke_l1(x_real, x_fake, weight=keeps)
-            if keeps is not None and cfg.stroke_exempt_reach >= 0:
-                g_loss_stroke = g_loss_stroke + stroke.ink_outside(x_real, x_fake, reach=cfg.stroke_exempt_reach,
-                                                                   weight=~keeps)
+            g_loss_stroke = stroke.keep_stroke(x_real, x_fake, keeps=keeps, reach=cfg.stroke_exempt_reach)
             g_loss = g_loss + cfg.lambda_stroke * g_loss_stroke
             out["loss/G_stroke"] = g_loss_stroke.detach()
         g_loss.backward()

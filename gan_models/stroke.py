@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+INK_LEVEL = 0.1  # a mask value above this is ink for `ink_outside`, however faint the stroke
+
 
 def white_background(images: Tensor) -> Tensor:
     """(n,) bool: the image's mean level is above mid-grey, i.e. it is drawn on white. Decided from the image
@@ -35,22 +37,39 @@ def stroke_l1(source: Tensor, translated: Tensor, *, weight: Tensor | None = Non
 
     `weight` (n,) in {0, 1}: only the translations with weight 1 count (the mean over them; 0 if none), so a
     change that is meant to move ink (a thicker or thinner stroke) can be left out."""
-    per_image = (stroke_mask(source) - stroke_mask(translated)).abs().mean(dim=(1, 2))
-    return _mean_over(per_image, weight)
+    return _l1(stroke_mask(source), stroke_mask(translated), weight)
 
 
 def ink_outside(source: Tensor, translated: Tensor, *, reach: int, weight: Tensor | None = None,
-                level: float = 0.1) -> Tensor:
+                level: float = INK_LEVEL) -> Tensor:
     """E[mean of m(translated) where the source has no ink within `reach` pixels]: 0 when the translation draws
     only on or next to the input's strokes, as a thicker or thinner stroke does; > 0 for ink elsewhere, such as
     strokes merged into a blob. The bound for the changes `stroke_l1` leaves out (`weight` as there).
 
     The source's ink is its mask above `level`, whatever its intensity: a faint, thin digit bounds the region as
     much as a bold one does."""
-    inked = (stroke_mask(source) > level).float()[:, None]
+    return _outside(stroke_mask(source), stroke_mask(translated), reach, weight, level)
+
+
+def keep_stroke(source: Tensor, translated: Tensor, *, keeps: Tensor | None, reach: int) -> Tensor:
+    """StarGAN's stroke term, each mask computed once: `stroke_l1` over the translations that `keeps` (all when
+    None), plus, when `reach` >= 0, `ink_outside` over the others (those meant to move ink)."""
+    source_mask, translated_mask = stroke_mask(source), stroke_mask(translated)
+    loss = _l1(source_mask, translated_mask, keeps)
+    if keeps is not None and reach >= 0:
+        loss = loss + _outside(source_mask, translated_mask, reach, ~keeps, INK_LEVEL)
+    return loss
+
+
+def _l1(source_mask: Tensor, translated_mask: Tensor, weight: Tensor | None) -> Tensor:
+    return _mean_over((source_mask - translated_mask).abs().mean(dim=(1, 2)), weight)
+
+
+def _outside(source_mask: Tensor, translated_mask: Tensor, reach: int, weight: Tensor | None,
+             level: float) -> Tensor:
+    inked = (source_mask > level).float()[:, None]
     near = F.max_pool2d(inked, 2 * reach + 1, stride=1, padding=reach)[:, 0]
-    per_image = (stroke_mask(translated) * (1 - near)).mean(dim=(1, 2))
-    return _mean_over(per_image, weight)
+    return _mean_over((translated_mask * (1 - near)).mean(dim=(1, 2)), weight)
 
 
 def _mean_over(per_image: Tensor, weight: Tensor | None) -> Tensor:

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from pipelines.spec.config import PRECISIONS
-from pipelines.spec.defaults import LAYOUTS
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -52,9 +51,7 @@ def wants_channels_last(device: torch.device, amp_dtype: torch.dtype | None, lay
     bf16 on CPUs (oneDNN's bf16 convolutions run fastest in it: measured on DCGAN, BENCHMARKS.md) unless the
     optimizer is fused there: torch's CPU fused Adam works on contiguous tensors and copies channels_last
     weights, gradients and moments in and out on every step (half of a pix2pix bf16 step at batch 1)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-    if layout != "auto":
+    if layout != "auto":  # validated where it is read: LoopConfig, bench's Setting
         return layout == "channels_last"
     return device.type == "cuda" or (amp_dtype is not None and not fused_optimizer)
 
