@@ -415,6 +415,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, state: dict
         out = stargan.train_step(wrapped, _sgd(wrapped), local, cfg)
         torch.save({"params": {k: dict(n.named_parameters()) for k, n in nets.items()},
                     "losses": {k: v for k, v in out.items()}}, os.path.join(out_dir, f"rank{rank}.pt"))
+        # Neither rank tears its gloo pairs down while the other may still use them: a peer closing early
+        # aborted the other rank once ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
