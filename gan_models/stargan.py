@@ -473,9 +473,16 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
     g_turn = (it + 1) % cfg.n_critic == 0
 
     # (0) x_fake = G(x, c). The G step below uses the same tensor (G has not changed in between; the
-    #     official code recomputes it), so its graph is kept only on G iterations.
+    #     official code recomputes it), so its graph is kept only on G iterations. With an identity term,
+    #     G(x, c') rides in the same call: every norm in G is per image, so the doubled batch computes exactly
+    #     the two calls' outputs with one call's overhead (at the demo's 16 px: G's part 25% faster, the whole
+    #     step within this CPU's noise; BENCHMARKS.md, "StarGAN demo step").
+    with_id = g_turn and cfg.lambda_id > 0
     with torch.set_grad_enabled(g_turn and torch.is_grad_enabled()):
-        x_fake = g_net(x_real, c_trg)
+        if with_id:
+            x_fake, x_id = g_net(torch.cat([x_real, x_real]), torch.cat([c_trg, c_org])).chunk(2)
+        else:
+            x_fake = g_net(x_real, c_trg)
 
     # (1) D step: L_D = -L_adv + λ_cls L_cls^r + λ_gp GP (paper eq. 5 with the WGAN-GP L_adv of eq. 8), where
     #     -L_adv = -E[D_src(x)] + E[D_src(G(x, c))] and L_cls^r = E[-log D_cls(c'|x)].
@@ -518,8 +525,8 @@ def train_step(nets: Nets, opts: Optimizers, batch: Batch, cfg: Config) -> dict[
         x_rec = g_net(x_fake, c_org)
         g_loss_rec = (x_real - x_rec).abs().mean()
         g_loss = g_loss_fake + cfg.lambda_cls * g_loss_cls + cfg.lambda_rec * g_loss_rec
-        if cfg.lambda_id > 0:  # an extra G pass only when asked, so the paper's step costs what it did
-            g_loss_id = (x_real - g_net(x_real, c_org)).abs().mean()
+        if with_id:
+            g_loss_id = (x_real - x_id).abs().mean()
             g_loss = g_loss + cfg.lambda_id * g_loss_id
             out["loss/G_id"] = g_loss_id.detach()
         if cfg.lambda_stroke > 0:

@@ -129,6 +129,32 @@ def test_stargan_identity_term_is_off_by_default_and_adds_lambda_id_times_l1_of_
         stargan.Config(lambda_id=-1.0)
 
 
+@pytest.mark.parametrize("label_norm", [False, True])
+def test_stargan_identity_pass_shared_with_the_translation_gives_two_separate_calls_gradients(label_norm: bool):
+    # The step computes G(x, c) and G(x, c') in one call on the doubled batch; G's norms are per image (instance
+    # norm, LabelNorm), so G's update must equal the one from two separate calls. D's lr is 0 so the reference
+    # G loss can use the same D.
+    cfg, nets = _stargan(lambda_id=2.0, g_label_norm=label_norm)
+    ref = stargan.build(cfg)
+    for k in nets:
+        ref[k].load_state_dict(nets[k].state_dict())
+    batch = _stargan_step_inputs(cfg, 3)
+    x, c_org, c_trg = batch["image"], batch["attrs"], batch["target_attrs"]
+    opts = {"G": torch.optim.SGD(nets["G"].parameters(), lr=0.1), "D": torch.optim.SGD(nets["D"].parameters(), lr=0.0)}
+    out = stargan.train_step(nets, opts, batch, cfg)
+
+    fake = ref["G"](x, c_trg)
+    src_g, cls_g = ref["D"](fake)
+    g_loss = (-src_g.mean() + stargan.classification_loss(cls_g, c_trg, cfg.label_mode)
+              + 10.0 * (x - ref["G"](fake, c_org)).abs().mean() + 2.0 * (x - ref["G"](x, c_org)).abs().mean())
+    assert_close(out["loss/G"], g_loss.detach())
+    g_loss.backward()
+    with torch.no_grad():
+        for (name, p), p_ref in zip(nets["G"].named_parameters(), ref["G"].parameters(), strict=True):
+            assert_close(p, p_ref - 0.1 * p_ref.grad, msg=name)
+            assert p_ref.grad.abs().sum() > 0, name
+
+
 def test_stargan_labels_at_output_feed_c_to_the_last_conv_and_keep_the_official_keys_when_off():
     paper_cfg, paper = _stargan()
     cfg, nets = _stargan(g_labels_at_output=True)
