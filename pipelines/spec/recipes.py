@@ -121,7 +121,8 @@ def stargan_mnist5k_demo(dataset: str = "mnist5k-attributes-16px") -> TrainSpec:
     in minutes, keeping the digit. Beyond the paper, each measured on this set (BENCHMARKS.md): 16x16 images and
     narrow networks to fit the time (G 32 channels with 3 residual blocks, D 16 channels with 3 convs); one D
     update per G update (n_critic 1: 5x the paper's G updates in the same iterations; with the paper's 5, G had
-    made 300 updates at the end and drew every translation as a coloured blob); lr 2e-4 without decay; an
+    made 300 updates at the end and drew every translation as a coloured blob); lr 3e-4 without decay (2e-4 kept
+    the digit ~1,000 iterations later; at 4e-4 one seed of three lost its background inversion late); an
     identity term λ_id 10 (`model.lambda_id`, 0 in the paper: G(x, c') = x for the image's own labels); the
     labels fed again to G's last conv (`model.g_labels_at_output`: the digit is kept sooner); and a keep-the-stroke
     term λ_stroke 10 (`model.lambda_stroke`, gan_models/stroke.py: the L1 between the input's and the
@@ -129,18 +130,18 @@ def stargan_mnist5k_demo(dataset: str = "mnist5k-attributes-16px") -> TrainSpec:
     cycle term accepts, and keeps the digit in ~0.07 of those translations), left out for translations that change
     thick or thin (`model.stroke_exempt`: those move ink on purpose, and the term kept G from thinning), which
     instead may not draw ink farther than 1 px from the input's (`model.stroke_exempt_reach`: without a bound,
-    thickening merged a faint digit's strokes into a blob, and thick kept the digit in only ~0.7); 5,500
-    iterations (the digit kept still rose ~0.03 per 1,000 at 4,000, short of 0.8). The rest (WGAN-GP λ_gp 10,
-    λ_cls 1, λ_rec 10, batch 16) as the paper. Arithmetic: fp32 eager; bf16 compiled steps are faster alone
-    (1.25x in `ganpipe bench`) but the demo ran no faster with them (BENCHMARKS.md)."""
+    thickening merged a faint digit's strokes into a blob, and thick kept the digit in only ~0.7); 4,500
+    iterations. The rest (WGAN-GP λ_gp 10, λ_cls 1, λ_rec 10, batch 16) as the paper. Arithmetic: fp32 eager;
+    bf16 compiled steps are faster alone (1.25x in `ganpipe bench`) but the demo ran no faster with them
+    (BENCHMARKS.md)."""
     return TrainSpec(
         family="stargan",
         model=stargan.Config(image_size=16, g_conv_dim=32, d_conv_dim=16, g_repeat_num=3, d_repeat_num=3,
                              n_critic=1, lambda_id=10.0, lambda_stroke=10.0, stroke_exempt="3,4",
-                             stroke_exempt_reach=1, g_labels_at_output=True, g_lr=2e-4, d_lr=2e-4,
-                             num_iters_decay=0, num_iters=5500),
+                             stroke_exempt_reach=1, g_labels_at_output=True, g_lr=3e-4, d_lr=3e-4,
+                             num_iters_decay=0, num_iters=4500),
         data=DataConfig(dataset=dataset, batch_size=16),
-        loop=LoopConfig(steps=5500, log_every=100, checkpoint_every=1000, sample_every=1000, eval_every=1000),
+        loop=LoopConfig(steps=4500, log_every=100, checkpoint_every=1000, sample_every=1000, eval_every=1000),
         scale=ScaleConfig(workers=0),
     )
 
