@@ -60,7 +60,7 @@ def pix2pix_paper(dataset: str = "facades") -> TrainSpec:
     """Pix2Pix as the official train defaults: unet_256, 70x70 PatchGAN, λ_L1 100, batch 1, 100 + 100 epochs
     (set loop.steps to 200 x the training-set size for the paper's schedule).
 
-    Arithmetic, not the model: bf16 autocast where native (1.17x fp32 eager at unet_128 @128 b1 on an
+    Arithmetic, not the model: bf16 autocast where native (1.17x-1.28x fp32 eager at unet_128 @128 b1 on an
     AVX512-BF16 CPU, in the contiguous layout that `loop.layout=auto` picks for a fused Adam; compiling is
     slower: BENCHMARKS.md)."""
     return TrainSpec(
@@ -93,9 +93,9 @@ def stargan_paper(dataset: str = "celeba") -> TrainSpec:
     """StarGAN as the official CelebA defaults: 6 residual blocks, WGAN-GP (λ_gp 10, n_critic 5), λ_cls 1,
     λ_rec 10, Adam 1e-4, batch 16, 200k iterations with linear decay over the last 100k.
 
-    Arithmetic, not the model: bf16 autocast where native (1.18x fp32 eager at 64 px b16 on an AVX512-BF16
-    CPU, in the contiguous layout that `loop.layout=auto` picks for a fused Adam; compiling is slower, the
-    gradient penalty's pass being eager: BENCHMARKS.md)."""
+    Arithmetic, not the model: bf16 autocast where native (~1.2x fp32 eager at 64 px b16 on an AVX512-BF16
+    CPU timed one setting per process, 1.18x-1.74x interleaved, in the contiguous layout that `loop.layout=auto`
+    picks for a fused Adam; compiling is slower, the gradient penalty's pass being eager: BENCHMARKS.md)."""
     return TrainSpec(
         family="stargan",
         model=stargan.Config(),
