@@ -484,8 +484,9 @@ def test_worker_node_lost_resumes_from_checkpoint_in_the_same_run(
 ) -> None:
     """Issue 7: mid-training, the second node's raylet is killed (its Train worker dies with the node). With
     FailureConfig(max_failures >= 1) the job waits for capacity; once a node joins again Ray Train restarts the
-    worker group from the latest checkpoint, in the same MLflow run: the job reaches the final step, redoes at
-    most the one checkpoint interval after that checkpoint, and every step is logged (repeats only there)."""
+    worker group from the latest checkpoint, in the same MLflow run: the job reaches the final step, redoes only
+    what the first group ran after that checkpoint (less than two intervals), and every step is logged (repeats
+    only there)."""
     # Steps must take long enough to strike inside an interval: the paper's DCGAN width at 32 px, batch 64
     # (~0.2-0.5 s a step on one core of this kind), not the tiny nets of the other tests.
     steps, every, log = 40, 8, 2
@@ -532,7 +533,10 @@ def test_worker_node_lost_resumes_from_checkpoint_in_the_same_run(
     assert _registered_checkpoint(experiment_dir) == steps
     assert "registered models:/dcgan-digits/1" in logs, logs[-3000:]
 
-    # One MLflow run, this job's, finished; every step logged, repeats only in the interval redone after `start`.
+    # One MLflow run, this job's, finished; every step logged once, except the steps the first group ran past
+    # `start` before it died: those are logged twice. The node's workers outlive its raylet by a few steps, and a
+    # checkpoint both ranks reported in that time is lost if the controller had not polled it yet (see
+    # _strike_point), so the redone stretch may run past the next checkpoint step, though never two intervals.
     import mlflow
 
     runs, history = _metric_history(tracking)
@@ -542,7 +546,11 @@ def test_worker_node_lost_resumes_from_checkpoint_in_the_same_run(
     counts = Counter(m.step for m in history)
     assert sorted(counts) == list(range(log, steps + 1, log)), sorted(counts)
     repeated = {s: n for s, n in counts.items() if n > 1}
-    assert set(repeated) <= set(range(start + 1, start + every + 1)) and set(repeated.values()) <= {2}, repeated
+    order = [m.step for m in history]
+    restart = next((i for i in range(1, len(order)) if order[i] <= order[i - 1]), None)
+    reach = start if restart is None else order[restart - 1]  # the last step the first group logged
+    assert set(repeated) == set(range(start + log, reach + 1, log)), (repeated, start, reach)
+    assert set(repeated.values()) <= {2} and reach < start + 2 * every, (repeated, start, reach)
     version = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking).get_model_version("dcgan-digits", "1")
     assert version.run_id == run.info.run_id
 
