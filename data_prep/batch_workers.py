@@ -41,6 +41,11 @@ from data_prep.shard_work import Layout, Loc, StreamContext, load_shard, make_ba
 from data_prep.storage import Store
 
 _SPARE_SLOTS = 2  # beyond the tasks in flight and the prefetch queue: the batch in the training step, one more
+# Batches handed out beyond one running and one queued per worker. Results leave in plan order, so a batch done
+# early waits behind a slower one (a shard load holding a worker for several batches' time) and keeps its
+# place in the window: with no slack the other workers then run dry. At 64 px on 2 cores this slack took
+# two workers from 0.76 to 0.87 of twice one worker's rate (BENCHMARKS.md, "the decode window").
+_SLACK_BATCHES = 4
 _names = itertools.count()
 
 
@@ -89,7 +94,7 @@ class WorkerReader:
     def __init__(self, store: Store, manifest: Manifest, *, workers: int, pool_kind: str, batch_size: int,
                  crop_size: int | None, verify: bool, prefetch: int) -> None:  # fmt: skip
         self.store, self.manifest, self.verify = store, manifest, verify
-        self.ahead = 2 * workers + 2  # every worker busy and its next task queued
+        self.ahead = 2 * workers + 2 + _SLACK_BATCHES  # every worker busy, its next task queued, and slack
         self.reserve = workers + 1
         layout = Layout.of(manifest, batch_size=batch_size, crop_size=crop_size)
         self.slots = None if layout is None else _Slots(layout, self.ahead + prefetch + _SPARE_SLOTS)
