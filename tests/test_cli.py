@@ -43,6 +43,26 @@ def test_demo_accepts_every_demo_family_and_each_has_a_demo_recipe(family: str):
     assert len(demos) == 1 and RECIPES[demos[0]]().family == family
 
 
+def test_the_demo_names_the_ganpipe_a_user_can_type_from_where_they_are(tmp_path, monkeypatch):
+    from pipelines.demos.dcgan import ganpipe_command
+    venv_bin = tmp_path / "proj" / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    script = venv_bin / "ganpipe"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.chdir(tmp_path / "proj")
+    assert ganpipe_command() == ".venv/bin/ganpipe"  # `make demo`: the venv's script, not on PATH
+    monkeypatch.chdir(tmp_path)
+    assert ganpipe_command() == "proj/.venv/bin/ganpipe"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert ganpipe_command() == str(script.resolve())
+    monkeypatch.setenv("PATH", str(venv_bin))
+    assert ganpipe_command() == "ganpipe"  # an installed ganpipe: the bare name works anywhere
+
+
 def test_config_prints_resolved_keys(capsys):
     assert main(["config", "--recipe", "dcgan", "loop.steps=123", "model.ngf=16"]) == 0
     out = capsys.readouterr().out

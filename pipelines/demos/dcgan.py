@@ -4,6 +4,8 @@ differ in architecture, seed and training split (pipelines/evaluation/evaluator.
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +32,19 @@ from pipelines.training.train import train
 # The demo passes when generated digits reach this fraction of the real digits' confident share and score.
 RELATIVE_BAR = 0.8
 ARITHMETIC_CLASSES = (7, 1, 4)  # "7" - "1" + "4": what the latent directions of strokes add up to
+
+
+def ganpipe_command() -> str:
+    """How to call this ganpipe again from the current folder: `make demo` runs `.venv/bin/ganpipe`, which is not
+    on PATH, while an installed ganpipe is; a fixed string would be wrong for one of them."""
+    launched = Path(sys.argv[0]).resolve()
+    on_path = shutil.which("ganpipe")
+    if launched.name != "ganpipe" or (on_path and Path(on_path).resolve() == launched):
+        return "ganpipe"
+    try:
+        return str(launched.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(launched)
 
 
 class PhaseClock:
@@ -135,6 +150,6 @@ def run_demo(*, steps: int | None = None, workers: int | None = None, seed: int 
     clock.lap("pictures")
     print(f"\ndone in {clock.total() / 60:.1f} min ({clock.summary()}): {model_uri} "
           f"(version {outcome.model_version}), MLflow run {outcome.run_id}")
-    print("browse runs, metrics and sample grids:  .venv/bin/ganpipe ui   (then open http://127.0.0.1:5000)")
+    print(f"browse runs, metrics and sample grids:  {ganpipe_command()} ui   (then open http://127.0.0.1:5000)")
     return 0 if passed else 1
 
