@@ -16,7 +16,8 @@ from gan_models import get_family
 from pipelines.engine.checkpoint import load_state, restore, save_state, training_state
 from pipelines.engine.compiled import compile_nets, is_compiled, mode_for_run
 from pipelines.engine.loop import GeneratorEMA, Report, fit
-from pipelines.spec.config import LoopConfig
+from pipelines.ops.bench import Setting, bench_settings
+from pipelines.spec.config import LoopConfig, apply_overrides
 from pipelines.spec.recipes import get_recipe
 
 # Each family with its data-dependent parts switched on: lazy R1 (dcgan, text2img), CycleGAN's image pools,
@@ -125,6 +126,20 @@ def test_a_compiled_run_resumes_from_its_checkpoint_as_if_never_stopped(tmp_path
             assert b[key] == pytest.approx(a[key], rel=RTOL, abs=ATOL), key
     for p1, p2 in zip(ema.module.parameters(), ema2.module.parameters(), strict=True):
         torch.testing.assert_close(p1, p2, rtol=RTOL, atol=ATOL)
+
+
+def test_cuda_graphs_on_a_gpu_are_refused_in_one_line_before_anything_starts():
+    # "reduce-overhead" stopped DCGAN's step mid-run on an H200 (a network's output overwritten by its next call);
+    # a GPU run or GPU bench asking for it is refused up front, pointing at the mode that runs.
+    gpu_spec = apply_overrides(get_recipe("dcgan")(), ["scale.use_gpu=true"])
+    with pytest.raises(ValueError, match=r"^loop.compile=reduce-overhead \(CUDA graphs\) .*use loop.compile=default$"):
+        apply_overrides(gpu_spec, ["loop.compile=reduce-overhead"])
+    assert apply_overrides(gpu_spec, ["loop.compile=default"]).loop.compile == "default"
+    on_cpu = apply_overrides(get_recipe("dcgan")(), ["loop.compile=reduce-overhead"])  # no CUDA graphs on a CPU
+    assert on_cpu.loop.compile == "reduce-overhead"
+    with pytest.raises(ValueError, match=r"^--compile=reduce-overhead .*use --compile=default$"):
+        bench_settings(family="dcgan", image_size=32, channels=1, batch=2, device="cuda", steps=1, warmup=0,
+                       repeats=1, settings=[Setting(compile="off"), Setting(compile="reduce-overhead")])
 
 
 def test_loop_compile_names_the_valid_modes():

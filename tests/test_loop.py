@@ -209,6 +209,11 @@ def test_loop_layout_is_channels_last_for_bf16_on_cpu_unless_adam_is_fused():
     assert not wants_channels_last(cpu, torch.bfloat16, "contiguous")
     assert not wants_channels_last(gpu, None, "contiguous") and wants_channels_last(cpu, None, "channels_last")
     assert wants_channels_last(gpu, None, "auto") and not wants_channels_last(cpu, None, "auto")
+    # Compiled on a GPU, "auto" stays contiguous (Inductor's conv backward refused channels_last there); asked
+    # for by name, channels_last is still what the run gets.
+    assert not wants_channels_last(gpu, torch.bfloat16, compiled=True)
+    assert wants_channels_last(gpu, torch.bfloat16, "channels_last", compiled=True)
+    assert wants_channels_last(cpu, torch.bfloat16, compiled=True)
     with pytest.raises(ValueError, match="loop.layout must be one of auto, channels_last, contiguous; got 'nhwc'"):
         apply_overrides(dcgan_paper(), ["loop.layout=nhwc"])
 

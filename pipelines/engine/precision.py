@@ -46,14 +46,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def wants_channels_last(device: torch.device, amp_dtype: torch.dtype | None, layout: str = "auto", *,
-                        fused_optimizer: bool = False) -> bool:
+                        fused_optimizer: bool = False, compiled: bool = False) -> bool:
     """NHWC weights and activations for `loop.layout`. "auto" picks them on GPUs (cuDNN's fast layout) and with
     bf16 on CPUs (oneDNN's bf16 convolutions run fastest in it: measured on DCGAN, BENCHMARKS.md) unless the
     optimizer is fused there: torch's CPU fused Adam works on contiguous tensors and copies channels_last
-    weights, gradients and moments in and out on every step (half of a pix2pix bf16 step at batch 1)."""
+    weights, gradients and moments in and out on every step (half of a pix2pix bf16 step at batch 1).
+    A `compiled` run on a GPU stays contiguous: Inductor's convolution backward rejected channels_last strides
+    there (DCGAN on an H200, torch 2.11: BENCHMARKS.md, "the reader feeding a DCGAN step on one H200")."""
     if layout != "auto":  # validated where it is read: LoopConfig, bench's Setting
         return layout == "channels_last"
-    return device.type == "cuda" or (amp_dtype is not None and not fused_optimizer)
+    if device.type == "cuda":
+        return not compiled
+    return amp_dtype is not None and not fused_optimizer
 
 
 def fused(opts: dict[str, torch.optim.Optimizer]) -> bool:

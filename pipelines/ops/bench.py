@@ -24,7 +24,7 @@ import torch
 from gan_models import get_family
 from pipelines.engine.compiled import check_mode, compile_nets, compile_seconds
 from pipelines.engine.precision import fused, to_channels_last, wants_channels_last
-from pipelines.spec.config import parse_value
+from pipelines.spec.config import check_gpu_compile, parse_value
 from pipelines.spec.defaults import LAYOUTS
 
 
@@ -71,7 +71,8 @@ class _Runner:
         self.amp_dtype = torch.bfloat16 if setting.amp else None
         self.opts = fam.build_optimizers(cfg, self.nets)
         # What training does with loop.layout (pipelines/training/worker.py).
-        nhwc = wants_channels_last(dev, self.amp_dtype, setting.layout, fused_optimizer=fused(self.opts))
+        nhwc = wants_channels_last(dev, self.amp_dtype, setting.layout, fused_optimizer=fused(self.opts),
+                                   compiled=setting.compile != "off")
         if nhwc:
             for net in self.nets.values():
                 to_channels_last(net)
@@ -120,6 +121,8 @@ def bench_settings(
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     load_before = _load()
+    for s in settings:
+        check_gpu_compile(s.compile, on_gpu=dev.type == "cuda", key="--compile")
     runners = [_Runner(fam, cfg, s, batch=batch, dev=dev, seed=seed) for s in settings]
     for r in runners:
         r.run(max(warmup, n_critic) if r.setting.compile != "off" else warmup)

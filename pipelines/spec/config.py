@@ -105,6 +105,16 @@ class TrackConfig:
     alias: str = "candidate"  # alias given to the new model version
 
 
+def check_gpu_compile(mode: str, *, on_gpu: bool, key: str = "loop.compile") -> None:
+    """Refuse CUDA graphs on a GPU in one line, before anything starts: "reduce-overhead" replays each network's
+    graph into the same output memory, and the families' steps hold one pass's output while they run the network
+    again (DCGAN's D on real, then on fake images), which torch stops mid-run (an H200 with torch 2.11, with and
+    without copying every output: BENCHMARKS.md, "the reader feeding a DCGAN step on one H200")."""
+    if on_gpu and mode == "reduce-overhead":
+        raise ValueError(f"{key}=reduce-overhead (CUDA graphs) does not run the families' steps on a GPU: a network "
+                         f"called twice in one step reads memory its second call overwrote; use {key}=default")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainSpec:
     """Everything a training run needs; saved with every checkpoint and as the run's `config.json`."""
@@ -121,6 +131,9 @@ class TrainSpec:
     # How a run is executed, not what it computes: the batches are the same whatever these are
     # (data_prep/prefetch.py), so a pipeline's cache key leaves them out.
     RESULT_NEUTRAL: ClassVar[tuple[tuple[str, str], ...]] = (("data", "decode_workers"), ("data", "decode_pool"))
+
+    def __post_init__(self) -> None:
+        check_gpu_compile(self.loop.compile, on_gpu=self.scale.use_gpu)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -147,7 +147,9 @@ def run_rank(
     # Optimizers first, for the layout to know whether they are fused; a layout change keeps each Parameter
     # object (only its data moves), so the optimizers built here still hold the networks' parameters.
     opts = family.build_optimizers(spec.model, nets)
-    if wants_channels_last(device, amp_dtype, spec.loop.layout, fused_optimizer=fused(opts)):
+    # The asked-for compile mode: a run too short to compile (mode_for_run, below) keeps the layout it would have had.
+    if wants_channels_last(device, amp_dtype, spec.loop.layout, fused_optimizer=fused(opts),
+                           compiled=spec.loop.compile != "off"):
         for net in nets.values():
             to_channels_last(net)
     ema = None
