@@ -187,6 +187,14 @@ def test_decode_workers_config_default_and_pinning() -> None:
     assert reader_options(spec, device=torch.device("cuda"), cpus=1.0)["decode_workers"] == 1  # at least one
     assert reader_options(spec, device=torch.device("cuda"), cpus=1.0)["pin_memory"] is True
     assert default_decode_workers() == max(1, len(__import__("os").sched_getaffinity(0)) - 1)
+    # A GPU worker is given CPUs for 3 decode processes unless told otherwise (one could not feed DCGAN on an H200).
+    assert spec.scale.worker_cpus == 1.0
+    on_gpu = apply_overrides(spec, ["scale.use_gpu=true"])
+    assert on_gpu.scale.worker_cpus == 4.0
+    assert reader_options(on_gpu, device=torch.device("cuda"), cpus=on_gpu.scale.worker_cpus)["decode_workers"] == 3
+    assert apply_overrides(on_gpu, ["scale.cpus_per_worker=2"]).scale.worker_cpus == 2.0
+    with pytest.raises(ValueError, match="scale.cpus_per_worker must be above 0 or none; got 0.0"):
+        apply_overrides(spec, ["scale.cpus_per_worker=0"])
     set_ = apply_overrides(spec, ["data.decode_workers=0", "data.decode_pool=thread"])
     assert reader_options(set_, device=torch.device("cpu"))["decode_workers"] == 0
     assert apply_overrides(set_, ["data.decode_workers=none"]).data.decode_workers is None

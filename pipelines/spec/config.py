@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from data_prep.prefetch import MAX_DECODE_WORKERS, POOL_KINDS
 from gan_models import get_family
-from pipelines.spec.defaults import COMPILE_MODES, LAYOUTS, default_store
+from pipelines.spec.defaults import COMPILE_MODES, GPU_WORKER_CPUS, LAYOUTS, default_store
 
 PRECISIONS = ("auto", "fp32", "bf16")  # loop.precision; pipelines.engine.precision applies them
 
@@ -54,7 +54,7 @@ class LoopConfig:
     lr_decay_from: float = 1.0  # fraction of `steps` after which every learning rate decays linearly to 0 (1: never)
     ema_decay: float = 0.0  # exponential moving average of G's weights (0 disables); the EMA is exported
     ema_start: int = 0  # step after which the EMA starts tracking (before it, it copies G)
-    threads: int = 0  # torch intra-op threads per process (0: Ray workers use cpus_per_worker, else torch's default)
+    threads: int = 0  # torch intra-op threads per process (0: Ray workers use scale.worker_cpus, else torch's)
     precision: str = "auto"  # "fp32"; "bf16": autocast where native (GPUs, AVX512-BF16/AMX CPUs), else fp32;
     #                          "auto": bf16 on GPUs that have it, fp32 on CPUs
     # Memory layout of weights and activations: "auto" = channels_last on GPUs, and with bf16 on CPUs unless the
@@ -89,12 +89,21 @@ class LoopConfig:
 class ScaleConfig:
     workers: int = 1  # Ray Train workers (each a DDP rank); 0 runs the plain loop in this process
     use_gpu: bool = False  # one GPU per worker; enables AMP, channels_last and cuDNN benchmark
-    cpus_per_worker: float = 1.0
+    # CPUs Ray reserves for each worker, which also sizes its decode pool (data.decode_workers' default: these
+    # less one). None: 1, or GPU_WORKER_CPUS with use_gpu.
+    cpus_per_worker: float | None = None
 
     def __post_init__(self) -> None:
         _check_at_least(self, "scale", workers=0)
-        if not self.cpus_per_worker > 0:
-            raise ValueError(f"scale.cpus_per_worker must be above 0; got {self.cpus_per_worker}")
+        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
+            raise ValueError(f"scale.cpus_per_worker must be above 0 or none; got {self.cpus_per_worker}")
+
+    @property
+    def worker_cpus(self) -> float:
+        """The CPUs of each worker: `cpus_per_worker`, or its default for the run's device."""
+        if self.cpus_per_worker is not None:
+            return self.cpus_per_worker
+        return float(GPU_WORKER_CPUS) if self.use_gpu else 1.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,6 +9,10 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # loop.layout and `ganpipe bench --layout`: the memory layout of weights and activations ("auto": what
 # pipelines.engine.precision.wants_channels_last picks for the device, precision and optimizer).
 LAYOUTS = ("auto", "channels_last", "contiguous")
+# scale.cpus_per_worker's default with a GPU: the training process and 3 decode processes. One decode process
+# left DCGAN's 64 px step on an H200 waiting 45% of the time, two fed it (BENCHMARKS.md, "... one H200"); the
+# third is for the official rate's 6,762 img/s, which two decode processes alone fell short of there.
+GPU_WORKER_CPUS = 4
 DEFAULT_HOME = ".ganpipe"  # local state: store, MLflow database, services, caches
 DEFAULT_STORE = f"{DEFAULT_HOME}/store"  # datasets, checkpoints and caches when no --store is given
 STORE_ENV = "GANPIPE_STORE"  # the store of every command without --store (`ganpipe services up` writes it)

@@ -81,7 +81,7 @@ def train_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     # Torch would start one thread per core in every worker; on a shared node that oversubscribes the CPUs.
-    torch.set_num_threads(job.spec.loop.threads or max(1, int(job.spec.scale.cpus_per_worker)))
+    torch.set_num_threads(job.spec.loop.threads or max(1, int(job.spec.scale.worker_cpus)))
     logger = None
     if rank == 0 and job.run_id:
         from pipelines.tracking.runs import RunLogger, unlogged_store
@@ -117,7 +117,7 @@ def train_worker(config: dict[str, Any]) -> None:
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
         run_rank(
             job, rank=rank, world_size=world, device=device, prepare_model=prepare,
-            resume_dir=Path(resume_dir) if resume_dir else None, report=report, cpus=job.spec.scale.cpus_per_worker,
+            resume_dir=Path(resume_dir) if resume_dir else None, report=report, cpus=job.spec.scale.worker_cpus,
             progress=progress_of(job, bar=RayBar) if rank == 0 else None,
         )
     unlogged = logger.close() if logger is not None else ""
@@ -176,7 +176,7 @@ def launch(job: Job, *, storage_fs: Any, storage_path: str, max_failures: int = 
     from ray.train.torch import TorchTrainer
 
     scale = job.spec.scale
-    resources = {"CPU": scale.cpus_per_worker, **({"GPU": 1} if scale.use_gpu else {})}
+    resources = {"CPU": scale.worker_cpus, **({"GPU": 1} if scale.use_gpu else {})}
     env = worker_env()
     ray_settings()
     trainer = TorchTrainer(

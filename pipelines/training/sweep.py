@@ -130,7 +130,7 @@ def _max_concurrent(cfg: SweepConfig, spec: TrainSpec) -> int:
     if cfg.max_concurrent:
         return cfg.max_concurrent
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    per_trial = spec.scale.cpus_per_worker * max(1, cfg.workers_per_trial)
+    per_trial = spec.scale.worker_cpus * max(1, cfg.workers_per_trial)
     if cfg.workers_per_trial > 1:
         per_trial += TRAINER_TRIAL_CPU
     by_cpu = int(cpus // per_trial) if per_trial else 1
@@ -146,7 +146,7 @@ def _trainable(cfg: SweepConfig, spec: TrainSpec, ctx: dict[str, Any]) -> Any:
 
     if cfg.workers_per_trial <= 1:
         # The trial trains: it holds what one worker would.
-        resources = {"cpu": spec.scale.cpus_per_worker, "gpu": cfg.gpus_per_worker}
+        resources = {"cpu": spec.scale.worker_cpus, "gpu": cfg.gpus_per_worker}
     else:
         # The trial only waits for its TorchTrainer, whose workers reserve their own CPUs (seen on a
         # 2-CPU node: a trial holding a whole CPU starved its workers).

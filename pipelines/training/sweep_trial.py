@@ -118,7 +118,7 @@ def _run_in_trial(job: Job, ctx: dict[str, Any], logger: tracking.RunLogger, hp:
     from gan_models import get_family
 
     metric = ctx["metric"]
-    threads = job.spec.loop.threads or max(1, int(job.spec.scale.cpus_per_worker))
+    threads = job.spec.loop.threads or max(1, int(job.spec.scale.worker_cpus))
     torch.set_num_threads(threads)
     use_gpu = ctx["gpus_per_worker"] > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
@@ -147,7 +147,7 @@ def _run_in_trial(job: Job, ctx: dict[str, Any], logger: tracking.RunLogger, hp:
             if resume_dir is not None and (Path(resume_dir) / STATE_FILE).exists():
                 resume = adopt_config(Path(resume_dir), job.spec, get_family(job.spec.family), Path(tmp) / "adopted")
             run_rank(job, rank=0, world_size=1, device=device, resume_dir=resume, report=report,
-                     cpus=job.spec.scale.cpus_per_worker)
+                     cpus=job.spec.scale.worker_cpus)
 
 
 def _stop_file(trial_id: str) -> Path:
@@ -234,7 +234,7 @@ def _run_on_train(job: Job, ctx: dict[str, Any], trial_id: str) -> None:
     from pipelines.training.ray_train import train_worker, worker_env
 
     scale = job.spec.scale
-    resources = {"CPU": scale.cpus_per_worker, **({"GPU": ctx["gpus_per_worker"]} if scale.use_gpu else {})}
+    resources = {"CPU": scale.worker_cpus, **({"GPU": ctx["gpus_per_worker"]} if scale.use_gpu else {})}
     fs, root = open_store(job.spec.store).child(f"sweeps/{ctx['sweep']}-train").pyarrow_fs()
     env = worker_env()
     ray_settings()
