@@ -118,11 +118,11 @@ def bench_settings(
         raise ValueError(f"steps={steps} must be a multiple of {family}'s n_critic={n_critic}")
     if not settings:
         raise ValueError("give at least one setting to time")
+    for s in settings:
+        check_gpu_compile(s.compile, on_gpu=dev.type == "cuda", key="--compile")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     load_before = _load()
-    for s in settings:
-        check_gpu_compile(s.compile, on_gpu=dev.type == "cuda", key="--compile")
     runners = [_Runner(fam, cfg, s, batch=batch, dev=dev, seed=seed) for s in settings]
     for r in runners:
         r.run(max(warmup, n_critic) if r.setting.compile != "off" else warmup)

@@ -116,8 +116,8 @@ class TrackConfig:
 
 def check_gpu_compile(mode: str, *, on_gpu: bool, key: str = "loop.compile") -> None:
     """Refuse CUDA graphs on a GPU in one line, before anything starts: "reduce-overhead" replays each network's
-    graph into the same output memory, and the families' steps hold one pass's output while they run the network
-    again (DCGAN's D on real, then on fake images), which torch stops mid-run (an H200 with torch 2.11, with and
+    graph into the same output memory, and DCGAN's step holds D's output on real images while it runs D on fake
+    ones, which torch stops mid-run (an H200 with torch 2.11, with and
     without copying every output: BENCHMARKS.md, "the reader feeding a DCGAN step on one H200")."""
     if on_gpu and mode == "reduce-overhead":
         raise ValueError(f"{key}=reduce-overhead (CUDA graphs) does not run the families' steps on a GPU: a network "
